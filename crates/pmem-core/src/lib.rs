@@ -1,0 +1,24 @@
+//! The shared vocabulary of pmem: physical ranges and memory maps, the
+//! [`PhysicalMemory`] trait every source and image reader implements, the
+//! [`ImageWriter`] trait every format writer implements, byte sinks that hash
+//! what they write, and the pipeline that copies one into the other.
+//!
+//! Data flows source -> [`pipeline`] -> format writer -> [`sink`].
+
+pub mod arch;
+pub mod pipeline;
+pub mod range;
+pub mod sink;
+pub mod source;
+pub mod writer;
+
+pub use arch::Arch;
+pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport, PageRun};
+pub use range::{MemoryMap, MemoryMapError, Range};
+pub use sink::{ByteSink, SinkSummary};
+pub use source::{PhysicalMemory, ReadError};
+pub use writer::{Chunk, ImageWriter, Plan, WriteError};
+
+/// The page size all sources and formats account in. Physical memory maps,
+/// unreadable-page records and ELF segment alignment use it.
+pub const PAGE_SIZE: u64 = 4096;

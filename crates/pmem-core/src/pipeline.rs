@@ -1,0 +1,472 @@
+//! The copy loop: reads a source range by range in large chunks, retries
+//! failed chunks page by page, classifies pages as data or zero, hashes the
+//! logical memory content and hands ascending chunks to a format writer.
+
+use crate::sink::{hash_zeros, SinkSummary};
+use crate::source::{PhysicalMemory, ReadError};
+use crate::writer::{Chunk, ImageWriter, Plan, WriteError};
+use crate::PAGE_SIZE;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Bytes per read request. Rounded to the source's read granularity.
+    pub chunk_size: u64,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            chunk_size: 4 << 20,
+        }
+    }
+}
+
+/// A run of consecutive pages, as the manifest records unreadable memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub start: u64,
+    pub pages: u64,
+}
+
+/// What a finished copy reports.
+#[derive(Debug, Clone)]
+pub struct CopyReport {
+    /// Logical bytes handed to the writer (the plan's total).
+    pub bytes: u64,
+    /// Bytes that were read and found to be zero.
+    pub zero_bytes: u64,
+    /// Pages that could not be read even one by one; written as zeros.
+    pub unreadable: Vec<PageRun>,
+    /// SHA-256 over the content of all ranges in ascending order (unreadable
+    /// pages as zeros): equal for every format holding the same memory.
+    pub memory_sha256: [u8; 32],
+    /// The image as written.
+    pub image: SinkSummary,
+}
+
+impl CopyReport {
+    pub fn unreadable_pages(&self) -> u64 {
+        self.unreadable.iter().map(|r| r.pages).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CopyError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("the source's memory map does not match the plan: {0}")]
+    Plan(String),
+}
+
+/// Copies every planned range from `source` into `writer` and commits the
+/// image. `progress` is called with the number of logical bytes done.
+///
+/// The plan's ranges must lie inside the source's memory map and be aligned
+/// to its read granularity.
+pub fn copy_memory(
+    source: &mut dyn PhysicalMemory,
+    mut writer: Box<dyn ImageWriter>,
+    plan: &Plan,
+    options: &CopyOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<CopyReport, CopyError> {
+    let granularity = source.read_granularity().max(1);
+    for range in plan.ranges.ranges() {
+        if !source.memory_map().covers(range.start, range.len()) {
+            return Err(CopyError::Plan(format!(
+                "planned range {range} is not readable from the source"
+            )));
+        }
+        if range.start % granularity != 0 || range.end % granularity != 0 {
+            return Err(CopyError::Plan(format!(
+                "planned range {range} is not aligned to the source's {granularity}-byte reads"
+            )));
+        }
+    }
+    let chunk_size =
+        (options.chunk_size.max(granularity) / granularity * granularity).max(PAGE_SIZE);
+    let retry_size = PAGE_SIZE.max(granularity);
+    let mut buffer = vec![0u8; chunk_size as usize];
+    let mut state = CopyState {
+        memory_hasher: Sha256::new(),
+        zero_bytes: 0,
+        unreadable: Vec::new(),
+        done: 0,
+    };
+    writer.begin(plan)?;
+    for range in plan.ranges.ranges() {
+        let mut addr = range.start;
+        while addr < range.end {
+            let len = chunk_size.min(range.end - addr);
+            let buf = &mut buffer[..len as usize];
+            match source.read_at(addr, buf) {
+                Ok(()) => state.emit(writer.as_mut(), addr, buf)?,
+                Err(ReadError::Unreadable { .. }) => {
+                    state.retry_by_page(source, writer.as_mut(), addr, buf, retry_size)?
+                }
+                Err(fatal) => return Err(fatal.into()),
+            }
+            addr += len;
+            state.done += len;
+            progress(state.done);
+        }
+    }
+    let image = writer.finish()?;
+    Ok(CopyReport {
+        bytes: state.done,
+        zero_bytes: state.zero_bytes,
+        unreadable: state.unreadable,
+        memory_sha256: state.memory_hasher.finalize().into(),
+        image,
+    })
+}
+
+struct CopyState {
+    memory_hasher: Sha256,
+    zero_bytes: u64,
+    unreadable: Vec<PageRun>,
+    done: u64,
+}
+
+impl CopyState {
+    /// Hands `buf` (the content at `addr`) to the writer as runs of data and
+    /// zero pages.
+    fn emit(
+        &mut self,
+        writer: &mut dyn ImageWriter,
+        addr: u64,
+        buf: &[u8],
+    ) -> Result<(), WriteError> {
+        self.memory_hasher.update(buf);
+        for (offset, len, zero) in page_runs(addr, buf) {
+            if zero {
+                self.zero_bytes += len as u64;
+                writer.write_chunk(addr + offset as u64, Chunk::Zero(len as u64))?;
+            } else {
+                writer.write_chunk(
+                    addr + offset as u64,
+                    Chunk::Data(&buf[offset..offset + len]),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a failed chunk again in page-sized pieces: good pages are kept,
+    /// pages that still fail are zero-filled and recorded.
+    fn retry_by_page(
+        &mut self,
+        source: &mut dyn PhysicalMemory,
+        writer: &mut dyn ImageWriter,
+        addr: u64,
+        buf: &mut [u8],
+        page: u64,
+    ) -> Result<(), CopyError> {
+        let end = addr + buf.len() as u64;
+        let mut at = addr;
+        while at < end {
+            // Pieces end on absolute page boundaries.
+            let piece_end = ((at / page) + 1).saturating_mul(page).min(end);
+            let piece = &mut buf[(at - addr) as usize..(piece_end - addr) as usize];
+            match source.read_at(at, piece) {
+                Ok(()) => self.emit(writer, at, piece)?,
+                Err(ReadError::Unreadable { .. }) => {
+                    let len = piece_end - at;
+                    self.record_unreadable(at, len);
+                    hash_zeros(&mut self.memory_hasher, len);
+                    writer.write_chunk(at, Chunk::Zero(len))?;
+                }
+                Err(fatal) => return Err(fatal.into()),
+            }
+            at = piece_end;
+        }
+        Ok(())
+    }
+
+    fn record_unreadable(&mut self, addr: u64, len: u64) {
+        let first = addr / PAGE_SIZE * PAGE_SIZE;
+        let pages = (addr + len).div_ceil(PAGE_SIZE) - addr / PAGE_SIZE;
+        match self.unreadable.last_mut() {
+            Some(run) if run.start + run.pages * PAGE_SIZE == first => run.pages += pages,
+            _ => self.unreadable.push(PageRun {
+                start: first,
+                pages,
+            }),
+        }
+    }
+}
+
+/// Splits `buf` (starting at physical `addr`) on page boundaries into
+/// maximal runs of all-zero and not-all-zero pages: (offset, len, is_zero).
+fn page_runs(addr: u64, buf: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    let mut offset = 0usize;
+    while offset < buf.len() {
+        let at = addr + offset as u64;
+        let page_end = ((at / PAGE_SIZE + 1) * PAGE_SIZE - addr).min(buf.len() as u64) as usize;
+        let zero = is_zero(&buf[offset..page_end]);
+        match runs.last_mut() {
+            Some(last) if last.2 == zero => last.1 += page_end - offset,
+            _ => runs.push((offset, page_end - offset, zero)),
+        }
+        offset = page_end;
+    }
+    runs
+}
+
+/// Whether every byte is zero. ORs 64-byte blocks so the compiler can
+/// vectorise; stops at the first non-zero block.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut blocks = buf.chunks_exact(64);
+    for block in &mut blocks {
+        if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    blocks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::{MemoryMap, Range};
+    use crate::sink::{ByteSink, HashingSink};
+    use crate::writer::ChunkCursor;
+    use crate::Arch;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    /// Memory with a pattern and a set of bad pages, read in one piece per
+    /// call like a device would.
+    struct PatternMemory {
+        map: MemoryMap,
+        bad_pages: Vec<u64>,
+        zero_pages: Vec<u64>,
+        granularity: u64,
+        reads: Vec<(u64, usize)>,
+    }
+
+    fn byte_at(addr: u64) -> u8 {
+        (addr.wrapping_mul(2654435761) >> 13) as u8 | 1
+    }
+
+    impl PhysicalMemory for PatternMemory {
+        fn memory_map(&self) -> &MemoryMap {
+            &self.map
+        }
+        fn read_granularity(&self) -> u64 {
+            self.granularity
+        }
+        fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            self.reads.push((addr, buf.len()));
+            let end = addr + buf.len() as u64;
+            if let Some(&bad) = self
+                .bad_pages
+                .iter()
+                .find(|&&p| p < end && p + PAGE_SIZE > addr)
+            {
+                return Err(ReadError::Unreadable {
+                    addr: bad,
+                    source: io::Error::from_raw_os_error(14),
+                });
+            }
+            for (i, b) in buf.iter_mut().enumerate() {
+                let a = addr + i as u64;
+                let page = a / PAGE_SIZE * PAGE_SIZE;
+                *b = if self.zero_pages.contains(&page) {
+                    0
+                } else {
+                    byte_at(a)
+                };
+            }
+            Ok(())
+        }
+    }
+
+    /// (address, bytes, whether it came as a Zero chunk)
+    type Recorded = Vec<(u64, Vec<u8>, bool)>;
+
+    /// Records chunks as a flat list after checking their order.
+    struct RecordingWriter {
+        cursor: ChunkCursor,
+        out: Arc<Mutex<Recorded>>,
+        sink: Box<HashingSink>,
+    }
+
+    impl ImageWriter for RecordingWriter {
+        fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
+            self.cursor = ChunkCursor::new(&plan.ranges);
+            Ok(())
+        }
+        fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
+            self.cursor.advance(addr, chunk.len())?;
+            let (bytes, zero) = match chunk {
+                Chunk::Data(d) => (d.to_vec(), false),
+                Chunk::Zero(n) => (vec![0; n as usize], true),
+            };
+            self.sink.write_all(&bytes).unwrap();
+            self.out.lock().unwrap().push((addr, bytes, zero));
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
+            assert!(self.cursor.is_complete());
+            Ok(self.sink.finish().unwrap())
+        }
+    }
+
+    fn run(mem: &mut PatternMemory, chunk_size: u64) -> (CopyReport, Vec<(u64, Vec<u8>, bool)>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = Box::new(RecordingWriter {
+            cursor: ChunkCursor::default(),
+            out: out.clone(),
+            sink: Box::new(HashingSink::stream(Box::new(io::sink()))),
+        });
+        let plan = Plan::new(mem.map.clone(), Arch::X86_64);
+        let mut last = 0;
+        let report = copy_memory(
+            mem,
+            writer,
+            &plan,
+            &CopyOptions { chunk_size },
+            &mut |done| {
+                assert!(done > last);
+                last = done;
+            },
+        )
+        .unwrap();
+        assert_eq!(last, plan.ranges.total_bytes());
+        let chunks = out.lock().unwrap().clone();
+        (report, chunks)
+    }
+
+    fn map(r: &[(u64, u64)]) -> MemoryMap {
+        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
+    }
+
+    #[test]
+    fn bad_page_is_zero_filled_and_recorded_rest_kept() {
+        let mut mem = PatternMemory {
+            map: map(&[(0x1000, 0x11000), (0x20000, 0x22000)]),
+            bad_pages: vec![0x5000, 0x6000, 0x21000],
+            zero_pages: vec![0x9000],
+            granularity: 1,
+            reads: Vec::new(),
+        };
+        let (report, chunks) = run(&mut mem, 0x8000);
+        assert_eq!(
+            report.unreadable,
+            vec![
+                PageRun {
+                    start: 0x5000,
+                    pages: 2
+                },
+                PageRun {
+                    start: 0x21000,
+                    pages: 1
+                }
+            ]
+        );
+        assert_eq!(report.bytes, 0x12000);
+        assert_eq!(report.zero_bytes, 0x1000);
+        let mut expected_memory = Vec::new();
+        for (addr, bytes, _) in &chunks {
+            for (i, b) in bytes.iter().enumerate() {
+                let a = addr + i as u64;
+                let page = a / PAGE_SIZE * PAGE_SIZE;
+                let want = if [0x5000, 0x6000, 0x21000, 0x9000].contains(&page) {
+                    0
+                } else {
+                    byte_at(a)
+                };
+                assert_eq!(*b, want, "byte at {a:#x}");
+            }
+            expected_memory.extend_from_slice(bytes);
+        }
+        assert_eq!(expected_memory.len(), 0x12000);
+        assert_eq!(
+            report.memory_sha256,
+            <[u8; 32]>::from(Sha256::digest(&expected_memory))
+        );
+        // Large reads first: the first range is read in 0x8000-byte requests.
+        assert_eq!(mem.reads[0], (0x1000, 0x8000));
+    }
+
+    #[test]
+    fn zero_pages_become_zero_chunks() {
+        let mut mem = PatternMemory {
+            map: map(&[(0, 0x4000)]),
+            bad_pages: vec![],
+            zero_pages: vec![0x1000, 0x2000],
+            granularity: 1,
+            reads: Vec::new(),
+        };
+        let (_, chunks) = run(&mut mem, 1 << 20);
+        let shape: Vec<(u64, usize, bool)> =
+            chunks.iter().map(|(a, b, z)| (*a, b.len(), *z)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (0, 0x1000, false),
+                (0x1000, 0x2000, true),
+                (0x3000, 0x1000, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn granularity_shapes_requests() {
+        let mut mem = PatternMemory {
+            map: map(&[(0x1000, 0x5000)]),
+            bad_pages: vec![],
+            zero_pages: vec![],
+            granularity: 0x1000,
+            reads: Vec::new(),
+        };
+        run(&mut mem, 0x1800);
+        assert!(mem
+            .reads
+            .iter()
+            .all(|(a, l)| a % 0x1000 == 0 && l % 0x1000 == 0));
+    }
+
+    #[test]
+    fn unaligned_plan_is_refused() {
+        let mut mem = PatternMemory {
+            map: map(&[(0x1000, 0x1800)]),
+            bad_pages: vec![],
+            zero_pages: vec![],
+            granularity: 0x1000,
+            reads: Vec::new(),
+        };
+        let plan = Plan::new(mem.map.clone(), Arch::X86_64);
+        let writer = Box::new(RecordingWriter {
+            cursor: ChunkCursor::default(),
+            out: Arc::default(),
+            sink: Box::new(HashingSink::stream(Box::new(io::sink()))),
+        });
+        let err = copy_memory(
+            &mut mem,
+            writer,
+            &plan,
+            &CopyOptions::default(),
+            &mut |_| {},
+        );
+        assert!(matches!(err, Err(CopyError::Plan(_))));
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0; 4096]));
+        assert!(is_zero(&[]));
+        let mut v = vec![0u8; 4097];
+        v[4096] = 1;
+        assert!(!is_zero(&v));
+        v[4096] = 0;
+        v[63] = 1;
+        assert!(!is_zero(&v));
+    }
+}

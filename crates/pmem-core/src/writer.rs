@@ -1,0 +1,189 @@
+//! The trait every image format writer implements.
+
+use crate::arch::Arch;
+use crate::range::MemoryMap;
+use crate::sink::SinkSummary;
+use std::io;
+
+/// What a writer must know before the first byte: the ranges it will be
+/// given (an ELF header lists them all up front) and the metadata it embeds.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub ranges: MemoryMap,
+    pub arch: Arch,
+    /// Kernel virtual address of physical address 0 in the direct map
+    /// (Linux page_offset_base), when the source knows it.
+    pub direct_map_offset: Option<u64>,
+    /// Descriptor of the kernel's VMCOREINFO ELF note, when the source has one.
+    pub vmcoreinfo: Option<Vec<u8>>,
+    /// pmem's acquisition metadata as JSON text, for formats that can carry it.
+    pub metadata_json: Option<String>,
+}
+
+impl Plan {
+    /// A plan with only the essentials; metadata fields empty.
+    pub fn new(ranges: MemoryMap, arch: Arch) -> Plan {
+        Plan {
+            ranges,
+            arch,
+            direct_map_offset: None,
+            vmcoreinfo: None,
+            metadata_json: None,
+        }
+    }
+}
+
+/// A piece of one range's content, handed to writers in strictly ascending
+/// address order.
+#[derive(Debug, Clone, Copy)]
+pub enum Chunk<'a> {
+    Data(&'a [u8]),
+    /// `len` bytes that are all zero (read and found zero, or unreadable and
+    /// zero-filled; the pipeline's report tells which).
+    Zero(u64),
+}
+
+impl Chunk<'_> {
+    pub fn len(&self) -> u64 {
+        match self {
+            Chunk::Data(d) => d.len() as u64,
+            Chunk::Zero(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("at image offset {offset}: {source}")]
+    Io { offset: u64, source: io::Error },
+    #[error("{0}")]
+    Plan(String),
+    #[error("chunk at {addr:#x} (+{len:#x}) does not follow on from the previous one or lies outside the planned ranges")]
+    OutOfOrder { addr: u64, len: u64 },
+}
+
+/// Frames range contents into one image format.
+///
+/// `finish` is the only commit point: a writer dropped without it leaves an
+/// incomplete image, and the manifest says so.
+pub trait ImageWriter: Send {
+    fn begin(&mut self, plan: &Plan) -> Result<(), WriteError>;
+    fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError>;
+    fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError>;
+}
+
+/// Checks the order contract of [`ImageWriter::write_chunk`] for writers:
+/// tracks the next expected address across the planned ranges.
+#[derive(Debug, Default, Clone)]
+pub struct ChunkCursor {
+    ranges: MemoryMap,
+    index: usize,
+    next: u64,
+}
+
+/// Where a chunk fell in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPosition {
+    /// Index of the planned range the chunk belongs to.
+    pub range_index: usize,
+    /// Whether the chunk starts its range.
+    pub starts_range: bool,
+    /// Whether the chunk ends its range.
+    pub ends_range: bool,
+}
+
+impl ChunkCursor {
+    pub fn new(ranges: &MemoryMap) -> ChunkCursor {
+        ChunkCursor {
+            ranges: ranges.clone(),
+            index: 0,
+            next: ranges.ranges().first().map_or(0, |r| r.start),
+        }
+    }
+
+    /// Accepts the chunk if it starts exactly where the previous one ended
+    /// (or at the next range's start once a range is done) and does not run
+    /// past its range's end.
+    pub fn advance(&mut self, addr: u64, len: u64) -> Result<ChunkPosition, WriteError> {
+        let bad = WriteError::OutOfOrder { addr, len };
+        let range = match self.ranges.ranges().get(self.index) {
+            Some(r) => *r,
+            None => return Err(bad),
+        };
+        let end = match addr.checked_add(len) {
+            Some(end) if len > 0 && addr == self.next && end <= range.end => end,
+            _ => return Err(bad),
+        };
+        let position = ChunkPosition {
+            range_index: self.index,
+            starts_range: addr == range.start,
+            ends_range: end == range.end,
+        };
+        if position.ends_range {
+            self.index += 1;
+            self.next = self
+                .ranges
+                .ranges()
+                .get(self.index)
+                .map_or(end, |r| r.start);
+        } else {
+            self.next = end;
+        }
+        Ok(position)
+    }
+
+    /// True once every planned byte has been written.
+    pub fn is_complete(&self) -> bool {
+        self.index >= self.ranges.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::Range;
+
+    fn map(r: &[(u64, u64)]) -> MemoryMap {
+        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
+    }
+
+    #[test]
+    fn cursor_accepts_ascending_chunks() {
+        let mut c = ChunkCursor::new(&map(&[(0x1000, 0x3000), (0x5000, 0x6000)]));
+        let p = c.advance(0x1000, 0x1000).unwrap();
+        assert_eq!(
+            (p.range_index, p.starts_range, p.ends_range),
+            (0, true, false)
+        );
+        let p = c.advance(0x2000, 0x1000).unwrap();
+        assert_eq!(
+            (p.range_index, p.starts_range, p.ends_range),
+            (0, false, true)
+        );
+        assert!(!c.is_complete());
+        let p = c.advance(0x5000, 0x1000).unwrap();
+        assert_eq!(
+            (p.range_index, p.starts_range, p.ends_range),
+            (1, true, true)
+        );
+        assert!(c.is_complete());
+        assert!(c.advance(0x6000, 1).is_err());
+    }
+
+    #[test]
+    fn cursor_rejects_gaps_and_overruns() {
+        let m = map(&[(0x1000, 0x3000), (0x5000, 0x6000)]);
+        assert!(ChunkCursor::new(&m).advance(0x1001, 1).is_err());
+        assert!(ChunkCursor::new(&m).advance(0x1000, 0x2001).is_err());
+        assert!(ChunkCursor::new(&m).advance(0x5000, 0x10).is_err());
+        let mut c = ChunkCursor::new(&m);
+        c.advance(0x1000, 0x1000).unwrap();
+        assert!(c.advance(0x5000, 0x10).is_err(), "range 0 not finished");
+        assert!(c.advance(0x1000, 0x10).is_err(), "going back");
+    }
+}
