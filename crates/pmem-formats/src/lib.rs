@@ -1,1 +1,329 @@
+//! Image formats of pmem: one module per format, each with its writer (an
+//! [`ImageWriter`] over a [`ByteSink`]) and its reader (an [`ImageReader`]
+//! over a file) side by side, plus detection by magic.
+//!
+//! * [`lime`]: LiME v1, one 32-byte header per range followed by its bytes.
+//! * [`raw`]: zero-padded raw, file offset == physical address.
+//! * [`elf`]: ELF64 core file, one `PT_LOAD` per range, VMCOREINFO and pmem
+//!   metadata as notes.
+//!
+//! Readers parse untrusted files: every size they act on is checked against
+//! the file length first, and every problem is a [`FormatError`] naming the
+//! file and the offset of the bad structure.
 
+pub mod elf;
+pub mod lime;
+pub mod raw;
+
+use pmem_core::writer::ChunkCursor;
+use pmem_core::{
+    Arch, ByteSink, Chunk, MemoryMap, PhysicalMemory, ReadError, SinkSummary, WriteError,
+};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The image formats pmem writes and reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Format {
+    Lime,
+    Raw,
+    Elf,
+}
+
+impl Format {
+    /// Every format, in the order the CLI lists them.
+    pub const ALL: [Format; 3] = [Format::Lime, Format::Raw, Format::Elf];
+
+    /// The name the CLI and the manifest use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Lime => "lime",
+            Format::Raw => "raw",
+            Format::Elf => "elf",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A format name that [`Format::from_str`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown image format {0:?}: expected one of lime, raw, elf")]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for Format {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Format, UnknownFormat> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownFormat(s.to_string()))
+    }
+}
+
+/// Why an image file cannot be read. Every variant names the file and the
+/// file offset of the problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    #[error("{}: at file offset {offset:#x}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("{}: at file offset 0x0: the file is empty, not a memory image", path.display())]
+    Empty { path: PathBuf },
+    #[error("{}: at file offset {offset:#x}: invalid {format} image: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        format: Format,
+        reason: String,
+    },
+    #[error("{}: at file offset {offset:#x}: {reason}", path.display())]
+    Unsupported {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+impl FormatError {
+    pub fn path(&self) -> &Path {
+        match self {
+            FormatError::Io { path, .. }
+            | FormatError::Empty { path }
+            | FormatError::Corrupt { path, .. }
+            | FormatError::Unsupported { path, .. } => path,
+        }
+    }
+
+    /// File offset of the problem.
+    pub fn offset(&self) -> u64 {
+        match self {
+            FormatError::Empty { .. } => 0,
+            FormatError::Io { offset, .. }
+            | FormatError::Corrupt { offset, .. }
+            | FormatError::Unsupported { offset, .. } => *offset,
+        }
+    }
+}
+
+/// A readable image: physical memory plus what the format carries about it.
+pub trait ImageReader: PhysicalMemory {
+    fn format(&self) -> Format;
+
+    /// The ELF e_machine; `None` for formats without one.
+    fn arch(&self) -> Option<Arch> {
+        None
+    }
+
+    /// The pmem metadata note of an ELF image written by pmem.
+    fn metadata_json(&self) -> Option<&str> {
+        None
+    }
+
+    /// The descriptor of a VMCOREINFO note.
+    fn vmcoreinfo(&self) -> Option<&[u8]> {
+        None
+    }
+
+    /// Kernel virtual address of physical 0, when every segment's
+    /// p_vaddr - p_paddr agrees and is nonzero.
+    fn direct_map_offset(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A writer for `format` that sends its bytes to `sink`.
+pub fn writer(format: Format, sink: Box<dyn ByteSink>) -> Box<dyn pmem_core::ImageWriter> {
+    match format {
+        Format::Lime => Box::new(lime::LimeWriter::new(sink)),
+        Format::Raw => Box::new(raw::RawWriter::new(sink)),
+        Format::Elf => Box::new(elf::ElfWriter::new(sink)),
+    }
+}
+
+/// Identifies an image by its first bytes: "EMiL" is LiME, "\x7fELF" is
+/// ELF, anything else is raw (raw images have no header to recognise).
+pub fn detect(path: &Path) -> Result<Format, FormatError> {
+    let file = open(path)?;
+    detect_file(path, &file)
+}
+
+/// Opens an image for reading. `raw_map` says where a raw image's bytes
+/// belong (a raw file cannot tell); without it a raw image is one range
+/// `[0, file length)`. Other formats carry their own map and ignore it.
+pub fn open_image(
+    path: &Path,
+    raw_map: Option<MemoryMap>,
+) -> Result<Box<dyn ImageReader>, FormatError> {
+    let file = open(path)?;
+    Ok(match detect_file(path, &file)? {
+        Format::Lime => Box::new(lime::LimeReader::open(path, file)?),
+        Format::Elf => Box::new(elf::ElfReader::open(path, file)?),
+        Format::Raw => Box::new(raw::RawReader::open(path, file, raw_map)?),
+    })
+}
+
+fn open(path: &Path) -> Result<File, FormatError> {
+    File::open(path).map_err(|source| FormatError::Io {
+        path: path.into(),
+        offset: 0,
+        source,
+    })
+}
+
+fn detect_file(path: &Path, file: &File) -> Result<Format, FormatError> {
+    let len = file_len(path, file)?;
+    if len == 0 {
+        return Err(FormatError::Empty { path: path.into() });
+    }
+    let mut magic = [0u8; 4];
+    if len < 4 {
+        // Too short for any header: only raw can be this small.
+        return Ok(Format::Raw);
+    }
+    read_exact_at(path, file, 0, &mut magic)?;
+    match &magic {
+        b"EMiL" => Ok(Format::Lime),
+        b"\x7fELF" => Ok(Format::Elf),
+        b"AVML" => Err(avml_unsupported(path, 0)),
+        _ => Ok(Format::Raw),
+    }
+}
+
+fn avml_unsupported(path: &Path, offset: u64) -> FormatError {
+    FormatError::Unsupported {
+        path: path.into(),
+        offset,
+        reason: "AVML compressed LiME (magic \"AVML\") is not supported yet; \
+                 convert it to LiME or raw with avml-convert first"
+            .into(),
+    }
+}
+
+fn file_len(path: &Path, file: &File) -> Result<u64, FormatError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|source| FormatError::Io {
+            path: path.into(),
+            offset: 0,
+            source,
+        })
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` of an image being parsed.
+fn read_exact_at(
+    path: &Path,
+    mut file: &File,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), FormatError> {
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(buf))
+        .map_err(|source| FormatError::Io {
+            path: path.into(),
+            offset,
+            source,
+        })
+}
+
+/// The part shared by all readers: ranges of physical memory stored as
+/// contiguous runs of the file.
+#[derive(Debug)]
+struct Segments {
+    path: PathBuf,
+    file: File,
+    map: MemoryMap,
+    /// File offset of each range's first byte, parallel to `map.ranges()`.
+    offsets: Vec<u64>,
+}
+
+impl Segments {
+    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let len = buf.len() as u64;
+        let index = match self.map.find(addr) {
+            Some(i) if self.map.covers(addr, len) => i,
+            // The caller broke the contract; refuse rather than read
+            // whatever the file holds there.
+            _ => {
+                return Err(ReadError::Fatal {
+                    what: format!("{}: {len:#x} bytes requested", self.path.display()),
+                    addr,
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not inside one range of the image's memory map",
+                    ),
+                })
+            }
+        };
+        let offset = self.offsets[index] + (addr - self.map.ranges()[index].start);
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.read_exact(buf))
+            .map_err(|source| ReadError::Fatal {
+                what: format!(
+                    "{}: reading {len:#x} bytes at file offset {offset:#x}",
+                    self.path.display()
+                ),
+                addr,
+                source,
+            })
+    }
+}
+
+/// Writes a chunk's bytes; zero chunks become holes on file sinks.
+fn write_body(sink: &mut dyn ByteSink, chunk: Chunk<'_>) -> Result<(), WriteError> {
+    match chunk {
+        Chunk::Data(data) => write_all(sink, data),
+        Chunk::Zero(len) => write_zeros(sink, len),
+    }
+}
+
+fn write_all(sink: &mut dyn ByteSink, buf: &[u8]) -> Result<(), WriteError> {
+    let offset = sink.position();
+    sink.write_all(buf)
+        .map_err(|source| WriteError::Io { offset, source })
+}
+
+fn write_zeros(sink: &mut dyn ByteSink, len: u64) -> Result<(), WriteError> {
+    let offset = sink.position();
+    sink.write_zeros(len)
+        .map_err(|source| WriteError::Io { offset, source })
+}
+
+/// Refuses plans no reader could open again: an image without memory is an
+/// empty file for LiME and raw.
+fn check_plan_nonempty(plan: &pmem_core::Plan, format: Format) -> Result<(), WriteError> {
+    if plan.ranges.is_empty() {
+        return Err(WriteError::Plan(format!(
+            "the plan has no ranges: refusing to write an empty {format} image"
+        )));
+    }
+    Ok(())
+}
+
+/// The commit point of every writer: only an image holding every planned
+/// byte reaches the sink's `finish` (fsync + hash).
+fn finish_sink(sink: Box<dyn ByteSink>, cursor: &ChunkCursor) -> Result<SinkSummary, WriteError> {
+    if !cursor.is_complete() {
+        return Err(WriteError::Plan(format!(
+            "image incomplete: finished after {:#x} image bytes, before every planned range was written",
+            sink.position()
+        )));
+    }
+    let offset = sink.position();
+    sink.finish()
+        .map_err(|source| WriteError::Io { offset, source })
+}

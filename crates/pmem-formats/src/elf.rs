@@ -1,0 +1,474 @@
+//! ELF64 little-endian core files (`ET_CORE`), as Volatility, crash, gdb and
+//! drgn read them.
+//!
+//! Layout written: ELF header, program headers, notes, then the data of each
+//! range at a page-aligned file offset. The program headers are a `PT_NOTE`
+//! (only when there is a note to carry) holding a VMCOREINFO note and a
+//! `PMEM` note with the acquisition metadata JSON, then one `PT_LOAD` per
+//! range in ascending `p_paddr` order with `p_filesz == p_memsz`.
+//!
+//! 32-bit x86 plans are written as ELF64 with `EM_386`, as kexec-tools does
+//! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
+
+use crate::{
+    check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, write_body, write_zeros,
+    Format, FormatError, ImageReader, Segments,
+};
+use object::elf::{self as E, FileHeader64, NoteHeader64, ProgramHeader64};
+use object::read::elf::{FileHeader as _, NoteIterator, ProgramHeader as _};
+use object::{LittleEndian as LE, ReadCache, U16, U32, U64};
+use pmem_core::writer::ChunkCursor;
+use pmem_core::{
+    Arch, ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError,
+    SinkSummary, WriteError, PAGE_SIZE,
+};
+use std::fs::File;
+use std::mem::size_of;
+use std::path::Path;
+
+/// Name of the kernel's VMCOREINFO note, as /proc/kcore and vmcore carry it.
+pub const VMCOREINFO_NAME: &[u8] = b"VMCOREINFO";
+pub const NT_VMCOREINFO: u32 = 0;
+/// Name of pmem's own note; its namespace makes the type number ours.
+pub const PMEM_NAME: &[u8] = b"PMEM";
+/// Type of the `PMEM` note whose descriptor is the metadata JSON (UTF-8).
+pub const NT_PMEM_METADATA: u32 = 1;
+/// Largest `PT_NOTE` segment read (or written): notes are read whole into
+/// memory, and real ones (VMCOREINFO, per-CPU status) are kilobytes.
+pub const MAX_NOTE_SEGMENT: u64 = 16 << 20;
+
+const EHDR_LEN: u64 = size_of::<FileHeader64<LE>>() as u64;
+const PHDR_LEN: u64 = size_of::<ProgramHeader64<LE>>() as u64;
+/// Alignment of note entries in a `PT_NOTE` (Linux core files use 4).
+const NOTE_ALIGN: usize = 4;
+
+/// Streams an ELF core: the whole layout is fixed in `begin`, after which
+/// bytes only ever go forward.
+pub struct ElfWriter {
+    sink: Box<dyn ByteSink>,
+    cursor: ChunkCursor,
+    /// File offset of each planned range's data.
+    offsets: Vec<u64>,
+}
+
+impl ElfWriter {
+    pub fn new(sink: Box<dyn ByteSink>) -> ElfWriter {
+        ElfWriter {
+            sink,
+            cursor: ChunkCursor::default(),
+            offsets: Vec::new(),
+        }
+    }
+}
+
+impl ImageWriter for ElfWriter {
+    fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
+        check_plan_nonempty(plan, Format::Elf)?;
+        let (head, offsets) = layout(plan)?;
+        write_all(self.sink.as_mut(), &head)?;
+        self.offsets = offsets;
+        self.cursor = ChunkCursor::new(&plan.ranges);
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
+        let position = self.cursor.advance(addr, chunk.len())?;
+        if position.starts_range {
+            // Padding up to the segment's page-aligned offset.
+            let pad = self.offsets[position.range_index] - self.sink.position();
+            write_zeros(self.sink.as_mut(), pad)?;
+        }
+        write_body(self.sink.as_mut(), chunk)
+    }
+
+    fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
+        finish_sink(self.sink, &self.cursor)
+    }
+}
+
+fn plan_error(what: impl Into<String>) -> WriteError {
+    WriteError::Plan(what.into())
+}
+
+fn page_align(offset: u64) -> Option<u64> {
+    Some(offset.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
+}
+
+/// Everything before the first segment's data (header, program headers,
+/// notes) and the file offset of each range's data.
+fn layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
+    let notes = notes(plan)?;
+    let note_phdrs = u64::from(!notes.is_empty());
+    let phnum = note_phdrs + plan.ranges.len() as u64;
+    let phnum = u16::try_from(phnum)
+        .ok()
+        .filter(|&n| n < E::PN_XNUM)
+        .ok_or_else(|| {
+            plan_error(format!(
+                "{} ranges do not fit an ELF program header table (at most {})",
+                plan.ranges.len(),
+                E::PN_XNUM - 1 - note_phdrs as u16
+            ))
+        })?;
+    let notes_offset = EHDR_LEN + u64::from(phnum) * PHDR_LEN;
+    let mut next = notes_offset + notes.len() as u64;
+    let mut offsets = Vec::with_capacity(plan.ranges.len());
+    for range in &plan.ranges {
+        let offset =
+            page_align(next).ok_or_else(|| plan_error("the ELF image would exceed 2^64 bytes"))?;
+        offsets.push(offset);
+        next = offset
+            .checked_add(range.len())
+            .ok_or_else(|| plan_error("the ELF image would exceed 2^64 bytes"))?;
+    }
+
+    let mut head = Vec::with_capacity(notes_offset as usize + notes.len());
+    head.extend_from_slice(object::bytes_of(&file_header(plan.arch, phnum)));
+    if !notes.is_empty() {
+        let note = ProgramHeader64 {
+            p_type: U32::new(LE, E::PT_NOTE),
+            p_flags: U32::new(LE, 0),
+            p_offset: U64::new(LE, notes_offset),
+            p_vaddr: U64::new(LE, 0),
+            p_paddr: U64::new(LE, 0),
+            p_filesz: U64::new(LE, notes.len() as u64),
+            p_memsz: U64::new(LE, notes.len() as u64),
+            p_align: U64::new(LE, NOTE_ALIGN as u64),
+        };
+        head.extend_from_slice(object::bytes_of(&note));
+    }
+    for (range, &offset) in plan.ranges.ranges().iter().zip(&offsets) {
+        let vaddr = plan
+            .direct_map_offset
+            .map_or(0, |base| base.wrapping_add(range.start));
+        let load = ProgramHeader64 {
+            p_type: U32::new(LE, E::PT_LOAD),
+            p_flags: U32::new(LE, E::PF_R | E::PF_W | E::PF_X),
+            p_offset: U64::new(LE, offset),
+            p_vaddr: U64::new(LE, vaddr),
+            p_paddr: U64::new(LE, range.start),
+            p_filesz: U64::new(LE, range.len()),
+            p_memsz: U64::new(LE, range.len()),
+            p_align: U64::new(LE, PAGE_SIZE),
+        };
+        head.extend_from_slice(object::bytes_of(&load));
+    }
+    head.extend_from_slice(&notes);
+    Ok((head, offsets))
+}
+
+fn file_header(arch: Arch, phnum: u16) -> FileHeader64<LE> {
+    FileHeader64 {
+        e_ident: E::Ident {
+            magic: E::ELFMAG,
+            class: E::ELFCLASS64,
+            data: E::ELFDATA2LSB,
+            version: E::EV_CURRENT,
+            os_abi: E::ELFOSABI_NONE,
+            abi_version: 0,
+            padding: [0; 7],
+        },
+        e_type: U16::new(LE, E::ET_CORE),
+        e_machine: U16::new(LE, arch.elf_machine()),
+        e_version: U32::new(LE, u32::from(E::EV_CURRENT)),
+        e_entry: U64::new(LE, 0),
+        e_phoff: U64::new(LE, if phnum == 0 { 0 } else { EHDR_LEN }),
+        e_shoff: U64::new(LE, 0),
+        e_flags: U32::new(LE, 0),
+        e_ehsize: U16::new(LE, EHDR_LEN as u16),
+        e_phentsize: U16::new(LE, PHDR_LEN as u16),
+        e_phnum: U16::new(LE, phnum),
+        e_shentsize: U16::new(LE, 0),
+        e_shnum: U16::new(LE, 0),
+        e_shstrndx: U16::new(LE, 0),
+    }
+}
+
+/// The `PT_NOTE` contents: VMCOREINFO first (where crash and drgn look),
+/// then pmem's metadata.
+fn notes(plan: &Plan) -> Result<Vec<u8>, WriteError> {
+    let mut out = Vec::new();
+    if let Some(desc) = &plan.vmcoreinfo {
+        push_note(&mut out, VMCOREINFO_NAME, NT_VMCOREINFO, desc)?;
+    }
+    if let Some(json) = &plan.metadata_json {
+        push_note(&mut out, PMEM_NAME, NT_PMEM_METADATA, json.as_bytes())?;
+    }
+    if out.len() as u64 > MAX_NOTE_SEGMENT {
+        // Readers (ours included) bound what they load from a PT_NOTE.
+        return Err(plan_error(format!(
+            "ELF notes of {} bytes exceed the {MAX_NOTE_SEGMENT}-byte limit",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn push_note(out: &mut Vec<u8>, name: &[u8], n_type: u32, desc: &[u8]) -> Result<(), WriteError> {
+    let descsz = u32::try_from(desc.len())
+        .map_err(|_| plan_error(format!("ELF note of {} bytes is too large", desc.len())))?;
+    let header = NoteHeader64 {
+        n_namesz: U32::new(LE, name.len() as u32 + 1), // with its NUL
+        n_descsz: U32::new(LE, descsz),
+        n_type: U32::new(LE, n_type),
+    };
+    out.extend_from_slice(object::bytes_of(&header));
+    out.extend_from_slice(name);
+    out.push(0);
+    out.resize(out.len().next_multiple_of(NOTE_ALIGN), 0);
+    out.extend_from_slice(desc);
+    out.resize(out.len().next_multiple_of(NOTE_ALIGN), 0);
+    Ok(())
+}
+
+/// An ELF64 little-endian core file opened for reading: pmem's own output,
+/// QEMU's dump-guest-memory, kdump vmcores, /proc/kcore-shaped files.
+///
+/// Memory is what the `PT_LOAD`s with file data describe, by `p_paddr`:
+/// * only the file-backed `p_filesz` bytes count; a `p_memsz` tail beyond
+///   them is left out of the memory map rather than claimed as zeros
+///   (makedumpfile uses such tails for pages it excluded, which were not
+///   necessarily zero);
+/// * segments with `p_filesz == 0` or `p_paddr == u64::MAX` (kcore's mark
+///   for mappings without a physical address) are skipped;
+/// * the rest, sorted by `p_paddr`, must not overlap (adjacent is fine).
+#[derive(Debug)]
+pub struct ElfReader {
+    segments: Segments,
+    arch: Arch,
+    metadata_json: Option<String>,
+    vmcoreinfo: Option<Vec<u8>>,
+    direct_map_offset: Option<u64>,
+}
+
+/// One `PT_LOAD` kept for the memory map.
+struct Load {
+    range: Range,
+    offset: u64,
+    vaddr: u64,
+    index: usize,
+}
+
+impl ElfReader {
+    pub fn open(path: &Path, file: File) -> Result<ElfReader, FormatError> {
+        let len = file_len(path, &file)?;
+        if len == 0 {
+            return Err(FormatError::Empty { path: path.into() });
+        }
+        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
+            path: path.into(),
+            offset,
+            format: Format::Elf,
+            reason,
+        };
+        let unsupported = |offset: u64, reason: &str| FormatError::Unsupported {
+            path: path.into(),
+            offset,
+            reason: reason.into(),
+        };
+        // Check the identification ourselves first: object would only say
+        // "unsupported", and ELF32 or big-endian deserve a clear message.
+        if len < EHDR_LEN {
+            return Err(corrupt(
+                0,
+                format!(
+                    "truncated ELF header: the file has {len} bytes, the header needs {EHDR_LEN}"
+                ),
+            ));
+        }
+        let mut ident = [0u8; 16];
+        read_exact_at(path, &file, 0, &mut ident)?;
+        match ident[4] {
+            E::ELFCLASS64 => {}
+            E::ELFCLASS32 => {
+                return Err(unsupported(
+                    4,
+                    "32-bit ELF (ELFCLASS32) images are not supported, only ELF64",
+                ))
+            }
+            class => return Err(corrupt(4, format!("unknown ELF class {class}"))),
+        }
+        match ident[5] {
+            E::ELFDATA2LSB => {}
+            E::ELFDATA2MSB => {
+                return Err(unsupported(5, "big-endian ELF images are not supported"))
+            }
+            data => return Err(corrupt(5, format!("unknown ELF data encoding {data}"))),
+        }
+
+        // ReadCache reads only the ranges asked for, so the (possibly huge)
+        // segment data is never loaded while parsing.
+        let cache = ReadCache::new(&file);
+        let data = &cache;
+        let header =
+            FileHeader64::<LE>::parse(data).map_err(|e| corrupt(0, format!("ELF header: {e}")))?;
+        let e_type = header.e_type(LE);
+        if e_type != E::ET_CORE {
+            return Err(corrupt(
+                0x10,
+                format!(
+                    "e_type {e_type} is not ET_CORE ({}): not a memory image",
+                    E::ET_CORE
+                ),
+            ));
+        }
+        let phoff = header.e_phoff(LE);
+        let phnum = header
+            .phnum(LE, data)
+            .map_err(|e| corrupt(0x38, format!("e_phnum: {e}")))?;
+        if phoff != 0 && phnum != 0 {
+            // Checked before object reads the table, so that a lying phnum
+            // cannot make it allocate more than the file holds.
+            let table = (phnum as u64).saturating_mul(PHDR_LEN);
+            if phoff.checked_add(table).is_none_or(|end| end > len) {
+                return Err(corrupt(phoff, format!(
+                    "the program header table ({phnum} entries of {PHDR_LEN} bytes) runs past the end of the file ({len:#x} bytes): truncated"
+                )));
+            }
+        }
+        let phdrs = header
+            .program_headers(LE, data)
+            .map_err(|e| corrupt(phoff, format!("program headers: {e}")))?;
+
+        let mut vmcoreinfo = None;
+        let mut metadata_json = None;
+        let mut loads = Vec::new();
+        for (index, phdr) in phdrs.iter().enumerate() {
+            let at = phoff + index as u64 * PHDR_LEN;
+            let (offset, filesz) = (phdr.p_offset(LE), phdr.p_filesz(LE));
+            let in_file = offset.checked_add(filesz).is_some_and(|end| end <= len);
+            match phdr.p_type(LE) {
+                E::PT_NOTE => {
+                    if filesz > MAX_NOTE_SEGMENT {
+                        return Err(corrupt(at, format!("program header {index}: PT_NOTE of {filesz:#x} bytes exceeds the {MAX_NOTE_SEGMENT:#x}-byte limit")));
+                    }
+                    if !in_file {
+                        return Err(corrupt(at, format!("program header {index}: PT_NOTE data at {offset:#x} (+{filesz:#x}) runs past the end of the file: truncated")));
+                    }
+                    let bytes = phdr.data(LE, data).map_err(|()| {
+                        corrupt(
+                            offset,
+                            format!("program header {index}: cannot read the PT_NOTE data"),
+                        )
+                    })?;
+                    // Tools disagree on p_align for notes (0, 4, 8, 4096):
+                    // only 8 means 8-byte alignment, as for binutils.
+                    let align = if phdr.p_align(LE) == 8 { 8 } else { 4 };
+                    let mut notes = NoteIterator::<FileHeader64<LE>>::new(LE, align, bytes)
+                        .map_err(|e| corrupt(offset, format!("program header {index}: {e}")))?;
+                    while let Some(note) = notes.next().map_err(|e| {
+                        corrupt(
+                            offset,
+                            format!("program header {index}: malformed note: {e}"),
+                        )
+                    })? {
+                        if note.name() == VMCOREINFO_NAME && vmcoreinfo.is_none() {
+                            vmcoreinfo = Some(note.desc().to_vec());
+                        } else if note.name() == PMEM_NAME
+                            && note.n_type(LE) == NT_PMEM_METADATA
+                            && metadata_json.is_none()
+                        {
+                            let json = String::from_utf8(note.desc().to_vec()).map_err(|_| {
+                                corrupt(offset, format!("program header {index}: the PMEM metadata note is not UTF-8"))
+                            })?;
+                            metadata_json = Some(json);
+                        }
+                    }
+                }
+                E::PT_LOAD => {
+                    let paddr = phdr.p_paddr(LE);
+                    if filesz == 0 || paddr == u64::MAX {
+                        continue;
+                    }
+                    let range = paddr
+                        .checked_add(filesz)
+                        .and_then(|end| Range::new(paddr, end))
+                        .ok_or_else(|| corrupt(at, format!("program header {index}: PT_LOAD at {paddr:#x} (+{filesz:#x}) runs past 2^64")))?;
+                    if !in_file {
+                        return Err(corrupt(at, format!("program header {index}: PT_LOAD {range} data at file offset {offset:#x} (+{filesz:#x}) runs past the end of the file ({len:#x} bytes): truncated")));
+                    }
+                    loads.push(Load {
+                        range,
+                        offset,
+                        vaddr: phdr.p_vaddr(LE),
+                        index,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let machine = header.e_machine(LE);
+        drop(cache);
+
+        loads.sort_by_key(|l| l.range.start);
+        for pair in loads.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if b.range.start < a.range.end {
+                return Err(corrupt(
+                    phoff + b.index as u64 * PHDR_LEN,
+                    format!(
+                        "program header {}: PT_LOAD {} overlaps program header {} ({})",
+                        b.index, b.range, a.index, a.range
+                    ),
+                ));
+            }
+        }
+        let direct_map_offset = direct_map_offset(&loads);
+        let offsets = loads.iter().map(|l| l.offset).collect();
+        let map = MemoryMap::new(loads.iter().map(|l| l.range).collect())
+            .map_err(|e| corrupt(phoff, e.to_string()))?;
+        Ok(ElfReader {
+            segments: Segments {
+                path: path.into(),
+                file,
+                map,
+                offsets,
+            },
+            arch: Arch::from_elf_machine(machine),
+            metadata_json,
+            vmcoreinfo,
+            direct_map_offset,
+        })
+    }
+}
+
+/// The direct-map base when every segment was mapped at p_paddr + base.
+/// A zero p_vaddr means "no virtual address" (QEMU, pmem without a base).
+fn direct_map_offset(loads: &[Load]) -> Option<u64> {
+    let base = loads
+        .first()?
+        .vaddr
+        .wrapping_sub(loads.first()?.range.start);
+    let consistent = loads
+        .iter()
+        .all(|l| l.vaddr != 0 && l.vaddr.wrapping_sub(l.range.start) == base);
+    (consistent && base != 0).then_some(base)
+}
+
+impl PhysicalMemory for ElfReader {
+    fn memory_map(&self) -> &MemoryMap {
+        &self.segments.map
+    }
+
+    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        self.segments.read_at(addr, buf)
+    }
+}
+
+impl ImageReader for ElfReader {
+    fn format(&self) -> Format {
+        Format::Elf
+    }
+    fn arch(&self) -> Option<Arch> {
+        Some(self.arch)
+    }
+    fn metadata_json(&self) -> Option<&str> {
+        self.metadata_json.as_deref()
+    }
+    fn vmcoreinfo(&self) -> Option<&[u8]> {
+        self.vmcoreinfo.as_deref()
+    }
+    fn direct_map_offset(&self) -> Option<u64> {
+        self.direct_map_offset
+    }
+}

@@ -1,0 +1,400 @@
+//! Write -> read round trips for every format, the ELF output checked with
+//! object's own parser, and readers fed corrupted images.
+
+use object::elf as E;
+use object::read::elf::{ElfFile64, FileHeader as _, ProgramHeader as _};
+use object::LittleEndian as LE;
+use pmem_core::sink::{create_image_file, HashingSink};
+use pmem_core::{Arch, Chunk, MemoryMap, Plan, Range, SinkSummary, WriteError};
+use pmem_formats::{detect, open_image, writer, Format, FormatError, ImageReader};
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+
+const PAGE: u64 = 4096;
+
+/// Memory to write: ranges with their content.
+#[derive(Debug, Clone)]
+struct Memory {
+    ranges: Vec<(Range, Vec<u8>)>,
+}
+
+impl Memory {
+    fn map(&self) -> MemoryMap {
+        MemoryMap::new(self.ranges.iter().map(|(r, _)| *r).collect()).unwrap()
+    }
+
+    fn plan(&self) -> Plan {
+        let mut plan = Plan::new(self.map(), Arch::X86_64);
+        plan.vmcoreinfo = Some(b"OSRELEASE=6.1.0\nPAGESIZE=4096\n".to_vec());
+        plan.metadata_json = Some(r#"{"tool":"pmem","hostname":"h\u00e9"}"#.into());
+        plan.direct_map_offset = Some(0xffff_8880_0000_0000);
+        plan
+    }
+}
+
+/// Hands each range to `w` in `chunk`-byte pieces; all-zero pieces go as
+/// `Chunk::Zero`, as the pipeline does.
+fn feed(w: &mut dyn pmem_core::ImageWriter, mem: &Memory, chunk: usize) -> Result<(), WriteError> {
+    for (range, data) in &mem.ranges {
+        for (i, piece) in data.chunks(chunk).enumerate() {
+            let addr = range.start + (i * chunk) as u64;
+            if piece.iter().all(|&b| b == 0) {
+                w.write_chunk(addr, Chunk::Zero(piece.len() as u64))?;
+            } else {
+                w.write_chunk(addr, Chunk::Data(piece))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_file(format: Format, path: &Path, plan: &Plan, mem: &Memory, chunk: usize) -> SinkSummary {
+    let sink = HashingSink::file(create_image_file(path, false).unwrap());
+    let mut w = writer(format, Box::new(sink));
+    w.begin(plan).unwrap();
+    feed(w.as_mut(), mem, chunk).unwrap();
+    w.finish().unwrap()
+}
+
+fn write_stream(format: Format, path: &Path, plan: &Plan, mem: &Memory, chunk: usize) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = writer(format, Box::new(HashingSink::stream(Box::new(file))));
+    w.begin(plan).unwrap();
+    feed(w.as_mut(), mem, chunk).unwrap();
+    w.finish().unwrap();
+}
+
+fn open(format: Format, path: &Path, map: &MemoryMap) -> Box<dyn ImageReader> {
+    let raw_map = (format == Format::Raw).then(|| map.clone());
+    open_image(path, raw_map).unwrap()
+}
+
+fn check_read_back(reader: &mut dyn ImageReader, mem: &Memory) {
+    assert_eq!(reader.memory_map(), &mem.map());
+    for (range, data) in &mem.ranges {
+        let mut buf = vec![0xa5; data.len()];
+        reader.read_at(range.start, &mut buf).unwrap();
+        assert_eq!(&buf, data, "range {range}");
+        // A read from the middle, too.
+        let mid = data.len() / 2;
+        let mut part = vec![0; data.len() - mid];
+        reader.read_at(range.start + mid as u64, &mut part).unwrap();
+        assert_eq!(&part[..], &data[mid..]);
+    }
+}
+
+/// Checks the ELF image with object's parser, independent of ours.
+fn check_elf_structure(bytes: &[u8], plan: &Plan) {
+    let elf = ElfFile64::<LE>::parse(bytes).unwrap();
+    let header = elf.elf_header();
+    assert_eq!(header.e_type(LE), E::ET_CORE);
+    assert_eq!(header.e_machine(LE), E::EM_X86_64);
+    let phdrs = elf.elf_program_headers();
+    assert_eq!(phdrs[0].p_type(LE), E::PT_NOTE, "PT_NOTE comes first");
+    let mut notes = phdrs[0].notes(LE, bytes).unwrap().unwrap();
+    let mut seen = Vec::new();
+    while let Some(note) = notes.next().unwrap() {
+        seen.push((note.name().to_vec(), note.n_type(LE), note.desc().to_vec()));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (b"VMCOREINFO".to_vec(), 0, plan.vmcoreinfo.clone().unwrap()),
+            (
+                b"PMEM".to_vec(),
+                pmem_formats::elf::NT_PMEM_METADATA,
+                plan.metadata_json.clone().unwrap().into_bytes()
+            ),
+        ]
+    );
+    let loads: Vec<_> = phdrs[1..].iter().collect();
+    assert_eq!(loads.len(), plan.ranges.len());
+    let mut previous_end = 0;
+    for (phdr, range) in loads.iter().zip(plan.ranges.ranges()) {
+        assert_eq!(phdr.p_type(LE), E::PT_LOAD);
+        assert_eq!(phdr.p_paddr(LE), range.start);
+        assert!(phdr.p_paddr(LE) >= previous_end, "ascending, disjoint");
+        previous_end = range.end;
+        assert_eq!(phdr.p_filesz(LE), range.len());
+        assert_eq!(phdr.p_memsz(LE), range.len());
+        assert_eq!(phdr.p_offset(LE) % PAGE, 0);
+        assert_eq!(phdr.p_align(LE), PAGE);
+        assert_eq!(phdr.p_flags(LE), E::PF_R | E::PF_W | E::PF_X);
+        assert_eq!(
+            phdr.p_vaddr(LE),
+            plan.direct_map_offset.unwrap() + range.start
+        );
+    }
+}
+
+fn round_trip(mem: &Memory, chunk: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = mem.plan();
+    for format in Format::ALL {
+        let path = dir.path().join(format.name());
+        let summary = write_file(format, &path, &plan, mem, chunk);
+        assert_eq!(summary.bytes, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(detect(&path).unwrap(), format);
+        let mut reader = open(format, &path, &plan.ranges);
+        assert_eq!(reader.format(), format);
+        check_read_back(reader.as_mut(), mem);
+
+        // A stream sink writes zeros where a file sink leaves holes: the
+        // bytes must be the same.
+        let streamed = dir.path().join(format!("{}.stream", format.name()));
+        write_stream(format, &streamed, &plan, mem, chunk);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes == std::fs::read(&streamed).unwrap(),
+            "{format}: file and stream differ"
+        );
+
+        match format {
+            Format::Elf => {
+                check_elf_structure(&bytes, &plan);
+                assert_eq!(reader.arch(), Some(Arch::X86_64));
+                assert_eq!(reader.vmcoreinfo(), plan.vmcoreinfo.as_deref());
+                assert_eq!(reader.metadata_json(), plan.metadata_json.as_deref());
+                assert_eq!(reader.direct_map_offset(), plan.direct_map_offset);
+            }
+            Format::Raw => {
+                assert_eq!(
+                    bytes.len() as u64,
+                    plan.ranges.end(),
+                    "raw ends at the last range"
+                );
+                for (range, data) in &mem.ranges {
+                    assert_eq!(&bytes[range.start as usize..range.end as usize], &data[..]);
+                }
+                let mut whole = open_image(&path, None).unwrap();
+                assert_eq!(
+                    whole.memory_map().ranges(),
+                    &[Range::new(0, plan.ranges.end()).unwrap()]
+                );
+                let mut all = vec![0xa5; bytes.len()];
+                whole.read_at(0, &mut all).unwrap();
+                assert!(all == bytes);
+                assert_eq!(reader.arch(), None);
+            }
+            _ => {
+                assert_eq!(reader.arch(), None);
+                assert_eq!(reader.metadata_json(), None);
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes with zeroed 512-byte blocks.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+    for block in v.chunks_mut(512) {
+        if next() % 3 == 0 {
+            block.fill(0);
+        }
+    }
+    v
+}
+
+fn memory(spans: &[(u64, u64)], seed: u64) -> Memory {
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    for (i, &(gap, len)) in spans.iter().enumerate() {
+        let start = at + gap;
+        let range = Range::new(start, start + len).unwrap();
+        ranges.push((range, content(seed.wrapping_add(i as u64), len as usize)));
+        at = range.end;
+    }
+    Memory { ranges }
+}
+
+#[test]
+fn multiple_ranges_with_zero_chunks() {
+    let mut mem = memory(
+        &[(0x1000, 0x9f000 - 0x1000), (0x61000, 0x3000), (0, 0x1000)],
+        7,
+    );
+    // A range that is all zeros, one that starts with a zero page.
+    mem.ranges[2].1.fill(0);
+    mem.ranges[1].1[..0x1000].fill(0);
+    round_trip(&mem, 0x4000);
+}
+
+#[test]
+fn unaligned_single_bytes() {
+    round_trip(&memory(&[(3, 1), (1, 5), (4095, 4097)], 1), 3);
+}
+
+#[test]
+fn elf_without_notes_or_direct_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img.elf");
+    let mem = memory(&[(0x1000, 0x2000)], 3);
+    let plan = Plan::new(mem.map(), Arch::Aarch64);
+    write_file(Format::Elf, &path, &plan, &mem, 0x1000);
+    let bytes = std::fs::read(&path).unwrap();
+    let elf = ElfFile64::<LE>::parse(&*bytes).unwrap();
+    let phdrs = elf.elf_program_headers();
+    assert_eq!(phdrs.len(), 1);
+    assert_eq!(phdrs[0].p_type(LE), E::PT_LOAD);
+    assert_eq!(phdrs[0].p_vaddr(LE), 0);
+    let mut reader = open_image(&path, None).unwrap();
+    assert_eq!(reader.arch(), Some(Arch::Aarch64));
+    assert_eq!((reader.vmcoreinfo(), reader.metadata_json()), (None, None));
+    assert_eq!(reader.direct_map_offset(), None);
+    check_read_back(reader.as_mut(), &mem);
+}
+
+#[test]
+fn high_addresses_stay_sparse_in_lime_and_elf() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mem = memory(&[(0, 0x1000)], 5);
+    mem.ranges.push((
+        Range::new(0x8_0000_0000, 0x8_0000_2000).unwrap(),
+        content(9, 0x2000),
+    ));
+    for format in [Format::Lime, Format::Elf] {
+        let path = dir.path().join(format.name());
+        write_file(format, &path, &mem.plan(), &mem, 0x1000);
+        assert!(std::fs::metadata(&path).unwrap().len() < 0x10000);
+        check_read_back(open_image(&path, None).unwrap().as_mut(), &mem);
+    }
+}
+
+fn arb_memory(aligned: bool) -> impl Strategy<Value = Memory> {
+    (
+        prop::collection::vec((0u64..3 * PAGE, 1u64..3 * PAGE), 1..6),
+        any::<u64>(),
+    )
+        .prop_map(move |(spans, seed)| {
+            let spans: Vec<(u64, u64)> = if aligned {
+                spans
+                    .iter()
+                    .map(|&(gap, len)| (gap / PAGE * PAGE, (len / PAGE).max(1) * PAGE))
+                    .collect()
+            } else {
+                spans
+            };
+            memory(&spans, seed)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn aligned_ranges_round_trip(mem in arb_memory(true), chunk in 1usize..3 * PAGE as usize) {
+        round_trip(&mem, chunk);
+    }
+
+    #[test]
+    fn unaligned_ranges_round_trip(mem in arb_memory(false), chunk in 1usize..3 * PAGE as usize) {
+        round_trip(&mem, chunk);
+    }
+
+    /// Any corruption of a valid image gives an error or a reader, never a
+    /// panic, a hang or a huge allocation; reads then fail or succeed.
+    #[test]
+    fn corrupted_images_never_panic(
+        mem in arb_memory(false),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [Format::Lime, Format::Elf] {
+            let path = dir.path().join(format.name());
+            write_file(format, &path, &mem.plan(), &mem, 4096);
+            let mut bytes = std::fs::read(&path).unwrap();
+            // Edits aim at the headers, where they matter most.
+            let head = bytes.len().min(512);
+            for (at, value) in &edits {
+                bytes[at.index(head)] = *value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(mut reader) = open_image(&path, None) {
+                let ranges = reader.memory_map().ranges().to_vec();
+                for range in ranges {
+                    let mut buf = vec![0; range.len().min(1 << 16) as usize];
+                    let _ = reader.read_at(range.start, &mut buf);
+                }
+            }
+        }
+    }
+}
+
+fn temp_file(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn detection() {
+    let (_d, path) = temp_file(b"");
+    assert!(matches!(detect(&path), Err(FormatError::Empty { .. })));
+    assert!(matches!(
+        open_image(&path, None),
+        Err(FormatError::Empty { .. })
+    ));
+    let (_d, path) = temp_file(b"EMi");
+    assert_eq!(detect(&path).unwrap(), Format::Raw);
+    let (_d, path) = temp_file(&[0u8; 100]);
+    assert_eq!(detect(&path).unwrap(), Format::Raw);
+    let mut avml = b"AVML".to_vec();
+    avml.extend_from_slice(&2u32.to_le_bytes());
+    avml.resize(64, 0);
+    let (_d, path) = temp_file(&avml);
+    let err = detect(&path).unwrap_err();
+    assert!(matches!(err, FormatError::Unsupported { offset: 0, .. }));
+    assert!(err.to_string().contains("AVML"), "{err}");
+    assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    assert!(open_image(&path, None).is_err());
+    let missing = path.with_file_name("missing");
+    assert!(matches!(detect(&missing), Err(FormatError::Io { .. })));
+}
+
+#[test]
+fn format_names() {
+    for format in Format::ALL {
+        assert_eq!(format.name().parse::<Format>().unwrap(), format);
+        assert_eq!(format.to_string(), format.name());
+    }
+    assert_eq!("ELF".parse::<Format>().unwrap(), Format::Elf);
+    assert!("aff4".parse::<Format>().is_err());
+}
+
+#[test]
+fn writers_enforce_the_chunk_contract() {
+    let mem = memory(&[(0x1000, 0x2000), (0x1000, 0x1000)], 2);
+    let plan = mem.plan();
+    for format in Format::ALL {
+        let sink = || Box::new(HashingSink::stream(Box::new(std::io::sink())));
+        // Writing before begin, out of order, past a range.
+        let mut w = writer(format, sink());
+        assert!(w.write_chunk(0x1000, Chunk::Zero(0x1000)).is_err());
+        w.begin(&plan).unwrap();
+        assert!(matches!(
+            w.write_chunk(0x2000, Chunk::Zero(0x1000)),
+            Err(WriteError::OutOfOrder { .. })
+        ));
+        assert!(w.write_chunk(0x1000, Chunk::Zero(0x2001)).is_err());
+        w.write_chunk(0x1000, Chunk::Data(&[1; 0x2000])).unwrap();
+        // Finishing with a range missing is an error, not a short image.
+        assert!(matches!(w.finish(), Err(WriteError::Plan(_))));
+        // An empty plan is refused.
+        let mut w = writer(format, sink());
+        let empty = Plan::new(MemoryMap::default(), Arch::X86_64);
+        assert!(matches!(w.begin(&empty), Err(WriteError::Plan(_))));
+    }
+}
