@@ -472,3 +472,221 @@ impl ImageReader for ElfReader {
         self.direct_map_offset
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmem_core::sink::{create_image_file, HashingSink};
+
+    fn map(r: &[(u64, u64)]) -> MemoryMap {
+        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
+    }
+
+    /// An image of `ranges` filled with 0x11, 0x22, ... per range.
+    fn image(plan: &Plan) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.elf");
+        let sink = HashingSink::file(create_image_file(&path, false).unwrap());
+        let mut w: Box<dyn ImageWriter> = Box::new(ElfWriter::new(Box::new(sink)));
+        w.begin(plan).unwrap();
+        for (i, r) in plan.ranges.ranges().iter().enumerate() {
+            let data = vec![0x11 * (i as u8 + 1); r.len() as usize];
+            w.write_chunk(r.start, Chunk::Data(&data)).unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    fn open_bytes(bytes: &[u8]) -> Result<ElfReader, FormatError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.elf");
+        std::fs::write(&path, bytes).unwrap();
+        let result = ElfReader::open(&path, File::open(&path).unwrap());
+        if let Err(e) = &result {
+            assert_eq!(e.path(), path);
+        }
+        result
+    }
+
+    fn phdr_at(index: usize) -> usize {
+        (EHDR_LEN + index as u64 * PHDR_LEN) as usize
+    }
+
+    fn put_u64(bytes: &mut [u8], at: usize, value: u64) {
+        bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[test]
+    fn header_bytes() {
+        let mut plan = Plan::new(map(&[(0x1000, 0x1800)]), Arch::X86_64);
+        plan.vmcoreinfo = Some(b"PAGESIZE=4096\n".to_vec());
+        let bytes = image(&plan);
+        #[rustfmt::skip]
+        let ehdr: [u8; 64] = [
+            0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, // ident: 64-bit, LE
+            4, 0, 62, 0, 1, 0, 0, 0,    // ET_CORE, EM_X86_64, EV_CURRENT
+            0, 0, 0, 0, 0, 0, 0, 0,     // e_entry
+            64, 0, 0, 0, 0, 0, 0, 0,    // e_phoff
+            0, 0, 0, 0, 0, 0, 0, 0,     // e_shoff
+            0, 0, 0, 0, 64, 0, 56, 0,   // e_flags, e_ehsize, e_phentsize
+            2, 0, 0, 0, 0, 0, 0, 0,     // e_phnum, e_shentsize, e_shnum, e_shstrndx
+        ];
+        assert_eq!(&bytes[..64], &ehdr);
+        #[rustfmt::skip]
+        let load: [u8; 56] = [
+            1, 0, 0, 0, 7, 0, 0, 0,             // PT_LOAD, RWX
+            0, 0x10, 0, 0, 0, 0, 0, 0,          // p_offset 0x1000
+            0, 0, 0, 0, 0, 0, 0, 0,             // p_vaddr
+            0, 0x10, 0, 0, 0, 0, 0, 0,          // p_paddr
+            0, 8, 0, 0, 0, 0, 0, 0,             // p_filesz 0x800
+            0, 8, 0, 0, 0, 0, 0, 0,             // p_memsz
+            0, 0x10, 0, 0, 0, 0, 0, 0,          // p_align 4096
+        ];
+        assert_eq!(&bytes[phdr_at(1)..phdr_at(2)], &load);
+        // The note right after the program headers: namesz 11, descsz 14,
+        // type 0, "VMCOREINFO\0" padded to 12, the descriptor padded to 16.
+        let note = &bytes[phdr_at(2)..phdr_at(2) + 12 + 12 + 16];
+        assert_eq!(&note[..12], &[11, 0, 0, 0, 14, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&note[12..24], b"VMCOREINFO\0\0");
+        assert_eq!(&note[24..], b"PAGESIZE=4096\n\0\0");
+        assert_eq!(bytes.len(), 0x1800);
+    }
+
+    #[test]
+    fn unsorted_segments_are_sorted() {
+        let plan = Plan::new(map(&[(0, 0x1000), (0x3000, 0x4000)]), Arch::X86_64);
+        let mut bytes = image(&plan);
+        put_u64(&mut bytes, phdr_at(0) + 24, 0x10000); // first PT_LOAD's p_paddr
+        let mut r = open_bytes(&bytes).unwrap();
+        assert_eq!(
+            r.memory_map(),
+            &map(&[(0x3000, 0x4000), (0x10000, 0x11000)])
+        );
+        let mut b = [0u8; 1];
+        r.read_at(0x10000, &mut b).unwrap();
+        assert_eq!(b, [0x11]);
+        r.read_at(0x3fff, &mut b).unwrap();
+        assert_eq!(b, [0x22]);
+    }
+
+    #[test]
+    fn overlapping_segments_name_the_phdr() {
+        let plan = Plan::new(map(&[(0, 0x2000), (0x3000, 0x4000)]), Arch::X86_64);
+        let mut bytes = image(&plan);
+        put_u64(&mut bytes, phdr_at(1) + 24, 0x1fff);
+        let err = open_bytes(&bytes).unwrap_err();
+        assert_eq!(err.offset(), phdr_at(1) as u64);
+        assert!(err.to_string().contains("program header 1"), "{err}");
+        assert!(err.to_string().contains("overlaps"), "{err}");
+    }
+
+    #[test]
+    fn truncated_files() {
+        let plan = Plan::new(map(&[(0, 0x2000), (0x3000, 0x4000)]), Arch::X86_64);
+        let bytes = image(&plan);
+        let err = open_bytes(&bytes[..phdr_at(1) + 10]).unwrap_err();
+        assert_eq!(err.offset(), EHDR_LEN);
+        assert!(err.to_string().contains("program header table"), "{err}");
+        let err = open_bytes(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert_eq!(err.offset(), phdr_at(1) as u64);
+        assert!(err.to_string().contains("truncated"), "{err}");
+        assert!(open_bytes(&bytes[..40]).is_err());
+        assert!(matches!(open_bytes(&[]), Err(FormatError::Empty { .. })));
+    }
+
+    #[test]
+    fn lying_counts_and_sizes() {
+        let plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
+        let bytes = image(&plan);
+        // e_phnum far beyond the file.
+        let mut b = bytes.clone();
+        b[0x38..0x3a].copy_from_slice(&0xfffeu16.to_le_bytes());
+        assert!(open_bytes(&b).is_err());
+        // PN_XNUM without a section header to hold the real count.
+        b[0x38..0x3a].copy_from_slice(&0xffffu16.to_le_bytes());
+        assert!(open_bytes(&b).is_err());
+        // A PT_LOAD claiming 2^64 - 1 bytes.
+        let mut b = bytes.clone();
+        put_u64(&mut b, phdr_at(0) + 32, u64::MAX);
+        assert!(open_bytes(&b).is_err());
+        // A PT_NOTE over the size limit.
+        let mut b = bytes.clone();
+        b[phdr_at(0)..phdr_at(0) + 4].copy_from_slice(&E::PT_NOTE.to_le_bytes());
+        put_u64(&mut b, phdr_at(0) + 32, MAX_NOTE_SEGMENT + 1);
+        let err = open_bytes(&b).unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn malformed_note() {
+        let mut plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
+        plan.metadata_json = Some("{}".into());
+        let mut bytes = image(&plan);
+        let note = phdr_at(2);
+        bytes[note..note + 4].copy_from_slice(&1000u32.to_le_bytes()); // namesz
+        let err = open_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("note"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_variants() {
+        let plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
+        let bytes = image(&plan);
+        let mut b = bytes.clone();
+        b[4] = E::ELFCLASS32;
+        assert!(matches!(
+            open_bytes(&b),
+            Err(FormatError::Unsupported { offset: 4, .. })
+        ));
+        let mut b = bytes.clone();
+        b[5] = E::ELFDATA2MSB;
+        assert!(matches!(
+            open_bytes(&b),
+            Err(FormatError::Unsupported { offset: 5, .. })
+        ));
+        let mut b = bytes.clone();
+        b[0x10] = E::ET_EXEC as u8;
+        assert!(open_bytes(&b).unwrap_err().to_string().contains("ET_CORE"));
+    }
+
+    #[test]
+    fn foreign_layouts() {
+        // kcore-like: a segment without physical address, an empty one, a
+        // memsz tail, p_vaddr = direct map + p_paddr.
+        let plan = Plan::new(
+            map(&[(0, 0x1000), (0x2000, 0x3000), (0x5000, 0x6000)]),
+            Arch::X86_64,
+        );
+        let mut b = image(&plan);
+        let base = 0xffff_8880_0000_0000u64;
+        put_u64(&mut b, phdr_at(0) + 24, u64::MAX); // no p_paddr
+        put_u64(&mut b, phdr_at(0) + 16, 0xffff_ffff_8100_0000);
+        put_u64(&mut b, phdr_at(1) + 16, base + 0x2000);
+        put_u64(&mut b, phdr_at(1) + 40, 0x5000); // memsz > filesz
+        put_u64(&mut b, phdr_at(2) + 16, base + 0x5000);
+        let r = open_bytes(&b).unwrap();
+        assert_eq!(r.memory_map(), &map(&[(0x2000, 0x3000), (0x5000, 0x6000)]));
+        assert_eq!(r.direct_map_offset(), Some(base));
+        put_u64(&mut b, phdr_at(2) + 32, 0); // filesz 0: skipped
+        put_u64(&mut b, phdr_at(1) + 16, 0); // vaddr 0: no direct map
+        let r = open_bytes(&b).unwrap();
+        assert_eq!(r.memory_map(), &map(&[(0x2000, 0x3000)]));
+        assert_eq!(r.direct_map_offset(), None);
+    }
+
+    #[test]
+    fn x86_is_written_as_elf64_em_386() {
+        let bytes = image(&Plan::new(map(&[(0, 0x1000)]), Arch::X86));
+        assert_eq!(bytes[4], E::ELFCLASS64);
+        assert_eq!(open_bytes(&bytes).unwrap().arch(), Some(Arch::X86));
+    }
+
+    #[test]
+    fn oversized_notes_are_refused_when_writing() {
+        let mut plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
+        plan.vmcoreinfo = Some(vec![b'x'; MAX_NOTE_SEGMENT as usize]);
+        let sink = HashingSink::stream(Box::new(std::io::sink()));
+        let mut w = ElfWriter::new(Box::new(sink));
+        assert!(matches!(w.begin(&plan), Err(WriteError::Plan(_))));
+    }
+}

@@ -1,5 +1,5 @@
 //! Image formats of pmem: one module per format, each with its writer (an
-//! [`ImageWriter`] over a [`ByteSink`]) and its reader (an [`ImageReader`]
+//! [`ImageWriter`](pmem_core::ImageWriter) over a [`ByteSink`]) and its reader (an [`ImageReader`]
 //! over a file) side by side, plus detection by magic.
 //!
 //! * [`lime`]: LiME v1, one 32-byte header per range followed by its bytes.
