@@ -1,1 +1,50 @@
-fn main() {}
+//! pmem: copy a machine's physical memory into an image file, and read,
+//! convert and verify such images.
+
+mod acquire;
+mod convert;
+mod host;
+mod image;
+mod info;
+mod job;
+mod manifest;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pmem", version, about = "Physical memory acquisition and image tools", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Acquire this machine's physical memory into an image (needs root).
+    Acquire(acquire::Args),
+    /// Show an image's format, physical ranges and embedded metadata.
+    Info(info::Args),
+    /// Convert an image into another format.
+    Convert(convert::Args),
+    /// Check an image against its manifest: hashes, ranges, completeness.
+    Verify(verify::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Acquire(args) => acquire::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Verify(args) => verify::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("pmem: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

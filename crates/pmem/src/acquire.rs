@@ -1,0 +1,119 @@
+//! `pmem acquire`: live memory -> image.
+
+use crate::job::{self, Job, Output};
+use crate::manifest::{self, NotAcquiredJson, Origin, RangeJson, SkippedJson, SourceJson};
+use anyhow::{Context, Result};
+use pmem_core::Plan;
+use pmem_formats::Format;
+use pmem_sources::SourceRequest;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format: lime, raw (zero-padded, sparse on files) or elf.
+    #[arg(long, short, default_value = "lime")]
+    format: Format,
+    /// Memory source: auto, kcore, crash or mem, optionally with a device
+    /// path (e.g. kcore:/proc/kcore).
+    #[arg(long, default_value = "auto")]
+    source: String,
+    /// Read the physical memory map from this file instead of /proc/iomem.
+    #[arg(long)]
+    iomem: Option<PathBuf>,
+    /// Where to write the JSON manifest (default: OUTPUT.json; none for
+    /// standard output unless given).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Overwrite an existing image and manifest.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Image file, or - for standard output.
+    output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let started_at = crate::host::now();
+    let mut request: SourceRequest = args
+        .source
+        .parse()
+        .with_context(|| format!("--source {}", args.source))?;
+    request.iomem_path = args.iomem.clone();
+    let mut opened = pmem_sources::open(&request)?;
+    let info = &opened.info;
+    for (kind, reason) in &info.skipped {
+        eprintln!("pmem: source {kind} skipped: {reason}");
+    }
+    eprintln!(
+        "pmem: reading {} ({}) with {} range(s), {:.1} MiB",
+        info.path.display(),
+        info.kind,
+        opened.memory.memory_map().len(),
+        opened.memory.memory_map().total_bytes() as f64 / (1 << 20) as f64
+    );
+    for gap in &info.not_acquired {
+        eprintln!("pmem: not acquired: {} ({})", gap.range, gap.reason);
+    }
+
+    let origin = Origin {
+        pmem_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: crate::host::describe(info.arch),
+        source: SourceJson {
+            kind: info.kind.to_string(),
+            path: info.path.display().to_string(),
+            format: None,
+            skipped: info
+                .skipped
+                .iter()
+                .map(|(kind, reason)| SkippedJson {
+                    kind: kind.to_string(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            direct_map_offset: info.direct_map_offset.map(|o| format!("{o:#x}")),
+            vmcoreinfo: info.vmcoreinfo.is_some(),
+        },
+        system_ram: manifest::ranges_json(&info.system_ram),
+        not_acquired: info
+            .not_acquired
+            .iter()
+            .map(|n| NotAcquiredJson {
+                range: RangeJson::from(&n.range),
+                reason: n.reason.clone(),
+            })
+            .collect(),
+        started_at,
+    };
+    let plan = Plan {
+        ranges: opened.memory.memory_map().clone(),
+        arch: info.arch,
+        direct_map_offset: info.direct_map_offset,
+        vmcoreinfo: info.vmcoreinfo.clone(),
+        metadata_json: Some(serde_json::to_string(&origin)?),
+    };
+    let output = Output::parse(&args.output);
+    let manifest_path = match (&args.manifest, &output) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Output::File(path)) => Some(manifest::default_path(path)),
+        (None, Output::Stdout) => None,
+    };
+    let manifest = job::run(Job {
+        source: opened.memory.as_mut(),
+        plan,
+        format: args.format,
+        output: output.clone(),
+        manifest_path: manifest_path.clone(),
+        origin,
+        inherited_unreadable: Vec::new(),
+        overwrite: args.force,
+        quiet: args.quiet,
+    })?;
+    eprintln!("{}", job::summary_line(&manifest, &output));
+    if let Some(path) = manifest_path {
+        eprintln!("pmem: manifest {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,174 @@
+//! One copy from a source (live memory or an image) into an image format,
+//! with progress on stderr and a manifest that is written whatever happens.
+//! Shared by `acquire` and `convert`.
+
+use crate::manifest::{self, BytesJson, Manifest, Origin, PageRunJson};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pmem_core::sink::{create_image_file, hex, HashingSink};
+use pmem_core::{copy_memory, ByteSink, CopyOptions, PhysicalMemory, Plan};
+use pmem_formats::Format;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where image bytes go.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Output {
+    pub fn parse(text: &Path) -> Output {
+        if text == Path::new("-") {
+            Output::Stdout
+        } else {
+            Output::File(text.to_owned())
+        }
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            Output::Stdout => "standard output".into(),
+            Output::File(p) => p.display().to_string(),
+        }
+    }
+
+    fn open(&self, overwrite: bool) -> Result<Box<dyn ByteSink>> {
+        match self {
+            Output::Stdout => Ok(Box::new(HashingSink::stream(Box::new(std::io::stdout())))),
+            Output::File(path) => {
+                let file = create_image_file(path, overwrite).with_context(|| {
+                    if path.exists() && !overwrite {
+                        format!(
+                            "{} already exists: choose another name or pass --force",
+                            path.display()
+                        )
+                    } else {
+                        format!("creating image {}", path.display())
+                    }
+                })?;
+                Ok(Box::new(HashingSink::for_file(file)?))
+            }
+        }
+    }
+}
+
+pub struct Job<'a> {
+    pub source: &'a mut dyn PhysicalMemory,
+    pub plan: Plan,
+    pub format: Format,
+    pub output: Output,
+    /// Where to write the manifest; `None` writes none (stdout without --manifest).
+    pub manifest_path: Option<PathBuf>,
+    pub origin: Origin,
+    /// Unreadable pages known from an earlier step (an input image's manifest).
+    pub inherited_unreadable: Vec<PageRunJson>,
+    pub overwrite: bool,
+    pub quiet: bool,
+}
+
+/// Copies, commits, writes the manifest. Returns the manifest of a complete
+/// image, or an error after writing a manifest that says what went wrong.
+pub fn run(job: Job<'_>) -> Result<Manifest> {
+    let started = Instant::now();
+    let mut manifest = Manifest {
+        origin: job.origin,
+        complete: false,
+        error: None,
+        format: job.format.name().to_string(),
+        ranges: manifest::ranges_json(&job.plan.ranges),
+        unreadable_pages: job.inherited_unreadable.clone(),
+        unreadable_page_count: 0,
+        bytes: BytesJson {
+            memory: job.plan.ranges.total_bytes(),
+            ..BytesJson::default()
+        },
+        image_sha256: None,
+        memory_sha256: None,
+        finished_at: None,
+        seconds: None,
+    };
+    // A manifest that cannot be written should stop us before we write
+    // gigabytes: create it first, rewrite it at the end.
+    if let Some(path) = &job.manifest_path {
+        manifest::write(path, &manifest, job.overwrite)?;
+    }
+
+    let progress = progress_bar(job.plan.ranges.total_bytes(), job.quiet);
+    let result = job.output.open(job.overwrite).and_then(|sink| {
+        let writer = pmem_formats::writer(job.format, sink);
+        copy_memory(
+            job.source,
+            writer,
+            &job.plan,
+            &CopyOptions::default(),
+            &mut |done| progress.set_position(done),
+        )
+        .with_context(|| format!("writing {} image {}", job.format, job.output.display()))
+    });
+    progress.finish_and_clear();
+
+    manifest.finished_at = Some(crate::host::now());
+    manifest.seconds = Some(started.elapsed().as_secs_f64());
+    let outcome = match result {
+        Ok(report) => {
+            manifest.complete = true;
+            manifest
+                .unreadable_pages
+                .extend(report.unreadable.iter().map(PageRunJson::from));
+            manifest.bytes.zero = report.zero_bytes;
+            manifest.bytes.image = report.image.bytes;
+            manifest.image_sha256 = Some(hex(&report.image.sha256));
+            manifest.memory_sha256 = Some(hex(&report.memory_sha256));
+            Ok(())
+        }
+        Err(err) => {
+            manifest.error = Some(format!("{err:#}"));
+            Err(err)
+        }
+    };
+    manifest.unreadable_page_count = manifest.unreadable_pages.iter().map(|r| r.pages).sum();
+    if let Some(path) = &job.manifest_path {
+        manifest::write(path, &manifest, true)?;
+    }
+    outcome.map(|()| manifest)
+}
+
+fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bytes:>10}/{total_bytes} [{wide_bar}] {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// One line for stderr summing up a finished job.
+pub fn summary_line(manifest: &Manifest, output: &Output) -> String {
+    let mib = manifest.bytes.memory as f64 / (1 << 20) as f64;
+    let secs = manifest.seconds.unwrap_or(0.0);
+    let mut line = format!(
+        "pmem: wrote {:.1} MiB of memory in {} range(s) to {} ({} bytes, {:.1} s, {:.0} MiB/s), sha256 {}",
+        mib,
+        manifest.ranges.len(),
+        output.display(),
+        manifest.bytes.image,
+        secs,
+        if secs > 0.0 { mib / secs } else { 0.0 },
+        manifest.image_sha256.as_deref().unwrap_or("-"),
+    );
+    if manifest.unreadable_page_count > 0 {
+        line.push_str(&format!(
+            "\npmem: warning: {} page(s) could not be read and were written as zeros (listed in the manifest)",
+            manifest.unreadable_page_count
+        ));
+    }
+    line
+}

@@ -1,0 +1,208 @@
+//! The JSON manifest written next to every image: what was acquired, from
+//! where, what could not be read, and the hashes that `pmem verify` checks.
+
+use anyhow::{Context, Result};
+use pmem_core::{MemoryMap, PageRun, Range};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A physical range as the manifest writes it: hex start, inclusive hex
+/// last address (as /proc/iomem and LiME do), and the byte count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeJson {
+    pub start: String,
+    pub last: String,
+    pub bytes: u64,
+}
+
+impl From<&Range> for RangeJson {
+    fn from(r: &Range) -> Self {
+        RangeJson {
+            start: format!("{:#x}", r.start),
+            last: format!("{:#x}", r.last()),
+            bytes: r.len(),
+        }
+    }
+}
+
+impl RangeJson {
+    pub fn to_range(&self) -> Result<Range> {
+        let start = parse_hex(&self.start)?;
+        let last = parse_hex(&self.last)?;
+        let range = Range::from_inclusive(start, last)
+            .with_context(|| format!("range {}-{} is reversed", self.start, self.last))?;
+        anyhow::ensure!(
+            range.len() == self.bytes,
+            "range {}-{} says {} bytes but spans {}",
+            self.start,
+            self.last,
+            self.bytes,
+            range.len()
+        );
+        Ok(range)
+    }
+}
+
+fn parse_hex(text: &str) -> Result<u64> {
+    let digits = text
+        .strip_prefix("0x")
+        .with_context(|| format!("address {text:?} lacks the 0x prefix"))?;
+    u64::from_str_radix(digits, 16).with_context(|| format!("address {text:?} is not hex"))
+}
+
+pub fn ranges_json(map: &MemoryMap) -> Vec<RangeJson> {
+    map.ranges().iter().map(RangeJson::from).collect()
+}
+
+pub fn map_from_json(ranges: &[RangeJson]) -> Result<MemoryMap> {
+    let ranges = ranges
+        .iter()
+        .map(RangeJson::to_range)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MemoryMap::new(ranges)?)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotAcquiredJson {
+    #[serde(flatten)]
+    pub range: RangeJson,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PageRunJson {
+    pub start: String,
+    pub pages: u64,
+}
+
+impl From<&PageRun> for PageRunJson {
+    fn from(run: &PageRun) -> Self {
+        PageRunJson {
+            start: format!("{:#x}", run.start),
+            pages: run.pages,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostJson {
+    pub hostname: String,
+    pub kernel_release: String,
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkippedJson {
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceJson {
+    /// kcore, crash, mem, or image (for `convert`).
+    pub kind: String,
+    pub path: String,
+    /// Format of the input image when kind is "image".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub skipped: Vec<SkippedJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_map_offset: Option<String>,
+    #[serde(default)]
+    pub vmcoreinfo: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BytesJson {
+    /// Logical bytes of memory in the image's ranges.
+    pub memory: u64,
+    /// Of those, bytes read and found to be zero (not the unreadable ones).
+    pub zero: u64,
+    /// Length of the image file as written.
+    pub image: u64,
+}
+
+/// What is known before the first byte is copied. Embedded as the pmem
+/// note of ELF images, so an image carries its origin into `convert`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Origin {
+    pub pmem_version: String,
+    pub host: HostJson,
+    pub source: SourceJson,
+    /// "System RAM" of the machine (or of the input image) before clipping.
+    pub system_ram: Vec<RangeJson>,
+    pub not_acquired: Vec<NotAcquiredJson>,
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// True only when every planned range was written and the image was
+    /// committed (flushed and synced).
+    pub complete: bool,
+    pub error: Option<String>,
+    pub format: String,
+    /// Ranges the image holds.
+    pub ranges: Vec<RangeJson>,
+    pub unreadable_pages: Vec<PageRunJson>,
+    pub unreadable_page_count: u64,
+    pub bytes: BytesJson,
+    pub image_sha256: Option<String>,
+    pub memory_sha256: Option<String>,
+    pub finished_at: Option<String>,
+    pub seconds: Option<f64>,
+}
+
+/// Where the manifest of `image` lives by default: `IMAGE.json`.
+pub fn default_path(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+pub fn read(path: &Path) -> Result<Manifest> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading manifest {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing manifest {}", path.display()))
+}
+
+/// Writes the manifest, 0600 like the image (it names the machine and its
+/// memory layout). Overwrites an earlier manifest of the same run.
+pub fn write(path: &Path, manifest: &Manifest, overwrite: bool) -> Result<()> {
+    use std::io::Write;
+    let mut file = pmem_core::sink::create_image_file(path, overwrite)
+        .with_context(|| format!("creating manifest {}", path.display()))?;
+    let mut text = serde_json::to_vec_pretty(manifest)?;
+    text.push(b'\n');
+    file.write_all(&text)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing manifest {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_json_is_inclusive_hex() {
+        let r = Range::new(0x1000, 0x9f000).unwrap();
+        let j = RangeJson::from(&r);
+        assert_eq!(j.start, "0x1000");
+        assert_eq!(j.last, "0x9efff");
+        assert_eq!(j.bytes, 0x9e000);
+        assert_eq!(j.to_range().unwrap(), r);
+        let bad = RangeJson {
+            bytes: 1,
+            ..j.clone()
+        };
+        assert!(bad.to_range().is_err());
+        let bad = RangeJson {
+            start: "1000".into(),
+            ..j
+        };
+        assert!(bad.to_range().is_err());
+    }
+}

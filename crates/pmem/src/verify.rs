@@ -1,0 +1,131 @@
+//! `pmem verify`: recompute an image's hashes and compare them, its ranges
+//! and its completeness with the manifest written when it was made.
+
+use crate::image;
+use crate::manifest;
+use anyhow::{Context, Result};
+use pmem_core::sink::hex;
+use pmem_formats::ImageReader;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Manifest to check against (default: IMAGE.json).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The image file.
+    image: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let manifest_path = args
+        .manifest
+        .clone()
+        .unwrap_or_else(|| manifest::default_path(&args.image));
+    let manifest = manifest::read(&manifest_path)?;
+    let mut opened = image::open(&args.image, Some(&manifest_path))?;
+    let mut failures = 0;
+    let mut check = |name: &str, ok: bool, detail: String| {
+        println!("{} {name}: {detail}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            failures += 1;
+        }
+    };
+
+    check(
+        "complete",
+        manifest.complete,
+        match &manifest.error {
+            Some(err) => format!("the acquisition did not finish: {err}"),
+            None if manifest.complete => "the manifest records a committed image".into(),
+            None => "the manifest does not record a finished image".into(),
+        },
+    );
+    let format = opened.reader.format().name();
+    check(
+        "format",
+        format == manifest.format,
+        format!("image is {format}, manifest says {}", manifest.format),
+    );
+    let (length, sha) = hash_file(&args.image)?;
+    check(
+        "image length",
+        length == manifest.bytes.image,
+        format!("{length} bytes, manifest says {}", manifest.bytes.image),
+    );
+    let expected_sha = manifest.image_sha256.as_deref().unwrap_or("(none)");
+    check(
+        "image sha256",
+        sha == expected_sha,
+        format!("{sha}, manifest says {expected_sha}"),
+    );
+    let ranges = manifest::ranges_json(opened.reader.memory_map());
+    check(
+        "ranges",
+        ranges == manifest.ranges,
+        format!(
+            "image holds {} range(s), manifest lists {}",
+            ranges.len(),
+            manifest.ranges.len()
+        ),
+    );
+    let memory_sha = hash_memory(opened.reader.as_mut())?;
+    let expected_memory = manifest.memory_sha256.as_deref().unwrap_or("(none)");
+    check(
+        "memory sha256",
+        memory_sha == expected_memory,
+        format!("{memory_sha}, manifest says {expected_memory}"),
+    );
+
+    if failures == 0 {
+        println!("verified: {}", args.image.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "pmem: {} does not match {}: {failures} check(s) failed",
+            args.image.display(),
+            manifest_path.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {} at offset {total}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex(&hasher.finalize())))
+}
+
+/// SHA-256 of the memory content as the image's reader returns it, in the
+/// same order as the pipeline hashes it during acquisition.
+fn hash_memory(reader: &mut dyn ImageReader) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let ranges = reader.memory_map().ranges().to_vec();
+    for range in ranges {
+        let mut addr = range.start;
+        while addr < range.end {
+            let len = (range.end - addr).min(buf.len() as u64) as usize;
+            reader.read_at(addr, &mut buf[..len])?;
+            hasher.update(&buf[..len]);
+            addr += len as u64;
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}

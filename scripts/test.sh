@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing what the tests need first
+# (idempotent; cached between runs on the same machine):
+#   scripts/test.sh            format, lint, unit + CLI tests, static build, guest suite
+#   PMEM_SKIP_GUEST=1 scripts/test.sh   the same without the QEMU guest suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "installing build and test dependencies"
+need_apt=()
+for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add x86_64-unknown-linux-musl >/dev/null
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "static musl build"
+cargo build --release --target x86_64-unknown-linux-musl -p pmem
+file_out=$(file -b target/x86_64-unknown-linux-musl/release/pmem 2>/dev/null || true)
+echo "pmem (musl): $(stat -c %s target/x86_64-unknown-linux-musl/release/pmem) bytes ${file_out:+- $file_out}"
+
+step "unit, property and CLI tests"
+cargo test --workspace --all-features
+
+if [[ "${PMEM_SKIP_GUEST:-0}" == 1 ]]; then
+    step "guest suite skipped (PMEM_SKIP_GUEST=1)"
+else
+    step "guest suite: real Debian kernels under QEMU"
+    python3 testing/guest/guest.py setup
+    python3 testing/guest/guest.py suite
+fi
