@@ -1,0 +1,411 @@
+//! Positional reads from a file or device by physical address: the
+//! [`PhysicalMemory`] implementation behind every live source.
+
+use crate::kcore::Piece;
+use pmem_core::{MemoryMap, PhysicalMemory, ReadError, PAGE_SIZE};
+use std::io;
+use std::path::PathBuf;
+
+/// `pread`: reads at an absolute offset without moving a file position, so
+/// tests can stand in for devices and inject errors.
+pub trait ReadAt {
+    /// Reads up to `buf.len()` bytes at `offset`; may return fewer.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+#[cfg(unix)]
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+#[cfg(windows)]
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::windows::fs::FileExt::seek_read(self, buf, offset)
+    }
+}
+
+/// In-memory files, for parsing headers held in a buffer (and fuzzing).
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.as_slice().read_at(buf, offset)
+    }
+}
+
+/// One `read_at`, repeated while it is interrupted by a signal.
+pub(crate) fn read_once<R: ReadAt + ?Sized>(
+    file: &R,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Fills `buf` from `offset`, looping on short reads. Returns the number of
+/// bytes read before an error, so callers can name the failing address.
+/// End of file is an `UnexpectedEof` error.
+pub(crate) fn read_full<R: ReadAt + ?Sized>(
+    file: &R,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), (usize, io::Error)> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| (done, io::Error::from(io::ErrorKind::InvalidInput)))?;
+        match read_once(file, &mut buf[done..], at) {
+            Ok(0) => return Err((done, end_of_file())),
+            Ok(n) => done += n,
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(())
+}
+
+fn end_of_file() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "read returned no data")
+}
+
+/// Whether a failed read concerns only the pages asked for (the pipeline
+/// retries page by page and zero-fills) rather than the whole source.
+/// These are the errors kcore, /dev/mem and /dev/crash give for memory
+/// they can't or won't read; a read returning nothing counts too.
+pub fn is_unreadable(err: &io::Error) -> bool {
+    if err.kind() == io::ErrorKind::UnexpectedEof {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        matches!(
+            err.raw_os_error(),
+            Some(
+                libc::EIO | libc::EFAULT | libc::ENXIO | libc::EPERM | libc::EINVAL | libc::ENOMEM
+            )
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// A file or device read by physical address through a translation table.
+pub(crate) struct FileMemory<F> {
+    pub(crate) file: F,
+    pub(crate) path: PathBuf,
+    pub(crate) map: MemoryMap,
+    /// Sorted, disjoint: which file offset holds each physical range.
+    pub(crate) pieces: Vec<Piece>,
+    /// /dev/crash: every pread must be exactly one aligned page.
+    pub(crate) page_reads: bool,
+}
+
+impl<F: ReadAt> FileMemory<F> {
+    fn error(&self, addr: u64, source: io::Error) -> ReadError {
+        if is_unreadable(&source) {
+            ReadError::Unreadable { addr, source }
+        } else {
+            ReadError::Fatal {
+                what: format!("reading {}", self.path.display()),
+                addr,
+                source,
+            }
+        }
+    }
+
+    fn fatal(&self, addr: u64, message: &str) -> ReadError {
+        ReadError::Fatal {
+            what: format!("reading {}", self.path.display()),
+            addr,
+            source: io::Error::new(io::ErrorKind::InvalidInput, message.to_string()),
+        }
+    }
+
+    /// Reads `buf` from one piece: `phys` is at file offset `offset`.
+    fn fill(&self, phys: u64, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if !self.page_reads {
+            // One pread for the whole request; loops only on short reads.
+            return read_full(&self.file, buf, offset)
+                .map_err(|(done, e)| self.error(phys + done as u64, e));
+        }
+        for (i, page) in buf.chunks_mut(PAGE_SIZE as usize).enumerate() {
+            let delta = i as u64 * PAGE_SIZE;
+            match read_once(&self.file, page, offset + delta) {
+                Ok(n) if n == page.len() => {}
+                // A second pread for the rest of a page would not be
+                // page-sized, which the device rejects: the page is lost.
+                Ok(n) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("short read of {n} bytes"),
+                    );
+                    return Err(self.error(phys + delta, e));
+                }
+                Err(e) => return Err(self.error(phys + delta, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F: ReadAt + Send> PhysicalMemory for FileMemory<F> {
+    fn memory_map(&self) -> &MemoryMap {
+        &self.map
+    }
+
+    fn read_granularity(&self) -> u64 {
+        if self.page_reads {
+            PAGE_SIZE
+        } else {
+            1
+        }
+    }
+
+    /// Splits the request where it crosses from one piece (kcore segment)
+    /// to the next; each part is one pread.
+    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if self.page_reads && (addr % PAGE_SIZE != 0 || buf.len() as u64 % PAGE_SIZE != 0) {
+            return Err(self.fatal(addr, "this device only reads whole aligned pages"));
+        }
+        // Never touch anything outside the map: on /dev/mem that would be
+        // MMIO, where a read can have side effects or hang the machine.
+        if !self.map.covers(addr, buf.len() as u64) {
+            return Err(self.fatal(addr, "request outside the source's memory map"));
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr + done as u64;
+            let index = self.pieces.partition_point(|p| p.phys.end <= at);
+            let piece = match self.pieces.get(index) {
+                Some(p) if p.phys.contains(at) => *p,
+                _ => return Err(self.fatal(at, "no file offset for this address")),
+            };
+            let n = (buf.len() - done).min((piece.phys.end - at).min(usize::MAX as u64) as usize);
+            let offset = piece.file_offset + (at - piece.phys.start);
+            self.fill(at, offset, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+// The tests inject Unix errno values.
+#[cfg(all(test, unix))]
+pub(crate) mod tests {
+    use super::*;
+    use pmem_core::Range;
+    use std::sync::Mutex;
+
+    /// A device stand-in: serves `data`, records every pread and fails the
+    /// ones an injected rule says should fail.
+    pub(crate) struct FakeDevice {
+        pub data: Vec<u8>,
+        pub reads: Mutex<Vec<(u64, usize)>>,
+        /// Returns Some(result) to override a read at (offset, len).
+        #[allow(clippy::type_complexity)]
+        pub inject: Box<dyn Fn(u64, usize, usize) -> Option<io::Result<usize>> + Send + Sync>,
+    }
+
+    impl FakeDevice {
+        pub fn new(data: Vec<u8>) -> FakeDevice {
+            FakeDevice {
+                data,
+                reads: Mutex::new(Vec::new()),
+                inject: Box::new(|_, _, _| None),
+            }
+        }
+    }
+
+    impl ReadAt for FakeDevice {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let mut reads = self.reads.lock().unwrap();
+            reads.push((offset, buf.len()));
+            if let Some(result) = (self.inject)(offset, buf.len(), reads.len()) {
+                return result;
+            }
+            self.data.read_at(buf, offset)
+        }
+    }
+
+    pub(crate) fn errno(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    fn memory(device: FakeDevice, pieces: Vec<Piece>, page_reads: bool) -> FileMemory<FakeDevice> {
+        let map = MemoryMap::normalized(pieces.iter().map(|p| p.phys).collect());
+        FileMemory {
+            file: device,
+            path: "/dev/fake".into(),
+            map,
+            pieces,
+            page_reads,
+        }
+    }
+
+    fn identity(len: u64) -> Vec<Piece> {
+        vec![Piece {
+            phys: Range::new(0, len).unwrap(),
+            file_offset: 0,
+        }]
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn retries_after_eintr() {
+        let mut device = FakeDevice::new(data(1 << 20));
+        device.inject = Box::new(|_, _, count| (count == 1).then(|| Err(errno(libc::EINTR))));
+        let mut m = memory(device, identity(1 << 20), false);
+        let mut buf = vec![0; 300_000];
+        m.read_at(5000, &mut buf).unwrap();
+        assert_eq!(buf, data(1 << 20)[5000..305_000]);
+        // One interrupted read, then one read for the whole request.
+        assert_eq!(m.file.reads.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn short_reads_continue() {
+        struct Trickle(Vec<u8>);
+        impl ReadAt for Trickle {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                let n = buf.len().min(777);
+                self.0.read_at(&mut buf[..n], offset)
+            }
+        }
+        let mut m = FileMemory {
+            file: Trickle(data(100_000)),
+            path: "/dev/fake".into(),
+            map: MemoryMap::new(vec![Range::new(0, 100_000).unwrap()]).unwrap(),
+            pieces: identity(100_000),
+            page_reads: false,
+        };
+        let mut buf = vec![0; 50_000];
+        m.read_at(10, &mut buf).unwrap();
+        assert_eq!(buf, data(100_000)[10..50_010]);
+    }
+
+    #[test]
+    fn error_classes() {
+        for (code, unreadable) in [
+            (libc::EIO, true),
+            (libc::EFAULT, true),
+            (libc::ENXIO, true),
+            (libc::EPERM, true),
+            (libc::EINVAL, true),
+            (libc::ENOMEM, true),
+            (libc::EBADF, false),
+            (libc::ENODEV, false),
+        ] {
+            let mut device = FakeDevice::new(data(1 << 16));
+            device.inject =
+                Box::new(move |offset, _, _| (offset >= 0x2000).then(|| Err(errno(code))));
+            let mut m = memory(device, identity(1 << 16), false);
+            let err = m.read_at(0x2000, &mut [0; 4096]).unwrap_err();
+            match err {
+                ReadError::Unreadable { addr, .. } => {
+                    assert!(unreadable, "errno {code}");
+                    assert_eq!(addr, 0x2000);
+                }
+                ReadError::Fatal { ref what, addr, .. } => {
+                    assert!(!unreadable, "errno {code}");
+                    assert_eq!(addr, 0x2000);
+                    let text = err.to_string();
+                    assert!(
+                        text.contains("/dev/fake") && text.contains("0x2000"),
+                        "{text}"
+                    );
+                    assert!(what.contains("/dev/fake"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A read past the end returns 0 bytes: unreadable, at the failing address.
+        let mut m = memory(FakeDevice::new(data(0x3000)), identity(0x10000), false);
+        match m.read_at(0x1000, &mut [0; 0x4000]) {
+            Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x3000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn page_reads_are_page_sized() {
+        let mut m = memory(FakeDevice::new(data(4 << 20)), identity(4 << 20), true);
+        assert_eq!(m.read_granularity(), 4096);
+        let mut buf = vec![0; 1 << 20];
+        m.read_at(0x10000, &mut buf).unwrap();
+        assert_eq!(buf, data(4 << 20)[0x10000..0x110000]);
+        let reads = m.file.reads.lock().unwrap().clone();
+        assert_eq!(reads.len(), 256);
+        for (i, (offset, len)) in reads.iter().enumerate() {
+            assert_eq!((*offset, *len), (0x10000 + i as u64 * 4096, 4096));
+        }
+        assert!(matches!(
+            m.read_at(0x10, &mut [0; 4096]),
+            Err(ReadError::Fatal { .. })
+        ));
+        assert!(matches!(
+            m.read_at(0, &mut [0; 100]),
+            Err(ReadError::Fatal { .. })
+        ));
+    }
+
+    #[test]
+    fn page_reads_reject_short_pages() {
+        let mut device = FakeDevice::new(data(1 << 16));
+        device.inject = Box::new(|offset, _, _| (offset == 0x3000).then_some(Ok(100)));
+        let mut m = memory(device, identity(1 << 16), true);
+        match m.read_at(0x1000, &mut [0; 0x4000]) {
+            Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x3000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_split_across_pieces() {
+        // Physical 0x10000.. is at file 0x0, physical 0x20000.. at 0x50000.
+        let pieces = vec![
+            Piece {
+                phys: Range::new(0x10000, 0x20000).unwrap(),
+                file_offset: 0,
+            },
+            Piece {
+                phys: Range::new(0x20000, 0x30000).unwrap(),
+                file_offset: 0x50000,
+            },
+        ];
+        let mut m = memory(FakeDevice::new(data(0x60000)), pieces, false);
+        let mut buf = vec![0; 0x2000];
+        m.read_at(0x1f000, &mut buf).unwrap();
+        assert_eq!(buf[..0x1000], data(0x60000)[0xf000..0x10000]);
+        assert_eq!(buf[0x1000..], data(0x60000)[0x50000..0x51000]);
+        assert_eq!(
+            *m.file.reads.lock().unwrap(),
+            [(0xf000, 0x1000), (0x50000, 0x1000)]
+        );
+        assert!(matches!(
+            m.read_at(0x2f000, &mut buf),
+            Err(ReadError::Fatal { .. })
+        ));
+    }
+}

@@ -1,0 +1,545 @@
+//! Turns an opened kcore, /dev/crash or /dev/mem into a source: its memory
+//! map, what it can't give, and the probe reads that decide whether it is
+//! usable at all. Generic over [`ReadAt`] so tests can stand in for devices.
+
+use crate::iomem::Iomem;
+use crate::kcore::{self, Piece};
+use crate::reader::{read_once, FileMemory, ReadAt};
+use crate::{NotAcquired, OpenedSource, SourceError, SourceInfo, SourceKind};
+use pmem_core::{Arch, MemoryMap, PhysicalMemory, Range, PAGE_SIZE};
+use std::io;
+use std::path::Path;
+
+/// Linux's EPERM: what /dev/mem answers under STRICT_DEVMEM. Spelled out
+/// because this module builds on every OS.
+const EPERM: i32 = 1;
+
+/// Below this, STRICT_DEVMEM still lets /dev/mem read (or shows zeros).
+const LOW_MEMORY: u64 = 1 << 20;
+
+pub(crate) fn kcore<F: ReadAt + Send + 'static>(
+    file: F,
+    path: &Path,
+    iomem: Iomem,
+) -> Result<OpenedSource, SourceError> {
+    let kcore_error = |source| SourceError::Kcore {
+        path: path.to_path_buf(),
+        source,
+    };
+    let header = kcore::parse(&file).map_err(kcore_error)?;
+    let system_ram = iomem.system_ram();
+    let mapping = kcore::map_physical(&header.segments, &system_ram).map_err(kcore_error)?;
+    let coverage = MemoryMap::normalized(mapping.pieces.iter().map(|p| p.phys).collect());
+    let uncovered = format!("not covered by any segment of {}", path.display());
+    let (map, not_acquired) = plan(&system_ram, &coverage, &uncovered);
+    let info = SourceInfo {
+        kind: SourceKind::Kcore,
+        path: path.to_path_buf(),
+        arch: header.arch,
+        direct_map_offset: mapping.direct_map_offset,
+        vmcoreinfo: header.vmcoreinfo,
+        system_ram,
+        iomem,
+        not_acquired,
+        skipped: Vec::new(),
+    };
+    finish(file, map, mapping.pieces, false, info)
+}
+
+/// /dev/crash (RHEL): offsets are physical addresses, reads whole pages.
+pub(crate) fn crash<F: ReadAt + Send + 'static>(
+    file: F,
+    path: &Path,
+    iomem: Iomem,
+) -> Result<OpenedSource, SourceError> {
+    let (map, info) = device_plan(SourceKind::Crash, path, iomem);
+    finish(file, map, identity(), true, info)
+}
+
+/// /dev/mem: offsets are physical addresses. Refused when the kernel
+/// enforces STRICT_DEVMEM, detected by reading one page of RAM above 1 MiB.
+pub(crate) fn mem<F: ReadAt + Send + 'static>(
+    file: F,
+    path: &Path,
+    iomem: Iomem,
+) -> Result<OpenedSource, SourceError> {
+    let (map, info) = device_plan(SourceKind::Mem, path, iomem);
+    if let Some(addr) = strict_probe_address(&map) {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        let result = read_once(&file, &mut page, addr);
+        match devmem_verdict(&result) {
+            DevmemProbe::Readable => {}
+            DevmemProbe::Strict => {
+                return Err(SourceError::StrictDevmem {
+                    path: path.to_path_buf(),
+                    addr,
+                })
+            }
+            DevmemProbe::Failed => {
+                let source = match result {
+                    Err(e) => e,
+                    Ok(n) => io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("read {n} of {PAGE_SIZE} bytes"),
+                    ),
+                };
+                return Err(SourceError::Probe {
+                    kind: SourceKind::Mem,
+                    path: path.to_path_buf(),
+                    source: pmem_core::ReadError::Unreadable { addr, source },
+                });
+            }
+        }
+    }
+    finish(file, map, identity(), false, info)
+}
+
+/// What /dev/mem's answer to a one-page read of RAM above 1 MiB means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DevmemProbe {
+    Readable,
+    /// EPERM: STRICT_DEVMEM allows only the low 1 MiB (and MMIO).
+    Strict,
+    /// Any other failure: the device is no good either.
+    Failed,
+}
+
+pub(crate) fn devmem_verdict(result: &io::Result<usize>) -> DevmemProbe {
+    match result {
+        Ok(n) if *n as u64 == PAGE_SIZE => DevmemProbe::Readable,
+        Err(e) if e.raw_os_error() == Some(EPERM) => DevmemProbe::Strict,
+        _ => DevmemProbe::Failed,
+    }
+}
+
+/// The first whole page of the map at or above 1 MiB.
+pub(crate) fn strict_probe_address(map: &MemoryMap) -> Option<u64> {
+    map.ranges().iter().find_map(|r| {
+        let addr = r
+            .start
+            .max(LOW_MEMORY)
+            .checked_next_multiple_of(PAGE_SIZE)?;
+        (addr.checked_add(PAGE_SIZE)? <= r.end).then_some(addr)
+    })
+}
+
+/// Devices addressed by physical offset read all of RAM, in whole pages.
+fn device_plan(kind: SourceKind, path: &Path, iomem: Iomem) -> (MemoryMap, SourceInfo) {
+    let system_ram = iomem.system_ram();
+    let everything = MemoryMap::new(vec![Range {
+        start: 0,
+        end: u64::MAX,
+    }])
+    .unwrap_or_default();
+    let (map, not_acquired) = plan(&system_ram, &everything, "");
+    let info = SourceInfo {
+        kind,
+        path: path.to_path_buf(),
+        arch: Arch::host(),
+        direct_map_offset: None,
+        vmcoreinfo: None,
+        system_ram,
+        iomem,
+        not_acquired,
+        skipped: Vec::new(),
+    };
+    (map, info)
+}
+
+/// File offset = physical address.
+fn identity() -> Vec<Piece> {
+    vec![Piece {
+        phys: Range {
+            start: 0,
+            end: u64::MAX,
+        },
+        file_offset: 0,
+    }]
+}
+
+/// A map from ranges that are sorted and disjoint by construction.
+fn map_of(ranges: Vec<Range>) -> MemoryMap {
+    MemoryMap::new(ranges.clone()).unwrap_or_else(|_| MemoryMap::normalized(ranges))
+}
+
+/// Splits System RAM into the whole pages `coverage` can give and the
+/// rest, each with its reason. Adjacent covering segments merge in
+/// `coverage`, so a RAM range spanning two of them stays one range.
+pub(crate) fn plan(
+    ram: &MemoryMap,
+    coverage: &MemoryMap,
+    uncovered_reason: &str,
+) -> (MemoryMap, Vec<NotAcquired>) {
+    let whole_pages = |m: &MemoryMap| {
+        map_of(
+            m.ranges()
+                .iter()
+                .filter_map(|r| r.shrink_to_alignment(PAGE_SIZE))
+                .collect(),
+        )
+    };
+    let clipped = whole_pages(ram);
+    let acquired = whole_pages(&clipped.intersect(coverage));
+    let uncovered = clipped.subtract(coverage);
+    let partial = ram.subtract(&acquired).subtract(&uncovered);
+    let note = |reason: &str| {
+        let reason = reason.to_string();
+        move |r: &Range| NotAcquired {
+            range: *r,
+            reason: reason.clone(),
+        }
+    };
+    let mut not_acquired: Vec<NotAcquired> = uncovered
+        .ranges()
+        .iter()
+        .map(note(uncovered_reason))
+        .chain(
+            partial
+                .ranges()
+                .iter()
+                .map(note("partial page: the kernel exposes whole pages only")),
+        )
+        .collect();
+    not_acquired.sort_by_key(|n| n.range.start);
+    (acquired, not_acquired)
+}
+
+/// Wraps up a source and probe-reads the first page of its map, so a
+/// source that opens but can't read fails here, before any byte is written.
+fn finish<F: ReadAt + Send + 'static>(
+    file: F,
+    map: MemoryMap,
+    pieces: Vec<Piece>,
+    page_reads: bool,
+    info: SourceInfo,
+) -> Result<OpenedSource, SourceError> {
+    let Some(first) = map.ranges().first().copied() else {
+        return Err(SourceError::NothingReadable {
+            kind: info.kind,
+            path: info.path,
+        });
+    };
+    let mut memory = FileMemory {
+        file,
+        path: info.path.clone(),
+        map,
+        pieces,
+        page_reads,
+    };
+    let mut page = vec![0u8; PAGE_SIZE.min(first.len()) as usize];
+    if let Err(source) = memory.read_at(first.start, &mut page) {
+        return Err(SourceError::Probe {
+            kind: info.kind,
+            path: info.path,
+            source,
+        });
+    }
+    Ok(OpenedSource {
+        memory: Box::new(memory),
+        info,
+    })
+}
+
+// The tests inject Unix errno values.
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::iomem;
+    use crate::reader::tests::{errno, FakeDevice};
+    use crate::testing::{self, pattern, KcoreBuilder, Segment, DIRECT_MAP};
+    use pmem_core::ReadError;
+
+    const MIB: u64 = 1 << 20;
+
+    fn r(start: u64, end: u64) -> Range {
+        Range::new(start, end).unwrap()
+    }
+
+    fn iomem_of(ram: &[Range]) -> Iomem {
+        iomem::parse(&testing::iomem_text(ram)).unwrap()
+    }
+
+    /// A kcore image in memory, built with the testing builder.
+    fn kcore_bytes(builder: &KcoreBuilder) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kcore");
+        builder.write(&path).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    fn read(source: &mut OpenedSource, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        source.memory.read_at(addr, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn kcore_reads_ram_by_physical_address() {
+        let ram = [r(0x1000, 0x9fc00), r(MIB, 8 * MIB), r(16 * MIB, 20 * MIB)];
+        let builder = KcoreBuilder::new(Arch::X86_64)
+            .vmcoreinfo(b"OSRELEASE=6.1.0\nPAGESIZE=4096\n")
+            .segment(Segment::not_ram(0xffff_ffff_8100_0000, 2 * MIB).with_paddr(2 * MIB))
+            .segment(Segment::not_ram(0xffff_c900_0000_0000, 64 * MIB))
+            .segment(Segment::ram(0x1000, 0x9e000))
+            // One RAM range served by two adjacent segments.
+            .segment(Segment::ram(MIB, 3 * MIB))
+            .segment(Segment::ram(4 * MIB, 4 * MIB))
+            // 16..20 MiB has no segment beyond 18 MiB.
+            .segment(Segment::ram(16 * MIB, 2 * MIB));
+        let file = kcore_bytes(&builder);
+        let mut source = kcore(file, Path::new("/proc/kcore"), iomem_of(&ram)).unwrap();
+        assert_eq!(
+            source.memory.memory_map().ranges(),
+            &[r(0x1000, 0x9f000), r(MIB, 8 * MIB), r(16 * MIB, 18 * MIB)]
+        );
+        let info = &source.info;
+        assert_eq!(info.arch, Arch::X86_64);
+        assert_eq!(info.direct_map_offset, Some(DIRECT_MAP));
+        assert_eq!(
+            info.vmcoreinfo.as_deref(),
+            Some(&b"OSRELEASE=6.1.0\nPAGESIZE=4096\n"[..])
+        );
+        assert_eq!(info.system_ram.ranges(), &ram);
+        let lost: Vec<(Range, &str)> = info
+            .not_acquired
+            .iter()
+            .map(|n| (n.range, n.reason.as_str()))
+            .collect();
+        assert_eq!(
+            lost,
+            [
+                (
+                    r(0x9f000, 0x9fc00),
+                    "partial page: the kernel exposes whole pages only"
+                ),
+                (
+                    r(18 * MIB, 20 * MIB),
+                    "not covered by any segment of /proc/kcore"
+                ),
+            ]
+        );
+        for addr in [0x1000, 0x5123, MIB, 4 * MIB - 10, 7 * MIB, 16 * MIB + 77] {
+            assert_eq!(
+                read(&mut source, addr, 10),
+                pattern(addr, 10),
+                "at {addr:#x}"
+            );
+        }
+        // Across the boundary of the two segments.
+        assert_eq!(
+            read(&mut source, 4 * MIB - 4096, 3 * 4096),
+            pattern(4 * MIB - 4096, 3 * 4096)
+        );
+        assert_eq!(
+            read(&mut source, MIB, 7 * MIB as usize),
+            pattern(MIB, 7 * MIB as usize)
+        );
+    }
+
+    #[test]
+    fn kcore_old_kernel() {
+        let ram = [r(0x1000, 0x9fc00), r(MIB, 64 * MIB)];
+        let builder = KcoreBuilder::new(Arch::X86_64)
+            .segment(Segment::not_ram(0xffff_ffff_8100_0000, 2 * MIB).with_paddr(0))
+            .segment(Segment::not_ram(0xffff_c900_0000_0000, 64 * MIB).with_paddr(0))
+            .segment(Segment::old_kernel_ram(0x1000, 0x9e000))
+            .segment(Segment::old_kernel_ram(MIB, 63 * MIB));
+        let mut source = kcore(kcore_bytes(&builder), Path::new("kcore"), iomem_of(&ram)).unwrap();
+        assert_eq!(source.info.direct_map_offset, Some(DIRECT_MAP));
+        assert_eq!(
+            source.memory.memory_map().ranges(),
+            &[r(0x1000, 0x9f000), r(MIB, 64 * MIB)]
+        );
+        assert_eq!(
+            read(&mut source, 33 * MIB + 5, 100),
+            pattern(33 * MIB + 5, 100)
+        );
+        assert_eq!(source.info.vmcoreinfo, None);
+    }
+
+    #[test]
+    fn kcore_without_ram_is_refused() {
+        let builder =
+            KcoreBuilder::new(Arch::Aarch64).segment(Segment::not_ram(0xffff_8000_0000_0000, MIB));
+        let err = kcore(
+            kcore_bytes(&builder),
+            Path::new("k"),
+            iomem_of(&[r(0x4000_0000, 0x8000_0000)]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, SourceError::NothingReadable { .. }), "{err}");
+    }
+
+    #[test]
+    fn kcore_probe_failure() {
+        let ram = [r(MIB, 2 * MIB)];
+        let builder = KcoreBuilder::new(Arch::X86_64).segment(Segment::ram(MIB, MIB));
+        let mut device = FakeDevice::new(kcore_bytes(&builder));
+        // Headers read fine, memory does not.
+        device.inject = Box::new(|offset, _, _| (offset >= 0x1000).then(|| Err(errno(libc::EIO))));
+        let err = kcore(device, Path::new("/proc/kcore"), iomem_of(&ram)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SourceError::Probe {
+                    kind: SourceKind::Kcore,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("0x100000"), "{err}");
+    }
+
+    fn physical(len: u64) -> Vec<u8> {
+        pattern(0, len as usize)
+    }
+
+    #[test]
+    fn crash_reads_pages() {
+        let ram = [r(0x1000, 0x9fc00), r(MIB, 4 * MIB)];
+        let mut source = crash(
+            FakeDevice::new(physical(4 * MIB)),
+            Path::new("/dev/crash"),
+            iomem_of(&ram),
+        )
+        .unwrap();
+        assert_eq!(source.memory.read_granularity(), 4096);
+        assert_eq!(
+            source.memory.memory_map().ranges(),
+            &[r(0x1000, 0x9f000), r(MIB, 4 * MIB)]
+        );
+        assert_eq!(source.info.not_acquired.len(), 1);
+        assert_eq!(
+            read(&mut source, MIB, MIB as usize),
+            pattern(MIB, MIB as usize)
+        );
+    }
+
+    #[test]
+    fn crash_preads_are_page_sized() {
+        // Inspect the device's reads through a shared log.
+        use std::sync::{Arc, Mutex};
+        struct Logged(Vec<u8>, Arc<Mutex<Vec<(u64, usize)>>>);
+        impl ReadAt for Logged {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                self.1.lock().unwrap().push((offset, buf.len()));
+                self.0.read_at(buf, offset)
+            }
+        }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let ram = [r(MIB, 4 * MIB)];
+        let device = Logged(physical(4 * MIB), log.clone());
+        let mut source = crash(device, Path::new("/dev/crash"), iomem_of(&ram)).unwrap();
+        log.lock().unwrap().clear();
+        assert_eq!(
+            read(&mut source, 2 * MIB, 2 * MIB as usize),
+            pattern(2 * MIB, 2 * MIB as usize)
+        );
+        let reads = log.lock().unwrap().clone();
+        assert_eq!(reads.len(), 512);
+        assert!(reads
+            .iter()
+            .all(|&(offset, len)| len == 4096 && offset % 4096 == 0));
+    }
+
+    #[test]
+    fn devmem_verdicts() {
+        assert_eq!(devmem_verdict(&Ok(4096)), DevmemProbe::Readable);
+        assert_eq!(devmem_verdict(&Err(errno(EPERM))), DevmemProbe::Strict);
+        assert_eq!(
+            devmem_verdict(&Err(errno(libc::EFAULT))),
+            DevmemProbe::Failed
+        );
+        assert_eq!(devmem_verdict(&Err(errno(libc::EIO))), DevmemProbe::Failed);
+        assert_eq!(devmem_verdict(&Ok(0)), DevmemProbe::Failed);
+        assert_eq!(devmem_verdict(&Ok(100)), DevmemProbe::Failed);
+        let map = MemoryMap::new(vec![
+            r(0x1000, 0x9f000),
+            r(0xfff00, 0x101000),
+            r(0x200000, 0x300000),
+        ])
+        .unwrap();
+        assert_eq!(strict_probe_address(&map), Some(0x100000));
+        let map = MemoryMap::new(vec![
+            r(0x1000, 0x9f000),
+            r(0xfff00, 0x100fff),
+            r(0x4000_0000, 0x5000_0000),
+        ])
+        .unwrap();
+        assert_eq!(strict_probe_address(&map), Some(0x4000_0000));
+        let map = MemoryMap::new(vec![r(0x1000, 0x9f000)]).unwrap();
+        assert_eq!(strict_probe_address(&map), None);
+    }
+
+    #[test]
+    fn devmem_strict_is_refused() {
+        let ram = [r(0x1000, 0x9fc00), r(MIB, 4 * MIB)];
+        let mut device = FakeDevice::new(physical(4 * MIB));
+        // Like STRICT_DEVMEM: low memory readable, RAM above 1 MiB EPERM.
+        device.inject = Box::new(|offset, _, _| (offset >= MIB).then(|| Err(errno(EPERM))));
+        let err = mem(device, Path::new("/dev/mem"), iomem_of(&ram)).unwrap_err();
+        assert!(
+            matches!(err, SourceError::StrictDevmem { addr: 0x100000, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("STRICT_DEVMEM"));
+
+        let mut device = FakeDevice::new(physical(4 * MIB));
+        device.inject = Box::new(|offset, _, _| (offset >= MIB).then(|| Err(errno(libc::ENXIO))));
+        let err = mem(device, Path::new("/dev/mem"), iomem_of(&ram)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SourceError::Probe {
+                    kind: SourceKind::Mem,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let mut source = mem(
+            FakeDevice::new(physical(4 * MIB)),
+            Path::new("/dev/mem"),
+            iomem_of(&ram),
+        )
+        .unwrap();
+        assert_eq!(source.memory.read_granularity(), 1);
+        assert_eq!(read(&mut source, 0x9e000, 0x1000), pattern(0x9e000, 0x1000));
+        match source.memory.read_at(5 * MIB, &mut [0; 16]) {
+            Err(ReadError::Fatal { .. }) => {}
+            other => panic!("outside the map: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plan_records_every_lost_byte() {
+        let ram = MemoryMap::new(vec![
+            r(0x100, 0x200),
+            r(0x1000, 0x9fc00),
+            r(MIB, 3 * MIB + 5),
+        ])
+        .unwrap();
+        let coverage = MemoryMap::new(vec![r(0, 0x50000), r(MIB + 0x800, 4 * MIB)]).unwrap();
+        let (map, lost) = plan(&ram, &coverage, "gap");
+        assert_eq!(
+            map.ranges(),
+            &[r(0x1000, 0x50000), r(MIB + 0x1000, 3 * MIB)]
+        );
+        let lost: Vec<(Range, &str)> = lost.iter().map(|n| (n.range, &n.reason[..3])).collect();
+        assert_eq!(
+            lost,
+            [
+                (r(0x100, 0x200), "par"),
+                (r(0x50000, 0x9f000), "gap"),
+                (r(0x9f000, 0x9fc00), "par"),
+                (r(MIB, MIB + 0x800), "gap"),
+                (r(MIB + 0x800, MIB + 0x1000), "par"),
+                (r(3 * MIB, 3 * MIB + 5), "par"),
+            ]
+        );
+        let total: u64 = lost.iter().map(|(r, _)| r.len()).sum();
+        assert_eq!(total + map.total_bytes(), ram.total_bytes());
+    }
+}
