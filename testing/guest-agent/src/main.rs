@@ -15,9 +15,9 @@
 //! 2. read `/proc/self/pagemap` (needs root) to learn each page's frame and
 //!    write the marker list to `--list`, then create `--ready`;
 //! 3. wait for `--release` to appear (the host has dumped memory by then);
-//! 4. read the frames again and re-check the content: a page that moved or
-//!    changed while the images were taken would make the comparison
-//!    meaningless, so that is reported (in `--report`) and fails the run.
+//! 4. read the frames again: a page that moved while the images were taken
+//!    would make the comparison meaningless, so a move is reported (in
+//!    `--report`) and fails the run.
 //!
 //! The page format is shared with `testing/guest/markers.py`, which
 //! regenerates it independently on the host:
@@ -101,13 +101,9 @@ impl Planted {
         })
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr/len describe a live read-write mapping owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self makes the access exclusive.
+        // SAFETY: ptr/len describe a live read-write mapping owned by self,
+        // and &mut self makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
@@ -281,26 +277,18 @@ fn run(args: &Args) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Only the frames are re-checked here: the content is checked by the host
+    // in QEMU's dump, taken after every acquisition while the pages were held.
     let after = planted.frames()?;
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
-    let mut expected = vec![0u8; PAGE_SIZE];
-    let changed = planted
-        .bytes()
-        .chunks_exact(PAGE_SIZE)
-        .enumerate()
-        .filter(|(index, page)| {
-            fill_page(args.seed, *index as u64, count, &mut expected);
-            *page != expected.as_slice()
-        })
-        .count();
-    let ok = moved == 0 && changed == 0;
+    let ok = moved == 0;
     let report = format!(
-        "pages {}\nframes_moved {moved}\npages_changed {changed}\nresult {}\n",
+        "pages {}\nframes_moved {moved}\nresult {}\n",
         args.pages,
         if ok { "ok" } else { "FAIL" }
     );
     write_durably(&args.report, &report)?;
-    eprintln!("pmem-guest-agent: frames moved {moved}, pages changed {changed}");
+    eprintln!("pmem-guest-agent: frames moved since planting: {moved}");
     Ok(ok)
 }
 

@@ -1,0 +1,193 @@
+"""Everything the guest harness needs on the host, installed idempotently.
+
+Nothing here touches the host's own kernel: the Debian kernel packages are
+only downloaded and unpacked into the cache directory. Each step first checks
+whether its result is already there, so a second run costs a few seconds.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CACHE = Path(os.environ.get("PMEM_GUEST_CACHE", Path.home() / ".cache" / "pmem-guest"))
+MUSL = "x86_64-unknown-linux-musl"
+VOLATILITY = "volatility3==2.28.2"
+# Debian packages the harness runs (command -> package). cpio is not needed:
+# the initramfs is written by initramfs.py.
+DEB_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "/bin/busybox": "busybox-static",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "depmod": "kmod",
+}
+
+
+class Kernel:
+    """A Debian cloud kernel: which package, and where it is unpacked."""
+
+    def __init__(self, key, pattern, preferred=None):
+        self.key = key  # short name used on the command line: "6.1", "6.12"
+        self.pattern = re.compile(pattern)
+        self.preferred = preferred
+
+    @property
+    def root(self):
+        return CACHE / "kernels" / self.key
+
+    def release(self):
+        return (self.root / "release").read_text().strip()
+
+    def vmlinuz(self):
+        return self.root / "tree" / "boot" / f"vmlinuz-{self.release()}"
+
+    def modules(self):
+        return self.root / "tree" / "lib" / "modules" / self.release()
+
+
+KERNELS = {
+    # The issue names 6.1.0-56; a newer ABI is used only if the archive drops it.
+    "6.1": Kernel("6.1", r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$", "linux-image-6.1.0-56-cloud-amd64"),
+    # The 6.12 line for bookworm: the newest one apt lists.
+    "6.12": Kernel("6.12", r"^linux-image-6\.12\.(\d+)\+deb12-cloud-amd64$"),
+}
+
+
+def log(message):
+    print(f"[setup] {message}", flush=True)
+
+
+def run(cmd, **kwargs):
+    """Runs a command, failing loudly with its output."""
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise SystemExit(
+            f"setup: {' '.join(map(str, cmd))} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
+    return result.stdout
+
+
+_apt_updated = False
+
+
+def apt_update():
+    global _apt_updated
+    if not _apt_updated:
+        log("apt-get update")
+        run(["apt-get", "update", "-qq"])
+        _apt_updated = True
+
+
+def ensure_debs():
+    missing = sorted({pkg for tool, pkg in DEB_TOOLS.items() if not shutil.which(tool) and not os.path.exists(tool)})
+    if missing:
+        apt_update()
+        log(f"apt-get install {' '.join(missing)}")
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def ensure_musl_target():
+    if MUSL not in run(["rustup", "target", "list", "--installed"]).split():
+        log(f"rustup target add {MUSL}")
+        run(["rustup", "target", "add", MUSL])
+
+
+def venv_python():
+    return CACHE / "venv" / "bin" / "python3"
+
+
+def ensure_volatility():
+    """Volatility 3, pinned, in a venv of its own so the host's Python stays clean."""
+    stamp = CACHE / "venv" / f".{VOLATILITY}"
+    if stamp.exists():
+        return
+    log(f"installing {VOLATILITY} into {CACHE / 'venv'}")
+    run([sys.executable, "-m", "venv", str(CACHE / "venv")])
+    run([str(venv_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check", VOLATILITY])
+    stamp.touch()
+
+
+def candidates(kernel):
+    """Installable package names matching the kernel's pattern, newest last."""
+    names = run(["apt-cache", "pkgnames", "linux-image-"]).split()
+    found = []
+    for name in names:
+        m = kernel.pattern.match(name)
+        # pkgnames also lists virtual names; keep those apt can download.
+        if m and subprocess.run(["apt-cache", "show", "--no-all-versions", name],
+                                capture_output=True).returncode == 0:
+            found.append((int(m.group(1)), name))
+    return [name for _, name in sorted(found)]
+
+
+def resolve_package(kernel):
+    for attempt in range(2):
+        names = candidates(kernel)
+        if kernel.preferred in names:
+            return kernel.preferred
+        if names:
+            return names[-1]
+        if attempt == 0:
+            apt_update()  # an empty or stale list: refresh once
+    raise SystemExit(
+        f"setup: apt lists no package matching {kernel.pattern.pattern}; "
+        f"check `apt-cache search linux-image-{kernel.key}` and /etc/apt/sources.list*"
+    )
+
+
+def ensure_kernel(kernel):
+    """Downloads and unpacks one kernel package (never installs it)."""
+    if (kernel.root / "release").exists():
+        return
+    package = resolve_package(kernel)
+    log(f"kernel {kernel.key}: downloading {package}")
+    kernel.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=kernel.root) as tmp:
+        run(["apt-get", "download", package], cwd=tmp)
+        deb = next(Path(tmp).glob("*.deb"))
+        tree = Path(tmp) / "tree"
+        run(["dpkg", "-x", str(deb), str(tree)])
+        release = package.removeprefix("linux-image-")
+        if not (tree / "boot" / f"vmlinuz-{release}").exists():
+            raise SystemExit(f"setup: {deb.name} has no boot/vmlinuz-{release}")
+        # The .deb ships no modules.dep; initramfs.py resolves dependencies from it.
+        run(["depmod", "-b", str(tree), release])
+        if (kernel.root / "tree").exists():
+            shutil.rmtree(kernel.root / "tree")
+        tree.rename(kernel.root / "tree")
+        (kernel.root / "package").write_text(deb.name + "\n")
+        # Written last: its presence means the kernel is complete.
+        (kernel.root / "release").write_text(release + "\n")
+
+
+def build_pmem():
+    """Static musl builds of pmem and the agent: they run in the guest as-is,
+    and the same pmem binary serves `info`/`verify` on the host."""
+    log("cargo build --release (musl): pmem, pmem-guest-agent")
+    result = subprocess.run(
+        ["cargo", "build", "--release", "--target", MUSL, "-p", "pmem", "-p", "pmem-guest-agent"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"setup: building pmem failed:\n{result.stderr[-4000:]}")
+    out = REPO / "target" / MUSL / "release"
+    return out / "pmem", out / "pmem-guest-agent"
+
+
+def setup(kernels=tuple(KERNELS), volatility=True):
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ensure_debs()
+    ensure_musl_target()
+    if volatility:
+        ensure_volatility()
+    for key in kernels:
+        ensure_kernel(KERNELS[key])
+        log(f"kernel {key}: {KERNELS[key].release()}")
