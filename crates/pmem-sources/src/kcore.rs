@@ -211,8 +211,13 @@ where
         "PT_NOTE segment",
     )?;
     let malformed = |e: object::read::Error| KcoreError::Malformed(format!("PT_NOTE: {e}"));
-    let mut notes =
-        NoteIterator::<Elf>::new(endian, ph.p_align(endian), &data).map_err(malformed)?;
+    // kcore leaves the note's p_align at 0; anything but 8 means the
+    // standard 4-byte note alignment (Word::default() is 0, read as 4).
+    let align = match ph.p_align(endian).into() {
+        8u64 => ph.p_align(endian),
+        _ => Default::default(),
+    };
+    let mut notes = NoteIterator::<Elf>::new(endian, align, &data).map_err(malformed)?;
     while let Some(note) = notes.next().map_err(malformed)? {
         if note.name() == b"VMCOREINFO" {
             return Ok(Some(note.desc().to_vec()));
@@ -533,6 +538,141 @@ mod tests {
         let m = map_physical(&segments, &ram).unwrap();
         assert_eq!(m.pieces.len(), 1);
         assert!(map_physical(&[], &ram).unwrap().pieces.is_empty());
+    }
+
+    /// A kcore header from the testing builder, in memory.
+    fn built(builder: &crate::testing::KcoreBuilder) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kcore");
+        builder.write(&path).unwrap();
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes.truncate(4096);
+        bytes
+    }
+
+    fn sample() -> crate::testing::KcoreBuilder {
+        use crate::testing::{KcoreBuilder, Segment};
+        KcoreBuilder::new(Arch::X86_64)
+            .vmcoreinfo(b"OSRELEASE=6.8.0\n")
+            .segment(Segment::not_ram(0xffff_ffff_8100_0000, 0x1000).with_paddr(0x1000))
+            .segment(Segment::not_ram(0xffff_c900_0000_0000, 1 << 45))
+            .segment(Segment::ram(0x1000, 0x2000).with_content(crate::testing::Content::Zeros))
+    }
+
+    #[test]
+    fn parses_builder_output() {
+        let header = parse(&built(&sample())).unwrap();
+        assert_eq!(header.arch, Arch::X86_64);
+        assert_eq!(
+            header.vmcoreinfo.as_deref(),
+            Some(&b"OSRELEASE=6.8.0\n"[..])
+        );
+        let paddrs: Vec<u64> = header.segments.iter().map(|s| s.paddr).collect();
+        assert_eq!(paddrs, [0x1000, NO_PADDR, 0x1000]);
+        assert_eq!(header.segments[1].size, 1 << 45);
+    }
+
+    #[test]
+    fn note_size_is_bounded() {
+        let mut bytes = built(&sample());
+        // p_filesz of the PT_NOTE header, the first one at offset 64.
+        bytes[64 + 32..64 + 40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            parse(&bytes),
+            Err(KcoreError::NoteTooLarge { size }) if size == 1 << 40
+        ));
+    }
+
+    #[test]
+    fn bad_program_header_tables() {
+        let bytes = built(&sample());
+        let mut wrong_size = bytes.clone();
+        wrong_size[54] = 32; // e_phentsize
+        assert!(matches!(parse(&wrong_size), Err(KcoreError::Malformed(_))));
+        let mut too_many = bytes.clone();
+        too_many[56..58].copy_from_slice(&100u16.to_le_bytes()); // e_phnum
+        assert!(matches!(
+            parse(&too_many[..600]),
+            Err(KcoreError::Io { .. })
+        ));
+        let mut not_core = bytes.clone();
+        not_core[16] = 2; // ET_EXEC
+        assert!(matches!(parse(&not_core), Err(KcoreError::Malformed(_))));
+    }
+
+    #[test]
+    fn elf32_kcore() {
+        use object::{U16, U32};
+        let e = Endianness::Little;
+        let header = elf::FileHeader32::<Endianness> {
+            e_ident: elf::Ident {
+                magic: elf::ELFMAG,
+                class: elf::ELFCLASS32,
+                data: elf::ELFDATA2LSB,
+                version: elf::EV_CURRENT,
+                os_abi: 0,
+                abi_version: 0,
+                padding: [0; 7],
+            },
+            e_type: U16::new(e, elf::ET_CORE),
+            e_machine: U16::new(e, elf::EM_386),
+            e_version: U32::new(e, 1),
+            e_entry: U32::new(e, 0),
+            e_phoff: U32::new(e, 52),
+            e_shoff: U32::new(e, 0),
+            e_flags: U32::new(e, 0),
+            e_ehsize: U16::new(e, 52),
+            e_phentsize: U16::new(e, 32),
+            e_phnum: U16::new(e, 2),
+            e_shentsize: U16::new(e, 0),
+            e_shnum: U16::new(e, 0),
+            e_shstrndx: U16::new(e, 0),
+        };
+        let load = |vaddr: u32, paddr: u32| elf::ProgramHeader32::<Endianness> {
+            p_type: U32::new(e, elf::PT_LOAD),
+            p_offset: U32::new(e, 0x1000),
+            p_vaddr: U32::new(e, vaddr),
+            p_paddr: U32::new(e, paddr),
+            p_filesz: U32::new(e, 0x1000),
+            p_memsz: U32::new(e, 0x1000),
+            p_flags: U32::new(e, 7),
+            p_align: U32::new(e, 0x1000),
+        };
+        let mut bytes = object::pod::bytes_of(&header).to_vec();
+        bytes.extend_from_slice(object::pod::bytes_of(&load(0xc010_0000, 0x10_0000)));
+        bytes.extend_from_slice(object::pod::bytes_of(&load(0xf800_0000, u32::MAX)));
+        let parsed = parse(&bytes).unwrap();
+        assert_eq!(parsed.arch, Arch::X86);
+        assert_eq!(parsed.segments[0].paddr, 0x10_0000);
+        assert_eq!(parsed.segments[1].paddr, NO_PADDR);
+    }
+
+    /// Mutated headers: errors are fine, panics are not.
+    #[test]
+    fn mutations_never_panic() {
+        let original = built(&sample());
+        let ram = MemoryMap::new(vec![r(0x1000, 0x9fc00), r(MIB, 64 * MIB)]).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut bytes = original.clone();
+            for _ in 0..1 + next() % 8 {
+                // Mostly the ELF and program headers, sometimes the notes.
+                let at = (next() % 600) as usize;
+                bytes[at] = next() as u8;
+            }
+            if next() % 10 == 0 {
+                bytes.truncate((next() % 600) as usize);
+            }
+            if let Ok(header) = parse(&bytes) {
+                let _ = map_physical(&header.segments, &ram);
+            }
+        }
     }
 
     #[test]

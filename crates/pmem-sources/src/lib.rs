@@ -251,6 +251,15 @@ pub fn open(_request: &SourceRequest) -> Result<OpenedSource, SourceError> {
 mod tests {
     use super::*;
 
+    #[cfg(not(target_os = "linux"))]
+    #[test]
+    fn open_is_unsupported() {
+        assert!(matches!(
+            open(&SourceRequest::default()),
+            Err(SourceError::UnsupportedOs)
+        ));
+    }
+
     #[test]
     fn parses_requests() {
         let r: SourceRequest = "kcore:/tmp/x:y".parse().unwrap();

@@ -267,6 +267,15 @@ mod tests {
         std::fs::read(path).unwrap()
     }
 
+    /// A kcore file built with the testing builder, opened.
+    fn kcore_file(builder: &KcoreBuilder) -> std::fs::File {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kcore");
+        builder.write(&path).unwrap();
+        // The open file outlives the directory on Unix.
+        std::fs::File::open(path).unwrap()
+    }
+
     fn read(source: &mut OpenedSource, addr: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0; len];
         source.memory.read_at(addr, &mut buf).unwrap();
@@ -286,7 +295,7 @@ mod tests {
             .segment(Segment::ram(4 * MIB, 4 * MIB))
             // 16..20 MiB has no segment beyond 18 MiB.
             .segment(Segment::ram(16 * MIB, 2 * MIB));
-        let file = kcore_bytes(&builder);
+        let file = kcore_file(&builder);
         let mut source = kcore(file, Path::new("/proc/kcore"), iomem_of(&ram)).unwrap();
         assert_eq!(
             source.memory.memory_map().ranges(),
@@ -338,21 +347,21 @@ mod tests {
 
     #[test]
     fn kcore_old_kernel() {
-        let ram = [r(0x1000, 0x9fc00), r(MIB, 64 * MIB)];
+        let ram = [r(0x1000, 0x9fc00), r(MIB, 16 * MIB)];
         let builder = KcoreBuilder::new(Arch::X86_64)
             .segment(Segment::not_ram(0xffff_ffff_8100_0000, 2 * MIB).with_paddr(0))
             .segment(Segment::not_ram(0xffff_c900_0000_0000, 64 * MIB).with_paddr(0))
             .segment(Segment::old_kernel_ram(0x1000, 0x9e000))
-            .segment(Segment::old_kernel_ram(MIB, 63 * MIB));
-        let mut source = kcore(kcore_bytes(&builder), Path::new("kcore"), iomem_of(&ram)).unwrap();
+            .segment(Segment::old_kernel_ram(MIB, 15 * MIB));
+        let mut source = kcore(kcore_file(&builder), Path::new("kcore"), iomem_of(&ram)).unwrap();
         assert_eq!(source.info.direct_map_offset, Some(DIRECT_MAP));
         assert_eq!(
             source.memory.memory_map().ranges(),
-            &[r(0x1000, 0x9f000), r(MIB, 64 * MIB)]
+            &[r(0x1000, 0x9f000), r(MIB, 16 * MIB)]
         );
         assert_eq!(
-            read(&mut source, 33 * MIB + 5, 100),
-            pattern(33 * MIB + 5, 100)
+            read(&mut source, 9 * MIB + 5, 100),
+            pattern(9 * MIB + 5, 100)
         );
         assert_eq!(source.info.vmcoreinfo, None);
     }
@@ -362,7 +371,7 @@ mod tests {
         let builder =
             KcoreBuilder::new(Arch::Aarch64).segment(Segment::not_ram(0xffff_8000_0000_0000, MIB));
         let err = kcore(
-            kcore_bytes(&builder),
+            kcore_file(&builder),
             Path::new("k"),
             iomem_of(&[r(0x4000_0000, 0x8000_0000)]),
         )
