@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 PREFIX = "@@pmem-guest "
+CPU = os.environ.get("PMEM_GUEST_CPU", "qemu64")
 
 
 class GuestError(Exception):
@@ -99,7 +100,9 @@ class Qmp:
 class Guest:
     """Runs one guest to completion; see the module docstring."""
 
-    def __init__(self, kernel, initrd, disk, memory_mib, workdir, timeout, dump_path=None, log=print):
+    def __init__(self, kernel, initrd, disk, memory_mib, workdir, timeout, dump_path=None, log=print,
+                 machine="pc"):
+        self.machine = machine
         self.kernel = kernel
         self.initrd = initrd
         self.disk = disk
@@ -117,7 +120,8 @@ class Guest:
 
     def command(self, qmp_socket):
         return [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mib), "-smp", "1",
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", self.machine, "-cpu", CPU,
+            "-m", str(self.memory_mib), "-smp", "1",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(self.kernel), "-initrd", str(self.initrd),
             # panic=-1 + -no-reboot: a kernel panic ends QEMU instead of hanging
