@@ -18,13 +18,19 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-rustup target add x86_64-unknown-linux-musl >/dev/null
+rustup target add x86_64-unknown-linux-musl x86_64-pc-windows-gnu x86_64-apple-darwin >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "clippy for Windows and macOS (formats, pipeline and image tools build everywhere)"
+for target in x86_64-pc-windows-gnu x86_64-apple-darwin; do
+    cargo clippy -p pmem -p pmem-core -p pmem-formats -p pmem-sources \
+        --all-targets --target "$target" -- -D warnings
+done
 
 step "static musl build"
 cargo build --release --target x86_64-unknown-linux-musl -p pmem
