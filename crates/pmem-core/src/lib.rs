@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod range;
 pub mod sink;
 pub mod source;
+pub mod windows;
 pub mod writer;
 
 pub use arch::Arch;
@@ -17,6 +18,7 @@ pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport, PageRun};
 pub use range::{MemoryMap, MemoryMapError, Range};
 pub use sink::{ByteSink, SinkSummary};
 pub use source::{PhysicalMemory, ReadError};
+pub use windows::WindowsMetadata;
 pub use writer::{Chunk, ImageWriter, Plan, WriteError};
 
 /// The page size all sources and formats account in. Physical memory maps,

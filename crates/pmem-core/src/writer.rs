@@ -3,6 +3,7 @@
 use crate::arch::Arch;
 use crate::range::MemoryMap;
 use crate::sink::SinkSummary;
+use crate::windows::WindowsMetadata;
 use std::io;
 
 /// What a writer must know before the first byte: the ranges it will be
@@ -18,6 +19,8 @@ pub struct Plan {
     pub vmcoreinfo: Option<Vec<u8>>,
     /// pmem's acquisition metadata as JSON text, for formats that can carry it.
     pub metadata_json: Option<String>,
+    /// Kernel facts of a Windows machine, needed by the crash dump format.
+    pub windows: Option<WindowsMetadata>,
 }
 
 impl Plan {
@@ -29,6 +32,7 @@ impl Plan {
             direct_map_offset: None,
             vmcoreinfo: None,
             metadata_json: None,
+            windows: None,
         }
     }
 }

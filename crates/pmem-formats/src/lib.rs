@@ -6,18 +6,21 @@
 //! * [`raw`]: zero-padded raw, file offset == physical address.
 //! * [`elf`]: ELF64 core file, one `PT_LOAD` per range, VMCOREINFO and pmem
 //!   metadata as notes.
+//! * [`dmp`]: Microsoft full memory crash dump (runs or page bitmap).
 //!
 //! Readers parse untrusted files: every size they act on is checked against
 //! the file length first, and every problem is a [`FormatError`] naming the
 //! file and the offset of the bad structure.
 
+pub mod dmp;
 pub mod elf;
 pub mod lime;
 pub mod raw;
 
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
-    Arch, ByteSink, Chunk, MemoryMap, PhysicalMemory, ReadError, SinkSummary, WriteError,
+    Arch, ByteSink, Chunk, MemoryMap, PhysicalMemory, ReadError, SinkSummary, WindowsMetadata,
+    WriteError,
 };
 use std::fmt;
 use std::fs::File;
@@ -32,11 +35,13 @@ pub enum Format {
     Lime,
     Raw,
     Elf,
+    /// Windows crash dump; needs Windows metadata and page-aligned ranges.
+    Dmp,
 }
 
 impl Format {
     /// Every format, in the order the CLI lists them.
-    pub const ALL: [Format; 3] = [Format::Lime, Format::Raw, Format::Elf];
+    pub const ALL: [Format; 4] = [Format::Lime, Format::Raw, Format::Elf, Format::Dmp];
 
     /// The name the CLI and the manifest use.
     pub fn name(&self) -> &'static str {
@@ -44,6 +49,7 @@ impl Format {
             Format::Lime => "lime",
             Format::Raw => "raw",
             Format::Elf => "elf",
+            Format::Dmp => "dmp",
         }
     }
 }
@@ -56,7 +62,7 @@ impl fmt::Display for Format {
 
 /// A format name that [`Format::from_str`] does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown image format {0:?}: expected one of lime, raw, elf")]
+#[error("unknown image format {0:?}: expected one of lime, raw, elf, dmp")]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for Format {
@@ -143,6 +149,11 @@ pub trait ImageReader: PhysicalMemory {
     fn direct_map_offset(&self) -> Option<u64> {
         None
     }
+
+    /// Windows kernel metadata a crash dump header carries.
+    fn windows(&self) -> Option<WindowsMetadata> {
+        None
+    }
 }
 
 /// A writer for `format` that sends its bytes to `sink`.
@@ -151,11 +162,12 @@ pub fn writer(format: Format, sink: Box<dyn ByteSink>) -> Box<dyn pmem_core::Ima
         Format::Lime => Box::new(lime::LimeWriter::new(sink)),
         Format::Raw => Box::new(raw::RawWriter::new(sink)),
         Format::Elf => Box::new(elf::ElfWriter::new(sink)),
+        Format::Dmp => Box::new(dmp::DmpWriter::new(sink)),
     }
 }
 
 /// Identifies an image by its first bytes: "EMiL" is LiME, "\x7fELF" is
-/// ELF, anything else is raw (raw images have no header to recognise).
+/// ELF, "PAGE" is a crash dump, anything else is raw (raw images have no header to recognise).
 pub fn detect(path: &Path) -> Result<Format, FormatError> {
     let file = open(path)?;
     detect_file(path, &file)
@@ -173,6 +185,7 @@ pub fn open_image(
         Format::Lime => Box::new(lime::LimeReader::open(path, file)?),
         Format::Elf => Box::new(elf::ElfReader::open(path, file)?),
         Format::Raw => Box::new(raw::RawReader::open(path, file, raw_map)?),
+        Format::Dmp => Box::new(dmp::DmpReader::open(path, file)?),
     })
 }
 
@@ -198,6 +211,16 @@ fn detect_file(path: &Path, file: &File) -> Result<Format, FormatError> {
     match &magic {
         b"EMiL" => Ok(Format::Lime),
         b"\x7fELF" => Ok(Format::Elf),
+        // Eight bytes, so that a raw image whose memory happens to start
+        // with "PAGE" stays raw.
+        b"PAGE" if len >= 8 => {
+            let mut valid = [0u8; 4];
+            read_exact_at(path, file, 4, &mut valid)?;
+            Ok(match &valid {
+                b"DU64" | b"DUMP" => Format::Dmp,
+                _ => Format::Raw,
+            })
+        }
         b"AVML" => Err(avml_unsupported(path, 0)),
         _ => Ok(Format::Raw),
     }

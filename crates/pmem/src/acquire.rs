@@ -93,6 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         direct_map_offset: info.direct_map_offset,
         vmcoreinfo: info.vmcoreinfo.clone(),
         metadata_json: Some(serde_json::to_string(&origin)?),
+        windows: None,
     };
     let output = Output::parse(&args.output);
     let manifest_path = match (&args.manifest, &output) {

@@ -101,6 +101,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         direct_map_offset: reader.direct_map_offset(),
         vmcoreinfo: reader.vmcoreinfo().map(<[u8]>::to_vec),
         metadata_json,
+        windows: None,
     };
     let inherited_unreadable = opened
         .manifest

@@ -1,0 +1,973 @@
+//! Microsoft full memory crash dumps ("PAGE" "DU64" / "PAGE" "DUMP"), as
+//! WinDbg and Volatility 3 (WindowsCrashDump64Layer / 32Layer) read them.
+//!
+//! Layout written (64-bit; the 32-bit layout has a one-page header and
+//! 32-bit fields at other offsets, see [`Layout`]):
+//! * a 0x2000-byte `_DUMP_HEADER64`: signature, version (MinorVersion =
+//!   build number), DirectoryTableBase (CR3), kernel list heads, machine,
+//!   processors, KdDebuggerDataBlock, the physical memory descriptor,
+//!   DumpType, RequiredDumpSpace, SystemTime;
+//! * DumpType 1 (full dump) when the runs fit the header's descriptor (42 on
+//!   64-bit): page data of each run in order from the end of the header;
+//! * DumpType 5 (bitmap dump) otherwise: a `_SUMMARY_DUMP` right after the
+//!   header with one bit per physical page, page data from its HeaderSize
+//!   (an absolute file offset: Volatility takes it as such) in ascending
+//!   page order. The descriptor then lists no runs: the bitmap is the map.
+//!
+//! Unused header bytes are zero, so the output depends only on the plan.
+//! Zero pages are holes on file sinks, as in the other formats.
+
+use crate::{
+    check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, write_body, Format,
+    FormatError, ImageReader, Segments,
+};
+use pmem_core::writer::ChunkCursor;
+use pmem_core::{
+    Arch, ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError,
+    SinkSummary, WindowsMetadata, WriteError, PAGE_SIZE,
+};
+use std::fs::File;
+use std::path::Path;
+
+/// DumpType of a full dump whose runs are listed in the header.
+pub const DUMP_TYPE_FULL: u32 = 1;
+/// DumpType of a full dump whose pages are listed in a bitmap.
+pub const DUMP_TYPE_BITMAP: u32 = 5;
+/// Size of the `_SUMMARY_DUMP` fields before the bitmap.
+pub const SUMMARY_LEN: u64 = 0x38;
+/// Largest bitmap written or read: 256 MiB of bits maps 8 TiB of physical
+/// address space; anything larger is a corrupt header, not a machine.
+const MAX_BITMAP_BYTES: u64 = 256 << 20;
+/// MajorVersion of a free (retail) build; checked builds used 0xC.
+const MAJOR_FREE: u32 = 0xF;
+const MAJOR_CHECKED: u32 = 0xC;
+
+/// The two header layouts. Offsets are those of `_DUMP_HEADER64` and
+/// `_DUMP_HEADER` as Volatility 3's crash64/crash symbol tables define them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Bits64,
+    Bits32,
+}
+
+/// Field offsets and widths of one layout.
+struct Fields {
+    header_len: u64,
+    valid_dump: &'static [u8; 4],
+    machine: u32,
+    /// Width in bytes of pointer-sized fields (CR3, list heads, KDBG,
+    /// NumberOfPages, run entries' halves).
+    word: usize,
+    dtb: usize,
+    pfn_database: usize,
+    ps_loaded_module_list: usize,
+    ps_active_process_head: usize,
+    machine_type: usize,
+    processors: usize,
+    kdbg: usize,
+    number_of_runs: usize,
+    number_of_pages: usize,
+    runs: usize,
+    /// First byte after the descriptor's room: Windows reserves 700 bytes
+    /// for it (PhysicalMemoryBlockBuffer) from `number_of_runs`.
+    runs_end: usize,
+    dump_type: usize,
+    required_space: usize,
+    system_time: usize,
+    /// PaeEnabled (32-bit only).
+    pae: Option<usize>,
+}
+
+const FIELDS64: Fields = Fields {
+    header_len: 0x2000,
+    valid_dump: b"DU64",
+    machine: 0x8664,
+    word: 8,
+    dtb: 0x10,
+    pfn_database: 0x18,
+    ps_loaded_module_list: 0x20,
+    ps_active_process_head: 0x28,
+    machine_type: 0x30,
+    processors: 0x34,
+    kdbg: 0x80,
+    number_of_runs: 0x88,
+    number_of_pages: 0x90,
+    runs: 0x98,
+    runs_end: 0x88 + 700,
+    dump_type: 0xF98,
+    required_space: 0xFA0,
+    system_time: 0xFA8,
+    pae: None,
+};
+
+const FIELDS32: Fields = Fields {
+    header_len: 0x1000,
+    valid_dump: b"DUMP",
+    machine: 0x14C,
+    word: 4,
+    dtb: 0x10,
+    pfn_database: 0x14,
+    ps_loaded_module_list: 0x18,
+    ps_active_process_head: 0x1C,
+    machine_type: 0x20,
+    processors: 0x24,
+    kdbg: 0x60,
+    number_of_runs: 0x64,
+    number_of_pages: 0x68,
+    runs: 0x6C,
+    runs_end: 0x64 + 700,
+    dump_type: 0xF88,
+    required_space: 0xFA0,
+    system_time: 0xFC0,
+    pae: Some(0x5C),
+};
+
+impl Layout {
+    /// The layout for an architecture; `None` for machines Windows crash
+    /// dumps of this kind do not describe.
+    pub fn for_arch(arch: Arch) -> Option<Layout> {
+        match arch {
+            Arch::X86_64 => Some(Layout::Bits64),
+            Arch::X86 => Some(Layout::Bits32),
+            _ => None,
+        }
+    }
+
+    fn fields(self) -> &'static Fields {
+        match self {
+            Layout::Bits64 => &FIELDS64,
+            Layout::Bits32 => &FIELDS32,
+        }
+    }
+
+    /// Header size: page data (or the summary) starts here.
+    pub fn header_len(self) -> u64 {
+        self.fields().header_len
+    }
+
+    /// How many runs the header's physical memory descriptor holds: 42 on
+    /// 64-bit, 86 on 32-bit. More runs make a bitmap dump.
+    pub fn max_runs(self) -> usize {
+        let f = self.fields();
+        (f.runs_end - f.runs) / (2 * f.word)
+    }
+
+    pub fn arch(self) -> Arch {
+        match self {
+            Layout::Bits64 => Arch::X86_64,
+            Layout::Bits32 => Arch::X86,
+        }
+    }
+}
+
+fn put(buf: &mut [u8], at: usize, width: usize, value: u64) {
+    buf[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+}
+
+fn get(buf: &[u8], at: usize, width: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..width].copy_from_slice(&buf[at..at + width]);
+    u64::from_le_bytes(bytes)
+}
+
+/// How the pages of a dump are listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpKind {
+    /// DumpType 1: runs in the header.
+    Full,
+    /// DumpType 5: a page bitmap after the header.
+    Bitmap,
+}
+
+impl DumpKind {
+    pub fn dump_type(self) -> u32 {
+        match self {
+            DumpKind::Full => DUMP_TYPE_FULL,
+            DumpKind::Bitmap => DUMP_TYPE_BITMAP,
+        }
+    }
+}
+
+fn plan_error(what: impl Into<String>) -> WriteError {
+    WriteError::Plan(what.into())
+}
+
+/// Streams a crash dump: the header (and bitmap) is fixed in `begin`; page
+/// data then follows contiguously in the order the pipeline delivers it.
+pub struct DmpWriter {
+    sink: Box<dyn ByteSink>,
+    cursor: ChunkCursor,
+    /// Forces a dump kind (tests); `None` picks Full when the runs fit.
+    force_kind: Option<DumpKind>,
+}
+
+impl DmpWriter {
+    pub fn new(sink: Box<dyn ByteSink>) -> DmpWriter {
+        DmpWriter {
+            sink,
+            cursor: ChunkCursor::default(),
+            force_kind: None,
+        }
+    }
+
+    /// A writer that always writes `kind`, whatever the number of runs.
+    pub fn with_kind(sink: Box<dyn ByteSink>, kind: DumpKind) -> DmpWriter {
+        DmpWriter {
+            force_kind: Some(kind),
+            ..DmpWriter::new(sink)
+        }
+    }
+}
+
+impl ImageWriter for DmpWriter {
+    fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
+        check_plan_nonempty(plan, Format::Dmp)?;
+        let head = header(plan, self.force_kind)?;
+        write_all(self.sink.as_mut(), &head)?;
+        self.cursor = ChunkCursor::new(&plan.ranges);
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
+        // Pages follow each other without gaps in both dump kinds, so the
+        // cursor's order check is all the placement there is.
+        self.cursor.advance(addr, chunk.len())?;
+        write_body(self.sink.as_mut(), chunk)
+    }
+
+    fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
+        finish_sink(self.sink, &self.cursor)
+    }
+}
+
+/// Everything before the first page: the dump header, and for a bitmap
+/// dump the summary, the bitmap and padding up to HeaderSize.
+pub fn header(plan: &Plan, force_kind: Option<DumpKind>) -> Result<Vec<u8>, WriteError> {
+    let windows = plan.windows.as_ref().ok_or_else(|| {
+        plan_error(
+            "a crash dump needs the Windows kernel's metadata (at least CR3, the \
+             directory table base) and this image carries none: acquire with \
+             `pmem acquire --format dmp` on Windows, convert an image pmem acquired \
+             on Windows, or give it with --cr3 (and --build, --kdbg, --processors)",
+        )
+    })?;
+    let layout = Layout::for_arch(plan.arch).ok_or_else(|| {
+        plan_error(format!(
+            "crash dumps describe x86_64 or i686 machines, not {}",
+            plan.arch.name()
+        ))
+    })?;
+    let f = layout.fields();
+    for range in plan.ranges.ranges() {
+        if range.start % PAGE_SIZE != 0 || range.end % PAGE_SIZE != 0 {
+            return Err(plan_error(format!(
+                "range {range} is not page-aligned: crash dumps hold whole 4 KiB pages"
+            )));
+        }
+    }
+    let kind = force_kind.unwrap_or(if plan.ranges.len() <= layout.max_runs() {
+        DumpKind::Full
+    } else {
+        DumpKind::Bitmap
+    });
+    if kind == DumpKind::Full && plan.ranges.len() > layout.max_runs() {
+        return Err(plan_error(format!(
+            "{} runs do not fit a full dump header (at most {})",
+            plan.ranges.len(),
+            layout.max_runs()
+        )));
+    }
+    let max_word = if f.word == 8 {
+        u64::MAX
+    } else {
+        u64::from(u32::MAX)
+    };
+    let word = |name: &str, value: u64| -> Result<u64, WriteError> {
+        if value > max_word {
+            Err(plan_error(format!(
+                "{name} {value:#x} does not fit the {}-bit crash dump header",
+                f.word * 8
+            )))
+        } else {
+            Ok(value)
+        }
+    };
+    let total_pages = plan.ranges.total_bytes() / PAGE_SIZE;
+
+    let mut head = vec![0u8; f.header_len as usize];
+    head[0..4].copy_from_slice(b"PAGE");
+    head[4..8].copy_from_slice(f.valid_dump);
+    let major = if windows.nt_build_number & 0xF000_0000 == 0xC000_0000 {
+        MAJOR_CHECKED
+    } else {
+        MAJOR_FREE
+    };
+    put(&mut head, 0x8, 4, u64::from(major));
+    put(&mut head, 0xC, 4, u64::from(windows.build()));
+    put(&mut head, f.dtb, f.word, word("CR3", windows.cr3)?);
+    put(
+        &mut head,
+        f.pfn_database,
+        f.word,
+        word("PfnDataBase", windows.pfn_database)?,
+    );
+    put(
+        &mut head,
+        f.ps_loaded_module_list,
+        f.word,
+        word("PsLoadedModuleList", windows.ps_loaded_module_list)?,
+    );
+    put(
+        &mut head,
+        f.ps_active_process_head,
+        f.word,
+        word("PsActiveProcessHead", windows.ps_active_process_head)?,
+    );
+    put(&mut head, f.machine_type, 4, u64::from(f.machine));
+    put(&mut head, f.processors, 4, u64::from(windows.processors));
+    put(
+        &mut head,
+        f.kdbg,
+        f.word,
+        word("KdDebuggerDataBlock", windows.kdbg)?,
+    );
+    if let Some(pae) = f.pae {
+        // Every 32-bit Windows since 8 runs with PAE (NX needs it), and
+        // physical addresses above 4 GiB need it too.
+        head[pae] = 1;
+    }
+    put(&mut head, f.dump_type, 4, u64::from(kind.dump_type()));
+    put(&mut head, f.system_time, 8, windows.system_time);
+    put(
+        &mut head,
+        f.number_of_pages,
+        f.word,
+        word("NumberOfPages", total_pages)?,
+    );
+
+    let data_len = plan.ranges.total_bytes();
+    match kind {
+        DumpKind::Full => {
+            put(&mut head, f.number_of_runs, 4, plan.ranges.len() as u64);
+            for (i, range) in plan.ranges.ranges().iter().enumerate() {
+                let at = f.runs + i * 2 * f.word;
+                put(
+                    &mut head,
+                    at,
+                    f.word,
+                    word("a run's base page", range.start / PAGE_SIZE)?,
+                );
+                put(&mut head, at + f.word, f.word, range.len() / PAGE_SIZE);
+            }
+            let required = f.header_len + data_len;
+            put(&mut head, f.required_space, 8, required);
+        }
+        DumpKind::Bitmap => {
+            let bits = plan.ranges.end() / PAGE_SIZE;
+            let bitmap_len = bits.div_ceil(32) * 4;
+            if bitmap_len > MAX_BITMAP_BYTES {
+                return Err(plan_error(format!(
+                    "memory up to {:#x} needs a {bitmap_len}-byte page bitmap, more than the {MAX_BITMAP_BYTES} pmem writes",
+                    plan.ranges.end()
+                )));
+            }
+            let header_size = (f.header_len + SUMMARY_LEN + bitmap_len).next_multiple_of(PAGE_SIZE);
+            put(&mut head, f.required_space, 8, header_size + data_len);
+            head.resize(header_size as usize, 0);
+            let summary = f.header_len as usize;
+            head[summary..summary + 4].copy_from_slice(b"SDMP");
+            head[summary + 4..summary + 8].copy_from_slice(f.valid_dump);
+            put(&mut head, summary + 0x20, 8, header_size);
+            put(&mut head, summary + 0x28, 8, total_pages);
+            put(&mut head, summary + 0x30, 8, bits);
+            let bitmap = &mut head[summary + SUMMARY_LEN as usize..];
+            for range in plan.ranges.ranges() {
+                for page in range.start / PAGE_SIZE..range.end / PAGE_SIZE {
+                    bitmap[(page / 8) as usize] |= 1 << (page % 8);
+                }
+            }
+        }
+    }
+    Ok(head)
+}
+
+/// A crash dump opened for reading: full (DumpType 1) and bitmap
+/// (DumpType 5) dumps in both layouts.
+#[derive(Debug)]
+pub struct DmpReader {
+    segments: Segments,
+    layout: Layout,
+    kind: DumpKind,
+    windows: WindowsMetadata,
+}
+
+impl DmpReader {
+    pub fn open(path: &Path, file: File) -> Result<DmpReader, FormatError> {
+        let len = file_len(path, &file)?;
+        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
+            path: path.into(),
+            offset,
+            format: Format::Dmp,
+            reason,
+        };
+        if len < 8 {
+            return Err(corrupt(0, format!("truncated: {len} bytes")));
+        }
+        let mut magic = [0u8; 8];
+        read_exact_at(path, &file, 0, &mut magic)?;
+        if &magic[..4] != b"PAGE" {
+            return Err(corrupt(0, "no \"PAGE\" signature".into()));
+        }
+        let layout = match &magic[4..] {
+            b"DU64" => Layout::Bits64,
+            b"DUMP" => Layout::Bits32,
+            other => {
+                return Err(corrupt(
+                    4,
+                    format!("unknown ValidDump {:?}", String::from_utf8_lossy(other)),
+                ))
+            }
+        };
+        let f = layout.fields();
+        if len < f.header_len {
+            return Err(corrupt(
+                0,
+                format!(
+                    "truncated header: the file has {len} bytes, the header needs {}",
+                    f.header_len
+                ),
+            ));
+        }
+        let mut head = vec![0u8; f.header_len as usize];
+        read_exact_at(path, &file, 0, &mut head)?;
+        let dump_type = get(&head, f.dump_type, 4) as u32;
+        let (kind, map, data_start) = match dump_type {
+            DUMP_TYPE_FULL => {
+                let (map, start) = full_runs(&head, layout, &corrupt)?;
+                (DumpKind::Full, map, start)
+            }
+            DUMP_TYPE_BITMAP => {
+                let (map, start) = bitmap_runs(path, &file, len, layout, &corrupt)?;
+                (DumpKind::Bitmap, map, start)
+            }
+            other => {
+                return Err(FormatError::Unsupported {
+                    path: path.into(),
+                    offset: f.dump_type as u64,
+                    reason: format!(
+                        "crash dump type {other} is not a full memory dump (only types 1 and 5 hold all physical memory)"
+                    ),
+                })
+            }
+        };
+        if map.is_empty() {
+            return Err(corrupt(
+                f.number_of_runs as u64,
+                "the dump lists no pages".into(),
+            ));
+        }
+        let mut offsets = Vec::with_capacity(map.len());
+        let mut at = data_start;
+        for range in map.ranges() {
+            offsets.push(at);
+            at = at
+                .checked_add(range.len())
+                .ok_or_else(|| corrupt(0, "page data past 2^64 bytes".into()))?;
+        }
+        if at > len {
+            return Err(corrupt(
+                len,
+                format!("the page data ends at {at:#x} but the file ends at {len:#x}: truncated"),
+            ));
+        }
+        let minor = get(&head, 0xC, 4);
+        let major = get(&head, 0x8, 4) as u32;
+        let marker = if major == MAJOR_CHECKED {
+            0xC000_0000
+        } else {
+            0xF000_0000
+        };
+        let windows = WindowsMetadata {
+            cr3: get(&head, f.dtb, f.word),
+            nt_build_number: marker | minor,
+            kernel_base: 0,
+            kdbg: get(&head, f.kdbg, f.word),
+            pfn_database: get(&head, f.pfn_database, f.word),
+            ps_loaded_module_list: get(&head, f.ps_loaded_module_list, f.word),
+            ps_active_process_head: get(&head, f.ps_active_process_head, f.word),
+            processors: get(&head, f.processors, 4) as u32,
+            system_time: get(&head, f.system_time, 8),
+        };
+        Ok(DmpReader {
+            segments: Segments {
+                path: path.into(),
+                file,
+                map,
+                offsets,
+            },
+            layout,
+            kind,
+            windows,
+        })
+    }
+
+    pub fn kind(&self) -> DumpKind {
+        self.kind
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+}
+
+type Corrupt<'a> = dyn Fn(u64, String) -> FormatError + 'a;
+
+/// The runs of a full dump's header and where page data starts.
+fn full_runs(
+    head: &[u8],
+    layout: Layout,
+    corrupt: &Corrupt<'_>,
+) -> Result<(MemoryMap, u64), FormatError> {
+    let f = layout.fields();
+    let count = get(head, f.number_of_runs, 4);
+    if count > layout.max_runs() as u64 {
+        return Err(corrupt(
+            f.number_of_runs as u64,
+            format!(
+                "NumberOfRuns {count} exceeds the {} the header holds",
+                layout.max_runs()
+            ),
+        ));
+    }
+    let mut ranges = Vec::with_capacity(count as usize);
+    let mut pages = 0u64;
+    for i in 0..count as usize {
+        let at = f.runs + i * 2 * f.word;
+        let base = get(head, at, f.word);
+        let count = get(head, at + f.word, f.word);
+        let range = base
+            .checked_mul(PAGE_SIZE)
+            .zip(count.checked_mul(PAGE_SIZE))
+            .and_then(|(start, len)| Range::new(start, start.checked_add(len)?))
+            .ok_or_else(|| {
+                corrupt(
+                    at as u64,
+                    format!("run {i} (base page {base:#x}, {count} pages) is empty or overflows"),
+                )
+            })?;
+        pages += count;
+        ranges.push(range);
+    }
+    let map = MemoryMap::new(ranges).map_err(|e| corrupt(f.runs as u64, e.to_string()))?;
+    let declared = get(head, f.number_of_pages, f.word);
+    if declared != pages {
+        return Err(corrupt(
+            f.number_of_pages as u64,
+            format!("NumberOfPages is {declared} but the runs hold {pages} pages"),
+        ));
+    }
+    Ok((map, f.header_len))
+}
+
+/// The runs of set bits in a bitmap dump and where page data starts
+/// (HeaderSize, an absolute file offset, as Volatility 3 reads it).
+fn bitmap_runs(
+    path: &Path,
+    file: &File,
+    len: u64,
+    layout: Layout,
+    corrupt: &Corrupt<'_>,
+) -> Result<(MemoryMap, u64), FormatError> {
+    let base = layout.header_len();
+    if len < base + SUMMARY_LEN {
+        return Err(corrupt(len, "truncated before the bitmap summary".into()));
+    }
+    let mut summary = [0u8; SUMMARY_LEN as usize];
+    read_exact_at(path, file, base, &mut summary)?;
+    if !matches!(&summary[..4], b"SDMP" | b"FDMP") {
+        return Err(corrupt(
+            base,
+            format!(
+                "bitmap summary signature {:?} is neither SDMP nor FDMP",
+                String::from_utf8_lossy(&summary[..4])
+            ),
+        ));
+    }
+    let header_size = get(&summary, 0x20, 8);
+    let declared_pages = get(&summary, 0x28, 8);
+    let bits = get(&summary, 0x30, 8);
+    let bitmap_len = bits.div_ceil(32).saturating_mul(4);
+    let bitmap_end = base + SUMMARY_LEN + bitmap_len;
+    if bitmap_len > MAX_BITMAP_BYTES || bitmap_end > len {
+        return Err(corrupt(
+            base + 0x30,
+            format!("BitmapSize {bits} bits needs {bitmap_len} bytes past the end of the file"),
+        ));
+    }
+    if header_size < bitmap_end || header_size > len {
+        return Err(corrupt(
+            base + 0x20,
+            format!(
+                "HeaderSize {header_size:#x} lies before the end of the bitmap ({bitmap_end:#x}) or past the end of the file"
+            ),
+        ));
+    }
+    let mut bitmap = vec![0u8; bitmap_len as usize];
+    read_exact_at(path, file, base + SUMMARY_LEN, &mut bitmap)?;
+    let mut ranges: Vec<Range> = Vec::new();
+    let mut pages = 0u64;
+    let mut page = 0u64;
+    // Walk 32-bit words so that empty and full words cost one step each.
+    for word in bitmap.chunks_exact(4) {
+        let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        for bit in 0..32 {
+            let p = page + bit;
+            if p >= bits {
+                break;
+            }
+            let set = match word {
+                0 => false,
+                u32::MAX => true,
+                w => w & (1 << bit) != 0,
+            };
+            if !set {
+                continue;
+            }
+            pages += 1;
+            let start = p * PAGE_SIZE;
+            match ranges.last_mut() {
+                Some(last) if last.end == start => last.end += PAGE_SIZE,
+                _ => ranges.push(Range {
+                    start,
+                    end: start + PAGE_SIZE,
+                }),
+            }
+        }
+        page += 32;
+    }
+    if pages != declared_pages {
+        return Err(corrupt(
+            base + 0x28,
+            format!("the summary says {declared_pages} pages but the bitmap marks {pages}"),
+        ));
+    }
+    let map = MemoryMap::new(ranges).expect("ascending bits give sorted ranges");
+    Ok((map, header_size))
+}
+
+impl PhysicalMemory for DmpReader {
+    fn memory_map(&self) -> &MemoryMap {
+        &self.segments.map
+    }
+
+    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        self.segments.read_at(addr, buf)
+    }
+}
+
+impl ImageReader for DmpReader {
+    fn format(&self) -> Format {
+        Format::Dmp
+    }
+
+    fn arch(&self) -> Option<Arch> {
+        Some(self.layout.arch())
+    }
+
+    fn windows(&self) -> Option<WindowsMetadata> {
+        Some(self.windows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmem_core::sink::HashingSink;
+
+    fn map(r: &[(u64, u64)]) -> MemoryMap {
+        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
+    }
+
+    fn windows() -> WindowsMetadata {
+        WindowsMetadata {
+            cr3: 0x1aa000,
+            nt_build_number: 0xF000_4A61,
+            kernel_base: 0xfffff800_12000000,
+            kdbg: 0xfffff800_12c00000,
+            pfn_database: 0xffffc000_00000000,
+            ps_loaded_module_list: 0xfffff800_12e2a2a0,
+            ps_active_process_head: 0xfffff800_12e1e0a0,
+            processors: 4,
+            system_time: 133_485_408_000_000_000,
+        }
+    }
+
+    fn plan(ranges: &[(u64, u64)], arch: Arch) -> Plan {
+        let mut plan = Plan::new(map(ranges), arch);
+        plan.windows = Some(windows());
+        plan
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// Writes a dump of `plan` whose page `n` is filled with byte `n + 1`.
+    fn write(plan: &Plan, kind: Option<DumpKind>) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.dmp");
+        let sink = Box::new(HashingSink::file(File::create(&path).unwrap()));
+        let mut w: Box<dyn ImageWriter> = Box::new(match kind {
+            Some(k) => DmpWriter::with_kind(sink, k),
+            None => DmpWriter::new(sink),
+        });
+        w.begin(plan).unwrap();
+        for r in plan.ranges.ranges() {
+            for page in r.start / PAGE_SIZE..r.end / PAGE_SIZE {
+                let fill = [(page + 1) as u8; PAGE_SIZE as usize];
+                w.write_chunk(page * PAGE_SIZE, Chunk::Data(&fill)).unwrap();
+            }
+        }
+        w.finish().unwrap();
+        (dir, path)
+    }
+
+    fn check_pages(reader: &mut DmpReader, plan: &Plan) {
+        for r in plan.ranges.ranges() {
+            for page in r.start / PAGE_SIZE..r.end / PAGE_SIZE {
+                let mut buf = [0u8; PAGE_SIZE as usize];
+                reader.read_at(page * PAGE_SIZE, &mut buf).unwrap();
+                assert!(buf.iter().all(|&b| b == (page + 1) as u8), "page {page}");
+            }
+        }
+    }
+
+    #[test]
+    fn full_dump_header_bytes() {
+        let plan = plan(&[(0x1000, 0x3000), (0x10_0000, 0x10_1000)], Arch::X86_64);
+        let (_dir, path) = write(&plan, None);
+        let b = std::fs::read(&path).unwrap();
+        assert_eq!(&b[..8], b"PAGEDU64");
+        assert_eq!(u32_at(&b, 0x8), 0xF);
+        assert_eq!(u32_at(&b, 0xC), 19041);
+        assert_eq!(u64_at(&b, 0x10), 0x1aa000);
+        assert_eq!(u64_at(&b, 0x18), 0xffffc000_00000000);
+        assert_eq!(u64_at(&b, 0x20), 0xfffff800_12e2a2a0);
+        assert_eq!(u64_at(&b, 0x28), 0xfffff800_12e1e0a0);
+        assert_eq!(u32_at(&b, 0x30), 0x8664);
+        assert_eq!(u32_at(&b, 0x34), 4);
+        assert_eq!(u64_at(&b, 0x80), 0xfffff800_12c00000);
+        assert_eq!(u32_at(&b, 0x88), 2);
+        assert_eq!(u64_at(&b, 0x90), 3);
+        assert_eq!((u64_at(&b, 0x98), u64_at(&b, 0xA0)), (1, 2));
+        assert_eq!((u64_at(&b, 0xA8), u64_at(&b, 0xB0)), (0x100, 1));
+        assert_eq!(u32_at(&b, 0xF98), 1);
+        assert_eq!(u64_at(&b, 0xFA0), 0x2000 + 3 * 0x1000);
+        assert_eq!(u64_at(&b, 0xFA8), 133_485_408_000_000_000);
+        assert_eq!(b.len(), 0x2000 + 3 * 0x1000);
+        assert!(b[0x2000..0x3000].iter().all(|&x| x == 2), "page 1 first");
+        assert!(
+            b[0x4000..].iter().all(|&x| x == 0x101u64 as u8),
+            "then page 0x100"
+        );
+        let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
+        assert_eq!(r.kind(), DumpKind::Full);
+        assert_eq!(r.memory_map(), &plan.ranges);
+        assert_eq!(r.arch(), Some(Arch::X86_64));
+        let expected = WindowsMetadata {
+            kernel_base: 0, // not part of the header
+            ..windows()
+        };
+        assert_eq!(r.windows(), Some(expected));
+        check_pages(&mut r, &plan);
+    }
+
+    #[test]
+    fn many_runs_make_a_bitmap_dump() {
+        // 50 one-page runs with one-page gaps, plus a run adjacent to
+        // another (the bitmap merges them).
+        let mut ranges: Vec<(u64, u64)> = (0..50u64)
+            .map(|i| (0x1000 + i * 0x2000, 0x2000 + i * 0x2000))
+            .collect();
+        ranges.push((0x100_0000, 0x100_2000));
+        let plan = plan(&ranges, Arch::X86_64);
+        let (_dir, path) = write(&plan, None);
+        let b = std::fs::read(&path).unwrap();
+        assert_eq!(u32_at(&b, 0xF98), 5);
+        assert_eq!(u32_at(&b, 0x88), 0, "the bitmap is the map");
+        assert_eq!(&b[0x2000..0x2008], b"SDMPDU64");
+        let header_size = u64_at(&b, 0x2020);
+        let bits = u64_at(&b, 0x2030);
+        assert_eq!(bits, 0x1002);
+        assert_eq!(u64_at(&b, 0x2028), 52);
+        assert_eq!(
+            header_size,
+            (0x2000u64 + 0x38 + bits.div_ceil(32) * 4).next_multiple_of(0x1000)
+        );
+        assert_eq!(b.len() as u64, header_size + 52 * 0x1000);
+        assert_eq!(u64_at(&b, 0xFA0), b.len() as u64);
+        // Bit 1 (page 1) set, bit 0 and 2 clear.
+        assert_eq!(b[0x2038] & 0b111, 0b010);
+        let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
+        assert_eq!(r.kind(), DumpKind::Bitmap);
+        assert_eq!(r.memory_map().len(), 51);
+        assert_eq!(r.memory_map().total_bytes(), plan.ranges.total_bytes());
+        check_pages(&mut r, &plan);
+    }
+
+    #[test]
+    fn forced_bitmap_and_32_bit_layouts() {
+        let plan64 = plan(&[(0, 0x2000), (0x5000, 0x6000)], Arch::X86_64);
+        let (_d, path) = write(&plan64, Some(DumpKind::Bitmap));
+        let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
+        assert_eq!(r.kind(), DumpKind::Bitmap);
+        check_pages(&mut r, &plan64);
+
+        let mut plan32 = plan(
+            &[(0x1000, 0x3000), (0x1_0000_0000, 0x1_0000_1000)],
+            Arch::X86,
+        );
+        plan32.windows = Some(WindowsMetadata {
+            cr3: 0x185000,
+            kdbg: 0x8273_0c28,
+            pfn_database: 0x8400_0000,
+            ps_loaded_module_list: 0x8274_4850,
+            ps_active_process_head: 0x8273_3f18,
+            ..windows()
+        });
+        for kind in [DumpKind::Full, DumpKind::Bitmap] {
+            let (_d, path) = write(&plan32, Some(kind));
+            let b = std::fs::read(&path).unwrap();
+            assert_eq!(&b[..8], b"PAGEDUMP");
+            assert_eq!(u32_at(&b, 0x10), 0x185000);
+            assert_eq!(u32_at(&b, 0x20), 0x14C);
+            assert_eq!(u32_at(&b, 0x60), 0x8273_0c28);
+            assert_eq!(u32_at(&b, 0xF88), kind.dump_type());
+            assert_eq!(u64_at(&b, 0xFC0), 133_485_408_000_000_000);
+            if kind == DumpKind::Full {
+                assert_eq!(u32_at(&b, 0x64), 2);
+                assert_eq!(u32_at(&b, 0x68), 3);
+                assert_eq!((u32_at(&b, 0x6C), u32_at(&b, 0x70)), (1, 2));
+                assert_eq!((u32_at(&b, 0x74), u32_at(&b, 0x78)), (0x10_0000, 1));
+                assert_eq!(b.len(), 0x1000 + 3 * 0x1000);
+            } else {
+                assert_eq!(&b[0x1000..0x1008], b"SDMPDUMP");
+            }
+            let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
+            assert_eq!(r.arch(), Some(Arch::X86));
+            assert_eq!(r.windows().unwrap().cr3, 0x185000);
+            check_pages(&mut r, &plan32);
+        }
+        // A 64-bit kernel address cannot go into a 32-bit header.
+        let mut bad = plan32.clone();
+        bad.windows = Some(windows());
+        let sink = Box::new(HashingSink::stream(Box::new(std::io::sink())));
+        let err = DmpWriter::new(sink).begin(&bad).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn max_runs() {
+        assert_eq!(Layout::Bits64.max_runs(), 42);
+        assert_eq!(Layout::Bits32.max_runs(), 86);
+        let ranges: Vec<(u64, u64)> = (0..42u64)
+            .map(|i| (i * 0x2000, i * 0x2000 + 0x1000))
+            .collect();
+        assert_eq!(
+            u32_at(&header(&plan(&ranges, Arch::X86_64), None).unwrap(), 0xF98),
+            1
+        );
+        let ranges: Vec<(u64, u64)> = (0..43u64)
+            .map(|i| (i * 0x2000, i * 0x2000 + 0x1000))
+            .collect();
+        assert_eq!(
+            u32_at(&header(&plan(&ranges, Arch::X86_64), None).unwrap(), 0xF98),
+            5
+        );
+        assert!(header(&plan(&ranges, Arch::X86_64), Some(DumpKind::Full)).is_err());
+    }
+
+    #[test]
+    fn plans_a_dump_cannot_hold() {
+        let mut no_meta = plan(&[(0, 0x1000)], Arch::X86_64);
+        no_meta.windows = None;
+        let err = header(&no_meta, None).unwrap_err().to_string();
+        assert!(err.contains("CR3") && err.contains("--cr3"), "{err}");
+        let err = header(&plan(&[(0, 0x1800)], Arch::X86_64), None).unwrap_err();
+        assert!(err.to_string().contains("page-aligned"), "{err}");
+        assert!(header(&plan(&[(0, 0x1000)], Arch::Aarch64), None).is_err());
+        let huge = plan(&[(1 << 50, (1 << 50) + 0x1000)], Arch::X86_64);
+        assert!(header(&huge, Some(DumpKind::Bitmap)).is_err());
+        assert!(header(&huge, Some(DumpKind::Full)).is_ok());
+    }
+
+    fn open_bytes(bytes: &[u8]) -> Result<DmpReader, FormatError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.dmp");
+        std::fs::write(&path, bytes).unwrap();
+        DmpReader::open(&path, File::open(&path).unwrap())
+    }
+
+    #[test]
+    fn corrupt_dumps_are_refused_with_offsets() {
+        let plan = plan(&[(0x1000, 0x3000), (0x10_0000, 0x10_1000)], Arch::X86_64);
+        let (_dir, path) = write(&plan, None);
+        let good = std::fs::read(&path).unwrap();
+        let mutate = |at: usize, bytes: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            open_bytes(&b)
+        };
+        assert_eq!(mutate(4, b"XXXX").unwrap_err().offset(), 4);
+        assert!(matches!(
+            mutate(0xF98, &2u32.to_le_bytes()),
+            Err(FormatError::Unsupported { offset: 0xF98, .. })
+        ));
+        assert_eq!(
+            mutate(0x88, &43u32.to_le_bytes()).unwrap_err().offset(),
+            0x88
+        );
+        assert_eq!(
+            mutate(0x90, &4u64.to_le_bytes()).unwrap_err().offset(),
+            0x90
+        );
+        // Runs out of order.
+        assert_eq!(
+            mutate(0xA8, &0u64.to_le_bytes()).unwrap_err().offset(),
+            0x98
+        );
+        // A run whose address overflows.
+        assert!(mutate(0xA8, &u64::MAX.to_le_bytes()).is_err());
+        // Truncated page data and header.
+        let err = open_bytes(&good[..good.len() - 1]).unwrap_err();
+        assert_eq!(err.offset(), good.len() as u64 - 1);
+        assert!(open_bytes(&good[..0x1fff]).is_err());
+        assert!(open_bytes(b"PAGE").is_err());
+
+        let many: Vec<(u64, u64)> = (0..50u64)
+            .map(|i| (i * 0x2000, i * 0x2000 + 0x1000))
+            .collect();
+        let (_dir, path) = write(&super::tests::plan(&many, Arch::X86_64), None);
+        let good = std::fs::read(&path).unwrap();
+        let mutate = |at: usize, bytes: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            open_bytes(&b)
+        };
+        assert_eq!(mutate(0x2000, b"ABCD").unwrap_err().offset(), 0x2000);
+        assert_eq!(
+            mutate(0x2028, &49u64.to_le_bytes()).unwrap_err().offset(),
+            0x2028
+        );
+        assert_eq!(
+            mutate(0x2020, &0x10u64.to_le_bytes()).unwrap_err().offset(),
+            0x2020
+        );
+        assert!(mutate(0x2030, &u64::MAX.to_le_bytes()).is_err());
+        // More bits set than pages declared.
+        assert_eq!(mutate(0x2038 + 5, &[0xff]).unwrap_err().offset(), 0x2028);
+    }
+}
