@@ -86,6 +86,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             })
             .collect(),
         started_at,
+        windows: None,
     };
     let plan = Plan {
         ranges: opened.memory.memory_map().clone(),

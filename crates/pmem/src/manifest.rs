@@ -2,7 +2,7 @@
 //! where, what could not be read, and the hashes that `pmem verify` checks.
 
 use anyhow::{Context, Result};
-use pmem_core::{MemoryMap, PageRun, Range};
+use pmem_core::{MemoryMap, PageRun, Range, WindowsMetadata};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -43,7 +43,7 @@ impl RangeJson {
     }
 }
 
-fn parse_hex(text: &str) -> Result<u64> {
+pub fn parse_hex(text: &str) -> Result<u64> {
     let digits = text
         .strip_prefix("0x")
         .with_context(|| format!("address {text:?} lacks the 0x prefix"))?;
@@ -134,6 +134,63 @@ pub struct Origin {
     pub system_ram: Vec<RangeJson>,
     pub not_acquired: Vec<NotAcquiredJson>,
     pub started_at: String,
+    /// Windows kernel metadata (WinPmem driver, or a crash dump's header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowsJson>,
+}
+
+/// [`WindowsMetadata`] as the manifest and the ELF pmem note write it:
+/// addresses in hex, the acquisition time as a FILETIME (what a crash dump
+/// header's SystemTime holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowsJson {
+    pub cr3: String,
+    pub nt_build_number: String,
+    pub build: u32,
+    pub kernel_base: String,
+    pub kdbg: String,
+    pub pfn_database: String,
+    pub ps_loaded_module_list: String,
+    pub ps_active_process_head: String,
+    pub processors: u32,
+    pub system_time_filetime: u64,
+    /// Driver access mode (physical, pte, iospace) for live acquisitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl From<&WindowsMetadata> for WindowsJson {
+    fn from(w: &WindowsMetadata) -> Self {
+        WindowsJson {
+            cr3: format!("{:#x}", w.cr3),
+            nt_build_number: format!("{:#x}", w.nt_build_number),
+            build: w.build(),
+            kernel_base: format!("{:#x}", w.kernel_base),
+            kdbg: format!("{:#x}", w.kdbg),
+            pfn_database: format!("{:#x}", w.pfn_database),
+            ps_loaded_module_list: format!("{:#x}", w.ps_loaded_module_list),
+            ps_active_process_head: format!("{:#x}", w.ps_active_process_head),
+            processors: w.processors,
+            system_time_filetime: w.system_time,
+            mode: None,
+        }
+    }
+}
+
+impl WindowsJson {
+    pub fn to_metadata(&self) -> Result<WindowsMetadata> {
+        Ok(WindowsMetadata {
+            cr3: parse_hex(&self.cr3)?,
+            nt_build_number: parse_hex(&self.nt_build_number)?,
+            kernel_base: parse_hex(&self.kernel_base)?,
+            kdbg: parse_hex(&self.kdbg)?,
+            pfn_database: parse_hex(&self.pfn_database)?,
+            ps_loaded_module_list: parse_hex(&self.ps_loaded_module_list)?,
+            ps_active_process_head: parse_hex(&self.ps_active_process_head)?,
+            processors: self.processors,
+            system_time: self.system_time_filetime,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,5 +261,26 @@ mod tests {
             ..j
         };
         assert!(bad.to_range().is_err());
+    }
+
+    #[test]
+    fn windows_json_round_trips() {
+        let w = WindowsMetadata {
+            cr3: 0x1aa000,
+            nt_build_number: 0xF000_4A61,
+            kernel_base: 0xfffff800_12000000,
+            kdbg: 0,
+            pfn_database: 1,
+            ps_loaded_module_list: 2,
+            ps_active_process_head: 3,
+            processors: 8,
+            system_time: 133_485_408_000_000_000,
+        };
+        let j = WindowsJson::from(&w);
+        assert_eq!(j.cr3, "0x1aa000");
+        assert_eq!(j.build, 19041);
+        let text = serde_json::to_string(&j).unwrap();
+        let back: WindowsJson = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.to_metadata().unwrap(), w);
     }
 }
