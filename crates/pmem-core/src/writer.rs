@@ -69,6 +69,11 @@ pub enum WriteError {
     Plan(String),
     #[error("chunk at {addr:#x} (+{len:#x}) does not follow on from the previous one or lies outside the planned ranges")]
     OutOfOrder { addr: u64, len: u64 },
+    /// The format cannot hold this memory as required (an AVML block that
+    /// would be longer compressed than raw). Nothing of it was written; the
+    /// caller may start again in another format.
+    #[error("memory at {addr:#x} (+{len:#x}) cannot be written in this format: {reason}")]
+    Unrepresentable { addr: u64, len: u64, reason: String },
 }
 
 /// Frames range contents into one image format.

@@ -6,16 +6,20 @@
 //! * [`raw`]: zero-padded raw, file offset == physical address.
 //! * [`elf`]: ELF64 core file, one `PT_LOAD` per range, VMCOREINFO and pmem
 //!   metadata as notes.
+//! * [`avml`]: AVML v2 ("compressed LiME"): snappy-framed blocks, as AVML
+//!   `--compress` writes them.
 //! * [`dmp`]: Microsoft full memory crash dump (runs or page bitmap).
 //!
 //! Readers parse untrusted files: every size they act on is checked against
 //! the file length first, and every problem is a [`FormatError`] naming the
 //! file and the offset of the bad structure.
 
+pub mod avml;
 pub mod dmp;
 pub mod elf;
 pub mod lime;
 pub mod raw;
+pub mod zstd;
 
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
@@ -37,11 +41,19 @@ pub enum Format {
     Elf,
     /// Windows crash dump; needs Windows metadata and page-aligned ranges.
     Dmp,
+    /// AVML v2 compressed LiME (`--format lime --compress snappy`).
+    Avml,
 }
 
 impl Format {
     /// Every format, in the order the CLI lists them.
-    pub const ALL: [Format; 4] = [Format::Lime, Format::Raw, Format::Elf, Format::Dmp];
+    pub const ALL: [Format; 5] = [
+        Format::Lime,
+        Format::Raw,
+        Format::Elf,
+        Format::Dmp,
+        Format::Avml,
+    ];
 
     /// The name the CLI and the manifest use.
     pub fn name(&self) -> &'static str {
@@ -50,6 +62,7 @@ impl Format {
             Format::Raw => "raw",
             Format::Elf => "elf",
             Format::Dmp => "dmp",
+            Format::Avml => "avml",
         }
     }
 }
@@ -62,7 +75,7 @@ impl fmt::Display for Format {
 
 /// A format name that [`Format::from_str`] does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown image format {0:?}: expected one of lime, raw, elf, dmp")]
+#[error("unknown image format {0:?}: expected one of lime, raw, elf, dmp, avml")]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for Format {
@@ -163,6 +176,7 @@ pub fn writer(format: Format, sink: Box<dyn ByteSink>) -> Box<dyn pmem_core::Ima
         Format::Raw => Box::new(raw::RawWriter::new(sink)),
         Format::Elf => Box::new(elf::ElfWriter::new(sink)),
         Format::Dmp => Box::new(dmp::DmpWriter::new(sink)),
+        Format::Avml => Box::new(avml::AvmlWriter::new(sink)),
     }
 }
 
@@ -186,6 +200,7 @@ pub fn open_image(
         Format::Elf => Box::new(elf::ElfReader::open(path, file)?),
         Format::Raw => Box::new(raw::RawReader::open(path, file, raw_map)?),
         Format::Dmp => Box::new(dmp::DmpReader::open(path, file)?),
+        Format::Avml => Box::new(avml::AvmlReader::open(path, file)?),
     })
 }
 
@@ -221,7 +236,7 @@ fn detect_file(path: &Path, file: &File) -> Result<Format, FormatError> {
                 _ => Format::Raw,
             })
         }
-        b"AVML" => Err(avml_unsupported(path, 0)),
+        b"AVML" => Ok(Format::Avml),
         _ => Ok(Format::Raw),
     }
 }
@@ -230,8 +245,8 @@ fn avml_unsupported(path: &Path, offset: u64) -> FormatError {
     FormatError::Unsupported {
         path: path.into(),
         offset,
-        reason: "AVML compressed LiME (magic \"AVML\") is not supported yet; \
-                 convert it to LiME or raw with avml-convert first"
+        reason: "an AVML compressed record (magic \"AVML\") in a LiME file: \
+                 a file cannot mix LiME and AVML records"
             .into(),
     }
 }

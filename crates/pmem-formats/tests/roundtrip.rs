@@ -145,6 +145,11 @@ fn round_trip(mem: &Memory, chunk: usize) {
     let plan = mem.plan();
     for format in Format::ALL {
         let path = dir.path().join(format.name());
+        if format == Format::Avml {
+            // Tested in avml.rs: it leaves all-zero blocks out (its map is
+            // not the plan's) and refuses incompressible memory.
+            continue;
+        }
         if format == Format::Dmp && !mem.page_aligned() {
             let sink = HashingSink::stream(Box::new(std::io::sink()));
             let err = writer(format, Box::new(sink)).begin(&plan).unwrap_err();
@@ -378,11 +383,10 @@ fn detection() {
     avml.extend_from_slice(&2u32.to_le_bytes());
     avml.resize(64, 0);
     let (_d, path) = temp_file(&avml);
-    let err = detect(&path).unwrap_err();
-    assert!(matches!(err, FormatError::Unsupported { offset: 0, .. }));
-    assert!(err.to_string().contains("AVML"), "{err}");
+    assert_eq!(detect(&path).unwrap(), Format::Avml);
+    // A header without its snappy stream.
+    let err = open_image(&path, None).err().expect("no snappy stream");
     assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
-    assert!(open_image(&path, None).is_err());
     let missing = path.with_file_name("missing");
     assert!(matches!(detect(&missing), Err(FormatError::Io { .. })));
 }
