@@ -692,11 +692,11 @@ mod tests {
         WindowsMetadata {
             cr3: 0x1aa000,
             nt_build_number: 0xF000_4A61,
-            kernel_base: 0xfffff800_12000000,
-            kdbg: 0xfffff800_12c00000,
-            pfn_database: 0xffffc000_00000000,
-            ps_loaded_module_list: 0xfffff800_12e2a2a0,
-            ps_active_process_head: 0xfffff800_12e1e0a0,
+            kernel_base: 0xffff_f800_1200_0000,
+            kdbg: 0xffff_f800_12c0_0000,
+            pfn_database: 0xffff_c000_0000_0000,
+            ps_loaded_module_list: 0xffff_f800_12e2_a2a0,
+            ps_active_process_head: 0xffff_f800_12e1_e0a0,
             processors: 4,
             system_time: 133_485_408_000_000_000,
         }
@@ -754,12 +754,12 @@ mod tests {
         assert_eq!(u32_at(&b, 0x8), 0xF);
         assert_eq!(u32_at(&b, 0xC), 19041);
         assert_eq!(u64_at(&b, 0x10), 0x1aa000);
-        assert_eq!(u64_at(&b, 0x18), 0xffffc000_00000000);
-        assert_eq!(u64_at(&b, 0x20), 0xfffff800_12e2a2a0);
-        assert_eq!(u64_at(&b, 0x28), 0xfffff800_12e1e0a0);
+        assert_eq!(u64_at(&b, 0x18), 0xffff_c000_0000_0000);
+        assert_eq!(u64_at(&b, 0x20), 0xffff_f800_12e2_a2a0);
+        assert_eq!(u64_at(&b, 0x28), 0xffff_f800_12e1_e0a0);
         assert_eq!(u32_at(&b, 0x30), 0x8664);
         assert_eq!(u32_at(&b, 0x34), 4);
-        assert_eq!(u64_at(&b, 0x80), 0xfffff800_12c00000);
+        assert_eq!(u64_at(&b, 0x80), 0xffff_f800_12c0_0000);
         assert_eq!(u32_at(&b, 0x88), 2);
         assert_eq!(u64_at(&b, 0x90), 3);
         assert_eq!((u64_at(&b, 0x98), u64_at(&b, 0xA0)), (1, 2));

@@ -23,6 +23,8 @@ mod linux;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub mod windows;
+
 use iomem::{Iomem, IomemError};
 use kcore::KcoreError;
 use pmem_core::{Arch, MemoryMap, PhysicalMemory, Range, ReadError};

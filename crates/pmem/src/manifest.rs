@@ -268,7 +268,7 @@ mod tests {
         let w = WindowsMetadata {
             cr3: 0x1aa000,
             nt_build_number: 0xF000_4A61,
-            kernel_base: 0xfffff800_12000000,
+            kernel_base: 0xffff_f800_1200_0000,
             kdbg: 0,
             pfn_database: 1,
             ps_loaded_module_list: 2,
