@@ -1,26 +1,40 @@
 //! `pmem acquire`: live memory -> image.
 
 use crate::job::{self, Job, Output};
-use crate::manifest::{self, NotAcquiredJson, Origin, RangeJson, SkippedJson, SourceJson};
-use anyhow::{Context, Result};
-use pmem_core::Plan;
+use crate::manifest::{self, Origin};
+use anyhow::Result;
+use pmem_core::{PhysicalMemory, Plan};
 use pmem_formats::Format;
-use pmem_sources::SourceRequest;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format: lime, raw (zero-padded, sparse on files) or elf.
+    /// Image format: lime, raw (zero-padded, sparse on files), elf, or dmp
+    /// (Windows crash dump: needs the Windows driver's metadata).
     #[arg(long, short, default_value = "lime")]
     format: Format,
     /// Memory source: auto, kcore, crash or mem, optionally with a device
     /// path (e.g. kcore:/proc/kcore).
     #[arg(long, default_value = "auto")]
+    #[cfg_attr(windows, allow(dead_code))]
     source: String,
     /// Read the physical memory map from this file instead of /proc/iomem.
     #[arg(long)]
+    #[cfg_attr(windows, allow(dead_code))]
     iomem: Option<PathBuf>,
+    /// Windows: the WinPmem driver (winpmem_x64.sys / winpmem_x86.sys) to
+    /// load for the acquisition and unload afterwards. Without it pmem uses
+    /// the driver embedded at build time, or one `pmem driver load` left.
+    #[cfg(windows)]
+    #[arg(long, value_name = "PATH")]
+    pub driver: Option<PathBuf>,
+    /// Windows: how the driver maps memory: pte (default on 64-bit),
+    /// physical (default on 32-bit) or iospace (MmMapIoSpace; can crash
+    /// some machines).
+    #[cfg(windows)]
+    #[arg(long)]
+    pub mode: Option<String>,
     /// Where to write the JSON manifest (default: OUTPUT.json; none for
     /// standard output unless given).
     #[arg(long)]
@@ -35,14 +49,57 @@ pub struct Args {
     output: PathBuf,
 }
 
+/// An opened live source with what the image and the manifest say about it.
+pub struct Live {
+    pub memory: Box<dyn PhysicalMemory>,
+    pub origin: Origin,
+    pub plan: Plan,
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let started_at = crate::host::now();
+    // Dropped when this function returns, after the manifest is written: on
+    // Windows that closes the device and unloads the driver, also on error.
+    #[cfg(windows)]
+    let mut live = crate::windows::open_live(&args, started_at)?;
+    #[cfg(not(windows))]
+    let mut live = open_live(&args, started_at)?;
+    let output = Output::parse(&args.output);
+    let manifest_path = match (&args.manifest, &output) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Output::File(path)) => Some(manifest::default_path(path)),
+        (None, Output::Stdout) => None,
+    };
+    let manifest = job::run(Job {
+        source: live.memory.as_mut(),
+        plan: live.plan,
+        format: args.format,
+        output: output.clone(),
+        manifest_path: manifest_path.clone(),
+        origin: live.origin,
+        inherited_unreadable: Vec::new(),
+        overwrite: args.force,
+        quiet: args.quiet,
+    })?;
+    eprintln!("{}", job::summary_line(&manifest, &output));
+    if let Some(path) = manifest_path {
+        eprintln!("pmem: manifest {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Linux sources: /proc/kcore, /dev/crash, /dev/mem.
+#[cfg(not(windows))]
+fn open_live(args: &Args, started_at: String) -> Result<Live> {
+    use crate::manifest::{NotAcquiredJson, RangeJson, SkippedJson, SourceJson};
+    use anyhow::Context;
+    use pmem_sources::SourceRequest;
     let mut request: SourceRequest = args
         .source
         .parse()
         .with_context(|| format!("--source {}", args.source))?;
     request.iomem_path = args.iomem.clone();
-    let mut opened = pmem_sources::open(&request)?;
+    let opened = pmem_sources::open(&request)?;
     let info = &opened.info;
     for (kind, reason) in &info.skipped {
         eprintln!("pmem: source {kind} skipped: {reason}");
@@ -96,26 +153,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         metadata_json: Some(serde_json::to_string(&origin)?),
         windows: None,
     };
-    let output = Output::parse(&args.output);
-    let manifest_path = match (&args.manifest, &output) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Output::File(path)) => Some(manifest::default_path(path)),
-        (None, Output::Stdout) => None,
-    };
-    let manifest = job::run(Job {
-        source: opened.memory.as_mut(),
-        plan,
-        format: args.format,
-        output: output.clone(),
-        manifest_path: manifest_path.clone(),
+    Ok(Live {
+        memory: opened.memory,
         origin,
-        inherited_unreadable: Vec::new(),
-        overwrite: args.force,
-        quiet: args.quiet,
-    })?;
-    eprintln!("{}", job::summary_line(&manifest, &output));
-    if let Some(path) = manifest_path {
-        eprintln!("pmem: manifest {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+        plan,
+    })
 }

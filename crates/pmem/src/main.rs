@@ -9,6 +9,8 @@ mod info;
 mod job;
 mod manifest;
 mod verify;
+#[cfg(windows)]
+mod windows;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +32,10 @@ enum Command {
     Convert(convert::Args),
     /// Check an image against its manifest: hashes, ranges, completeness.
     Verify(verify::Args),
+    /// Load or unload the WinPmem driver for live analysis tools, or
+    /// extract the driver embedded at build time.
+    #[cfg(windows)]
+    Driver(windows::DriverArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +45,8 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Verify(args) => verify::run(args),
+        #[cfg(windows)]
+        Command::Driver(args) => windows::driver(args),
     };
     match result {
         Ok(code) => code,

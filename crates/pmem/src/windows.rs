@@ -1,0 +1,216 @@
+//! Windows: acquisition through the WinPmem driver, and `pmem driver`
+//! (WinPmem's -l, -u and -d). The protocol lives in
+//! pmem_sources::windows; this is the CLI around it.
+
+use crate::acquire::{Args, Live};
+use crate::manifest::{self, HostJson, Origin, SourceJson, WindowsJson};
+use anyhow::{bail, Context, Result};
+use pmem_core::{Arch, MemoryMap, PhysicalMemory, Plan, ReadError, WindowsMetadata};
+use pmem_sources::windows::live::{self, Scm, WinDevice};
+use pmem_sources::windows::{DriverSource, InfoLayout, Mode, DEVICE_PATH, SERVICE_NAME};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// A driver embedded at build time (PMEM_EMBED_DRIVER, see build.rs);
+/// empty when none was.
+static EMBEDDED_DRIVER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/embedded-driver.sys"));
+
+#[derive(clap::Args)]
+pub struct DriverArgs {
+    #[command(subcommand)]
+    command: DriverCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum DriverCommand {
+    /// Load the driver and leave it loaded, so that live analysis tools
+    /// (MemProcFS, Volatility's leechcore layer) can read \\.\pmem.
+    Load {
+        /// The WinPmem driver file (default: the embedded one).
+        #[arg(long, value_name = "PATH")]
+        driver: Option<PathBuf>,
+    },
+    /// Stop and delete the driver service left by `driver load`.
+    Unload,
+    /// Write the driver embedded at build time to PATH.
+    Extract {
+        /// Where to write the driver file.
+        path: PathBuf,
+    },
+}
+
+pub fn driver(args: DriverArgs) -> Result<ExitCode> {
+    match args.command {
+        DriverCommand::Load { driver } => {
+            let temp = driver_path(driver.as_deref())?;
+            let path = temp.path().context(
+                "no driver to load: pass --driver PATH (the WinPmem driver, winpmem_x64.sys)",
+            )?;
+            live::load(path)?;
+            // The service keeps its own path: an extracted driver must stay.
+            temp.keep();
+            eprintln!("pmem: driver loaded as service {SERVICE_NAME}; read {DEVICE_PATH}; remove it with `pmem driver unload`");
+        }
+        DriverCommand::Unload => {
+            if live::unload()? {
+                eprintln!("pmem: driver service {SERVICE_NAME} stopped and deleted");
+            } else {
+                eprintln!("pmem: no driver service {SERVICE_NAME} is installed");
+            }
+        }
+        DriverCommand::Extract { path } => {
+            if EMBEDDED_DRIVER.is_empty() {
+                bail!("this pmem was built without an embedded driver (PMEM_EMBED_DRIVER)");
+            }
+            let mut file = pmem_core::sink::create_image_file(&path, false)
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::io::Write::write_all(&mut file, EMBEDDED_DRIVER)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "pmem: wrote the embedded driver ({} bytes) to {}",
+                EMBEDDED_DRIVER.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The driver file to install: the given one, the embedded one written to a
+/// temporary file, or none (use a driver that is already loaded).
+enum DriverFile {
+    Given(PathBuf),
+    Temporary(PathBuf),
+    None,
+}
+
+impl DriverFile {
+    fn path(&self) -> Option<&Path> {
+        match self {
+            DriverFile::Given(p) | DriverFile::Temporary(p) => Some(p),
+            DriverFile::None => None,
+        }
+    }
+
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for DriverFile {
+    fn drop(&mut self) {
+        if let DriverFile::Temporary(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn driver_path(given: Option<&Path>) -> Result<DriverFile> {
+    if let Some(path) = given {
+        return Ok(DriverFile::Given(path.to_path_buf()));
+    }
+    if EMBEDDED_DRIVER.is_empty() {
+        return Ok(DriverFile::None);
+    }
+    let path = std::env::temp_dir().join(format!("pmem-{}.sys", std::process::id()));
+    let mut file = pmem_core::sink::create_image_file(&path, true)
+        .with_context(|| format!("extracting the embedded driver to {}", path.display()))?;
+    std::io::Write::write_all(&mut file, EMBEDDED_DRIVER)?;
+    Ok(DriverFile::Temporary(path))
+}
+
+/// The live source and the extracted driver file. Field order is drop
+/// order: the driver is unloaded before its file is deleted.
+struct WinLive {
+    source: DriverSource<WinDevice, Scm>,
+    _driver_file: DriverFile,
+}
+
+impl PhysicalMemory for WinLive {
+    fn memory_map(&self) -> &MemoryMap {
+        self.source.memory_map()
+    }
+    fn read_granularity(&self) -> u64 {
+        self.source.read_granularity()
+    }
+    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        self.source.read_at(addr, buf)
+    }
+}
+
+pub fn open_live(args: &Args, started_at: String) -> Result<Live> {
+    let mode = match &args.mode {
+        Some(text) => Some(text.parse::<Mode>()?),
+        None => None,
+    };
+    if mode == Some(Mode::IoSpace) {
+        eprintln!("pmem: warning: iospace mode (MmMapIoSpace) can crash some systems; pte and physical are safer");
+    }
+    let driver_file = driver_path(args.driver.as_deref())?;
+    let source = live::open(driver_file.path(), mode).with_context(|| match driver_file.path() {
+        Some(path) => format!("acquiring with the driver {}", path.display()),
+        None => format!(
+            "no driver given and none loaded: pass --driver PATH (the WinPmem driver, e.g. winpmem_x64.sys) or run `pmem driver load --driver PATH` first; {DEVICE_PATH} could not be used"
+        ),
+    })?;
+    let info = &source.info;
+    let arch = match InfoLayout::native() {
+        InfoLayout::X64 => Arch::X86_64,
+        InfoLayout::X86 => Arch::X86,
+    };
+    let system_time = humantime::parse_rfc3339(&started_at)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| WindowsMetadata::filetime_from_unix(d.as_secs()));
+    let windows = WindowsMetadata {
+        system_time,
+        ..info.windows
+    };
+    eprintln!(
+        "pmem: driver mode {}, CR3 {:#x}, kernel base {:#x}, build {}, {} processor(s), {} run(s), {:.1} MiB",
+        source.mode,
+        windows.cr3,
+        windows.kernel_base,
+        windows.build(),
+        windows.processors,
+        info.runs.len(),
+        info.runs.total_bytes() as f64 / (1 << 20) as f64
+    );
+    let mut windows_json = WindowsJson::from(&windows);
+    windows_json.mode = Some(source.mode.name().to_string());
+    let origin = Origin {
+        pmem_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: HostJson {
+            arch: arch.name(),
+            ..crate::host::describe(arch)
+        },
+        source: SourceJson {
+            kind: "winpmem".into(),
+            path: DEVICE_PATH.into(),
+            format: None,
+            skipped: Vec::new(),
+            direct_map_offset: None,
+            vmcoreinfo: false,
+        },
+        system_ram: manifest::ranges_json(&info.runs),
+        not_acquired: Vec::new(),
+        started_at,
+        windows: Some(windows_json),
+    };
+    let plan = Plan {
+        ranges: info.runs.clone(),
+        arch,
+        direct_map_offset: None,
+        vmcoreinfo: None,
+        metadata_json: Some(serde_json::to_string(&origin)?),
+        windows: Some(windows),
+    };
+    Ok(Live {
+        memory: Box::new(WinLive {
+            source,
+            _driver_file: driver_file,
+        }),
+        origin,
+        plan,
+    })
+}
