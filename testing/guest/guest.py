@@ -182,12 +182,9 @@ class Results:
     def add(self, case, subject, check, ok, detail=""):
         with self.lock:
             self.rows.append((case, subject, check, bool(ok), detail))
-            self._print(subject, check, ok, detail)
+            mark = "ok  " if ok else "FAIL"
+            say(f"  [{mark}] {case} {subject}: {check}{' - ' + detail if detail else ''}")
         return ok
-
-    def _print(self, subject, check, ok, detail):
-        mark = "ok  " if ok else "FAIL"
-        say(f"  [{mark}] {subject}: {check}{' - ' + detail if detail else ''}")
 
     @property
     def passed(self):
