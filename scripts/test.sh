@@ -10,7 +10,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "installing build and test dependencies"
 need_apt=()
-for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio; do
+# zstd: decodes pmem's .zst images in the CLI tests; libsnappy1v5: Volatility 3's
+# AVML layer loads it (testing/compress/check.sh).
+for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -39,6 +41,9 @@ echo "pmem (musl): $(stat -c %s target/x86_64-unknown-linux-musl/release/pmem) b
 
 step "unit, property and CLI tests"
 cargo test --workspace --all-features
+
+step "compressed formats against Volatility 3 (AVML layer, time-limited)"
+testing/compress/check.sh
 
 if [[ "${PMEM_SKIP_GUEST:-0}" == 1 ]]; then
     step "guest suite skipped (PMEM_SKIP_GUEST=1)"

@@ -45,6 +45,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    compress: crate::compress::CompressArgs,
     /// Image file, or - for standard output.
     output: PathBuf,
 }
@@ -80,6 +82,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         inherited_unreadable: Vec::new(),
         overwrite: args.force,
         quiet: args.quiet,
+        compress: args.compress.clone(),
     })?;
     eprintln!("{}", job::summary_line(&manifest, &output));
     if let Some(path) = manifest_path {

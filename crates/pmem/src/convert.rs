@@ -46,6 +46,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    compress: crate::compress::CompressArgs,
     /// Input image (any format pmem reads).
     input: PathBuf,
     /// Output image, or - for standard output.
@@ -162,6 +164,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         inherited_unreadable,
         overwrite: args.force,
         quiet: args.quiet,
+        compress: args.compress.clone(),
     })?;
     eprintln!("{}", job::summary_line(&manifest, &output));
     Ok(ExitCode::SUCCESS)

@@ -2,11 +2,14 @@
 //! with progress on stderr and a manifest that is written whatever happens.
 //! Shared by `acquire` and `convert`.
 
+use crate::compress::{self, Encoding};
 use crate::manifest::{self, BytesJson, Manifest, Origin, PageRunJson};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pmem_core::sink::{create_image_file, hex, HashingSink};
-use pmem_core::{copy_memory, ByteSink, CopyOptions, PhysicalMemory, Plan};
+use pmem_core::{
+    copy_memory, ByteSink, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, WriteError,
+};
 use pmem_formats::Format;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -66,17 +69,19 @@ pub struct Job<'a> {
     pub inherited_unreadable: Vec<PageRunJson>,
     pub overwrite: bool,
     pub quiet: bool,
+    pub compress: compress::CompressArgs,
 }
 
 /// Copies, commits, writes the manifest. Returns the manifest of a complete
 /// image, or an error after writing a manifest that says what went wrong.
 pub fn run(job: Job<'_>) -> Result<Manifest> {
     let started = Instant::now();
+    let mut encoding = compress::resolve(job.format, job.compress.compress)?;
     let mut manifest = Manifest {
         origin: job.origin,
         complete: false,
         error: None,
-        format: job.format.name().to_string(),
+        format: encoding.format.name().to_string(),
         ranges: manifest::ranges_json(&job.plan.ranges),
         unreadable_pages: job.inherited_unreadable.clone(),
         unreadable_page_count: 0,
@@ -88,6 +93,8 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         memory_sha256: None,
         finished_at: None,
         seconds: None,
+        compression: encoding.compression(),
+        warnings: Vec::new(),
     };
     // A manifest that cannot be written should stop us before we write
     // gigabytes: create it first, rewrite it at the end.
@@ -96,17 +103,44 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
     }
 
     let progress = progress_bar(job.plan.ranges.total_bytes(), job.quiet);
-    let result = job.output.open(job.overwrite).and_then(|sink| {
-        let writer = pmem_formats::writer(job.format, sink);
-        copy_memory(
-            job.source,
-            writer,
-            &job.plan,
-            &CopyOptions::default(),
-            &mut |done| progress.set_position(done),
-        )
-        .with_context(|| format!("writing {} image {}", job.format, job.output.display()))
-    });
+    let mut result = copy_once(
+        job.source,
+        &job.plan,
+        &job.output,
+        encoding,
+        job.overwrite,
+        &progress,
+    );
+    if let (Format::Avml, Some(err)) = (encoding.format, unrepresentable(&result)) {
+        // AVML blocks of incompressible memory would hang Volatility 3:
+        // start again in plain LiME, on a file. Memory is read again.
+        let warning = format!("{err}; wrote plain (uncompressed) LiME instead");
+        if let Output::File(_) = job.output {
+            eprintln!("pmem: warning: {warning}");
+            manifest.warnings.push(warning);
+            encoding = Encoding {
+                format: Format::Lime,
+                zstd: false,
+            };
+            manifest.format = encoding.format.name().to_string();
+            manifest.compression = None;
+            progress.set_position(0);
+            // The file is ours: created by this run.
+            result = copy_once(
+                job.source,
+                &job.plan,
+                &job.output,
+                encoding,
+                true,
+                &progress,
+            );
+        } else {
+            result = result.context(
+                "AVML compression cannot represent this memory and a stream cannot start \
+                 again: write to a file (pmem then falls back to plain LiME) or use --compress zstd",
+            );
+        }
+    }
     progress.finish_and_clear();
 
     manifest.finished_at = Some(crate::host::now());
@@ -133,6 +167,35 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         manifest::write(path, &manifest, true)?;
     }
     outcome.map(|()| manifest)
+}
+
+/// One copy of the job's source into a fresh output.
+fn copy_once(
+    source: &mut dyn PhysicalMemory,
+    plan: &Plan,
+    output: &Output,
+    encoding: Encoding,
+    overwrite: bool,
+    progress: &ProgressBar,
+) -> Result<CopyReport> {
+    let mut sink = output.open(overwrite)?;
+    if encoding.zstd {
+        sink = Box::new(pmem_formats::zstd::ZstdSink::new(sink));
+    }
+    let writer = pmem_formats::writer(encoding.format, sink);
+    copy_memory(source, writer, plan, &CopyOptions::default(), &mut |done| {
+        progress.set_position(done)
+    })
+    .with_context(|| format!("writing {} image {}", encoding.format, output.display()))
+}
+
+/// The message of a copy that failed because the format cannot hold the memory.
+fn unrepresentable(result: &Result<CopyReport>) -> Option<String> {
+    let err = result.as_ref().err()?;
+    match err.downcast_ref::<CopyError>() {
+        Some(CopyError::Write(WriteError::Unrepresentable { .. })) => Some(format!("{err:#}")),
+        _ => None,
+    }
 }
 
 fn progress_bar(total: u64, quiet: bool) -> ProgressBar {

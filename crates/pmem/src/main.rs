@@ -2,6 +2,7 @@
 //! convert and verify such images.
 
 mod acquire;
+mod compress;
 mod convert;
 mod host;
 mod image;

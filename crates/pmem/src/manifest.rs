@@ -211,6 +211,13 @@ pub struct Manifest {
     pub memory_sha256: Option<String>,
     pub finished_at: Option<String>,
     pub seconds: Option<f64>,
+    /// "snappy" for AVML compressed LiME (format "avml"), "zstd" for an
+    /// image written as one zstd stream; absent for uncompressed images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// What went differently than asked (a fallback to plain LiME).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Where the manifest of `image` lives by default: `IMAGE.json`.
