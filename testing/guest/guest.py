@@ -582,7 +582,7 @@ def cmd_demo(args):
     vm.cleanup([work / "dump.elf"])
     say(f"\nimage:    {image}")
     say(f"manifest: {manifest}")
-    say(f"guest acquisition took {dict((n, round(s, 1)) for n, s, _ in guest.steps)} seconds\n")
+    say("in the guest: " + ", ".join(f"{n} {s:.1f}s" for n, s, _ in guest.steps) + "\n")
     say(f"$ pmem info {image}")
     subprocess.run([str(pmem), "info", str(image)])
     say(f"$ pmem verify {image}")
