@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need first
 # (idempotent; cached between runs on the same machine):
-#   scripts/test.sh            format, lint, unit + CLI tests, static build, guest suite
+#   scripts/test.sh            format, lint, unit + CLI tests, static build, pmem.exe under
+#                              Wine, Volatility checks, guest suite
 #   PMEM_SKIP_GUEST=1 scripts/test.sh   the same without the QEMU guest suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,10 @@ step() { printf '\n== %s\n' "$*"; }
 step "installing build and test dependencies"
 need_apt=()
 # zstd: decodes pmem's .zst images in the CLI tests; libsnappy1v5: Volatility 3's
-# AVML layer loads it (testing/compress/check.sh).
-for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5; do
+# AVML layer loads it (testing/compress/check.sh). wine64, gcc-mingw-w64-x86-64:
+# pmem.exe's link step and its run under Wine (testing/windows/wine-test.sh).
+for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
+    wine64 gcc-mingw-w64-x86-64; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -44,6 +47,17 @@ cargo test --workspace --all-features
 
 step "compressed formats against Volatility 3 (AVML layer, time-limited)"
 testing/compress/check.sh
+
+step "pmem.exe: cross-build, image tools under Wine (byte-identical to Linux)"
+cargo build --release -p pmem
+cargo build --release --target x86_64-pc-windows-gnu -p pmem
+testing/windows/wine-test.sh target/release/pmem target/x86_64-pc-windows-gnu/release/pmem.exe
+
+step "Windows crash dumps (full and bitmap, 64- and 32-bit) against Volatility 3"
+python3 -c 'import sys; sys.path.insert(0, "testing/guest"); import env; env.ensure_volatility()'
+"${PMEM_GUEST_CACHE:-$HOME/.cache/pmem-guest}/venv/bin/python3" testing/windows/vol3_dmp.py \
+    target/release/pmem target/vol3-dmp 256
+rm -rf target/vol3-dmp
 
 if [[ "${PMEM_SKIP_GUEST:-0}" == 1 ]]; then
     step "guest suite skipped (PMEM_SKIP_GUEST=1)"
