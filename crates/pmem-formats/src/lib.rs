@@ -9,6 +9,7 @@
 //! * [`avml`]: AVML v2 ("compressed LiME"): snappy-framed blocks, as AVML
 //!   `--compress` writes them.
 //! * [`dmp`]: Microsoft full memory crash dump (runs or page bitmap).
+//! * [`macho`]: Mach-O 64-bit core, one `LC_SEGMENT_64` per range (OSXPMem).
 //!
 //! Readers parse untrusted files: every size they act on is checked against
 //! the file length first, and every problem is a [`FormatError`] naming the
@@ -18,6 +19,7 @@ pub mod avml;
 pub mod dmp;
 pub mod elf;
 pub mod lime;
+pub mod macho;
 pub mod raw;
 pub mod zstd;
 
@@ -43,16 +45,19 @@ pub enum Format {
     Dmp,
     /// AVML v2 compressed LiME (`--format lime --compress snappy`).
     Avml,
+    /// Mach-O 64-bit core (OSXPMem).
+    Macho,
 }
 
 impl Format {
     /// Every format, in the order the CLI lists them.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::Lime,
         Format::Raw,
         Format::Elf,
         Format::Dmp,
         Format::Avml,
+        Format::Macho,
     ];
 
     /// The name the CLI and the manifest use.
@@ -63,6 +68,7 @@ impl Format {
             Format::Elf => "elf",
             Format::Dmp => "dmp",
             Format::Avml => "avml",
+            Format::Macho => "macho",
         }
     }
 }
@@ -75,7 +81,7 @@ impl fmt::Display for Format {
 
 /// A format name that [`Format::from_str`] does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown image format {0:?}: expected one of lime, raw, elf, dmp, avml")]
+#[error("unknown image format {0:?}: expected one of lime, raw, elf, dmp, avml, macho")]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for Format {
@@ -177,11 +183,12 @@ pub fn writer(format: Format, sink: Box<dyn ByteSink>) -> Box<dyn pmem_core::Ima
         Format::Elf => Box::new(elf::ElfWriter::new(sink)),
         Format::Dmp => Box::new(dmp::DmpWriter::new(sink)),
         Format::Avml => Box::new(avml::AvmlWriter::new(sink)),
+        Format::Macho => Box::new(macho::MachoWriter::new(sink)),
     }
 }
 
 /// Identifies an image by its first bytes: "EMiL" is LiME, "\x7fELF" is
-/// ELF, "PAGE" is a crash dump, anything else is raw (raw images have no header to recognise).
+/// ELF, "PAGE" is a crash dump, MH_MAGIC_64 with MH_CORE is Mach-O, anything else is raw (raw images have no header to recognise).
 pub fn detect(path: &Path) -> Result<Format, FormatError> {
     let file = open(path)?;
     detect_file(path, &file)
@@ -201,6 +208,7 @@ pub fn open_image(
         Format::Raw => Box::new(raw::RawReader::open(path, file, raw_map)?),
         Format::Dmp => Box::new(dmp::DmpReader::open(path, file)?),
         Format::Avml => Box::new(avml::AvmlReader::open(path, file)?),
+        Format::Macho => Box::new(macho::MachoReader::open(path, file)?),
     })
 }
 
@@ -237,6 +245,17 @@ fn detect_file(path: &Path, file: &File) -> Result<Format, FormatError> {
             })
         }
         b"AVML" => Ok(Format::Avml),
+        // MH_MAGIC_64 and MH_CORE both, so that raw memory starting with
+        // the magic stays raw.
+        [0xcf, 0xfa, 0xed, 0xfe] if len >= macho::HEADER_LEN => {
+            let mut filetype = [0u8; 4];
+            read_exact_at(path, file, 12, &mut filetype)?;
+            Ok(if u32::from_le_bytes(filetype) == macho::MH_CORE {
+                Format::Macho
+            } else {
+                Format::Raw
+            })
+        }
         _ => Ok(Format::Raw),
     }
 }

@@ -140,6 +140,57 @@ fn check_elf_structure(bytes: &[u8], plan: &Plan) {
     }
 }
 
+/// Checks the Mach-O image with object's Mach-O parser, independent of
+/// ours: header fields, one LC_SEGMENT_64 per range in ascending order with
+/// page-aligned data equal to the memory, and the two LC_NOTEs.
+fn check_macho_structure(bytes: &[u8], plan: &Plan, mem: &Memory) {
+    use object::macho as M;
+    use object::read::macho::{MachHeader as _, Segment as _};
+    let header = M::MachHeader64::<LE>::parse(bytes, 0).unwrap();
+    // object reads the magic big-endian: MH_CIGAM_64 means a little-endian MH_MAGIC_64.
+    assert_eq!(header.magic(), M::MH_CIGAM_64);
+    assert_eq!(header.cputype(LE), M::CPU_TYPE_X86_64);
+    assert_eq!(header.filetype(LE), M::MH_CORE);
+    assert_eq!(header.ncmds(LE) as usize, plan.ranges.len() + 2);
+    let mut commands = header.load_commands(LE, bytes, 0).unwrap();
+    let mut segments = Vec::new();
+    let mut notes = Vec::new();
+    while let Some(command) = commands.next().unwrap() {
+        if command.cmd() == M::LC_NOTE {
+            let note = command.data::<M::NoteCommand<LE>>().unwrap();
+            let owner = note.data_owner;
+            let end = owner.iter().position(|&c| c == 0).unwrap_or(16);
+            let (offset, size) = (note.offset.get(LE) as usize, note.size.get(LE) as usize);
+            notes.push((owner[..end].to_vec(), bytes[offset..offset + size].to_vec()));
+        } else if let Some((segment, _)) = command.segment_64().unwrap() {
+            assert_eq!(segment.name(), b"System RAM");
+            assert_eq!(segment.nsects(LE), 0);
+            assert_eq!(segment.vmsize(LE), segment.filesize(LE));
+            assert_eq!(segment.fileoff(LE) % PAGE, 0);
+            segments.push((
+                segment.vmaddr(LE),
+                segment.data(LE, bytes).unwrap().to_vec(),
+            ));
+        }
+    }
+    let expected: Vec<_> = mem
+        .ranges
+        .iter()
+        .map(|(r, d)| (r.start, d.clone()))
+        .collect();
+    assert!(segments == expected, "segments differ from the memory");
+    assert_eq!(
+        notes,
+        vec![
+            (b"VMCOREINFO".to_vec(), plan.vmcoreinfo.clone().unwrap()),
+            (
+                b"pmem.metadata".to_vec(),
+                plan.metadata_json.clone().unwrap().into_bytes()
+            ),
+        ]
+    );
+}
+
 fn round_trip(mem: &Memory, chunk: usize) {
     let dir = tempfile::tempdir().unwrap();
     let plan = mem.plan();
@@ -203,6 +254,12 @@ fn round_trip(mem: &Memory, chunk: usize) {
             Format::Dmp => {
                 assert_eq!(reader.arch(), Some(Arch::X86_64));
                 assert_eq!(reader.windows(), plan.windows);
+            }
+            Format::Macho => {
+                check_macho_structure(&bytes, &plan, mem);
+                assert_eq!(reader.arch(), Some(Arch::X86_64));
+                assert_eq!(reader.vmcoreinfo(), plan.vmcoreinfo.as_deref());
+                assert_eq!(reader.metadata_json(), plan.metadata_json.as_deref());
             }
             _ => {
                 assert_eq!(reader.arch(), None);
@@ -287,7 +344,7 @@ fn high_addresses_stay_sparse_in_lime_and_elf() {
         Range::new(0x8_0000_0000, 0x8_0000_2000).unwrap(),
         content(9, 0x2000),
     ));
-    for format in [Format::Lime, Format::Elf] {
+    for format in [Format::Lime, Format::Elf, Format::Macho] {
         let path = dir.path().join(format.name());
         write_file(format, &path, &mem.plan(), &mem, 0x1000);
         assert!(std::fs::metadata(&path).unwrap().len() < 0x10000);
@@ -336,7 +393,7 @@ proptest! {
         truncate in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        for format in [Format::Lime, Format::Elf] {
+        for format in [Format::Lime, Format::Elf, Format::Macho] {
             let path = dir.path().join(format.name());
             write_file(format, &path, &mem.plan(), &mem, 4096);
             let mut bytes = std::fs::read(&path).unwrap();
@@ -387,6 +444,14 @@ fn detection() {
     // A header without its snappy stream.
     let err = open_image(&path, None).err().expect("no snappy stream");
     assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    // The Mach-O magic without MH_CORE is raw memory.
+    let mut macho = vec![0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1, 3, 0, 0, 0, 2, 0, 0, 0];
+    macho.resize(64, 0);
+    let (_d, path) = temp_file(&macho);
+    assert_eq!(detect(&path).unwrap(), Format::Raw);
+    macho[12] = 4;
+    let (_d, path) = temp_file(&macho);
+    assert_eq!(detect(&path).unwrap(), Format::Macho);
     let missing = path.with_file_name("missing");
     assert!(matches!(detect(&missing), Err(FormatError::Io { .. })));
 }
