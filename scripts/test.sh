@@ -14,8 +14,10 @@ need_apt=()
 # zstd: decodes pmem's .zst images in the CLI tests; libsnappy1v5: Volatility 3's
 # AVML layer loads it (testing/compress/check.sh). wine64, gcc-mingw-w64-x86-64:
 # pmem.exe's link step and its run under Wine (testing/windows/wine-test.sh).
+# age: decrypts --encrypt-to output in the CLI tests; clang: compiles ring's C
+# for the macOS lint below.
 for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
-    wine64 gcc-mingw-w64-x86-64; do
+    wine64 gcc-mingw-w64-x86-64 age clang; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -32,8 +34,12 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "clippy for Windows and macOS (formats, pipeline and image tools build everywhere)"
+# ring (rustls' crypto) compiles C: for macOS with clang and the stand-in SDK
+# headers in testing/cross/include (lint only, nothing is linked).
+export CC_x86_64_apple_darwin=clang
+export CFLAGS_x86_64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
 for target in x86_64-pc-windows-gnu x86_64-apple-darwin; do
-    cargo clippy -p pmem -p pmem-core -p pmem-formats -p pmem-sources \
+    cargo clippy -p pmem -p pmem-core -p pmem-formats -p pmem-sources -p pmem-upload \
         --all-targets --target "$target" -- -D warnings
 done
 

@@ -1,23 +1,42 @@
 //! The copy loop: reads a source range by range in large chunks, retries
-//! failed chunks page by page, classifies pages as data or zero, hashes the
-//! logical memory content and hands ascending chunks to a format writer.
+//! failed chunks page by page, classifies pages as data or zero and hands
+//! ascending chunks to a format writer.
+//!
+//! Reading and writing overlap: the calling thread only reads, into a fixed
+//! pool of [`CopyOptions::buffers`] buffers of [`CopyOptions::chunk_size`]
+//! bytes, and a writer thread classifies, frames (and, for compressed
+//! formats, hands frames to compression workers) and writes. The pool is the
+//! pipeline's whole memory: reads wait for a free buffer, so memory stays
+//! flat whatever the RAM size. The image hash runs on the sink's own thread;
+//! the memory hash, when asked for, on the writer thread: neither stalls the
+//! reads.
 
-use crate::sink::{hash_zeros, SinkSummary};
+use crate::sink::SinkSummary;
 use crate::source::{PhysicalMemory, ReadError};
 use crate::writer::{Chunk, ImageWriter, Plan, WriteError};
 use crate::PAGE_SIZE;
 use sha2::{Digest, Sha256};
+use std::sync::mpsc;
 
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
     /// Bytes per read request. Rounded to the source's read granularity.
     pub chunk_size: u64,
+    /// Read buffers in flight between the reader and the writer (at least 2).
+    pub buffers: usize,
+    /// Also compute the SHA-256 of the memory content (format-independent;
+    /// costs a second hash pass).
+    pub memory_hash: bool,
 }
 
 impl Default for CopyOptions {
     fn default() -> Self {
+        // 4 x 1 MiB: reads large enough that system call cost vanishes,
+        // few enough that the pipeline holds 4 MiB whatever the RAM size.
         CopyOptions {
-            chunk_size: 4 << 20,
+            chunk_size: 1 << 20,
+            buffers: 4,
+            memory_hash: false,
         }
     }
 }
@@ -34,13 +53,15 @@ pub struct PageRun {
 pub struct CopyReport {
     /// Logical bytes handed to the writer (the plan's total).
     pub bytes: u64,
-    /// Bytes that were read and found to be zero.
+    /// Bytes that were read and found to be zero (unreadable pages, written
+    /// as zeros too, are not counted here but in `unreadable`).
     pub zero_bytes: u64,
     /// Pages that could not be read even one by one; written as zeros.
     pub unreadable: Vec<PageRun>,
     /// SHA-256 over the content of all ranges in ascending order (unreadable
     /// pages as zeros): equal for every format holding the same memory.
-    pub memory_sha256: [u8; 32],
+    /// Only with [`CopyOptions::memory_hash`].
+    pub memory_sha256: Option<[u8; 32]>,
     /// The image as written.
     pub image: SinkSummary,
 }
@@ -62,8 +83,17 @@ pub enum CopyError {
     Plan(String),
 }
 
+/// One filled read buffer on its way to the writer thread.
+struct Filled {
+    addr: u64,
+    buf: Vec<u8>,
+    len: usize,
+    /// Pieces (offset, len) that could not be read: zero-filled in `buf`.
+    bad: Vec<(usize, usize)>,
+}
+
 /// Copies every planned range from `source` into `writer` and commits the
-/// image. `progress` is called with the number of logical bytes done.
+/// image. `progress` is called with the number of logical bytes read.
 ///
 /// The plan's ranges must lie inside the source's memory map and be aligned
 /// to its read granularity.
@@ -90,95 +120,154 @@ pub fn copy_memory(
     let chunk_size =
         (options.chunk_size.max(granularity) / granularity * granularity).max(PAGE_SIZE);
     let retry_size = PAGE_SIZE.max(granularity);
-    let mut buffer = vec![0u8; chunk_size as usize];
-    let mut state = CopyState {
-        memory_hasher: Sha256::new(),
-        zero_bytes: 0,
-        unreadable: Vec::new(),
-        done: 0,
-    };
+    let buffers = options.buffers.max(2);
     writer.begin(plan)?;
-    for range in plan.ranges.ranges() {
-        let mut addr = range.start;
-        while addr < range.end {
-            let len = chunk_size.min(range.end - addr);
-            let buf = &mut buffer[..len as usize];
-            match source.read_at(addr, buf) {
-                Ok(()) => state.emit(writer.as_mut(), addr, buf)?,
-                Err(ReadError::Unreadable { .. }) => {
-                    state.retry_by_page(source, writer.as_mut(), addr, buf, retry_size)?
-                }
-                Err(fatal) => return Err(fatal.into()),
-            }
-            addr += len;
-            state.done += len;
-            progress(state.done);
-        }
+
+    // Full buffers go to the writer, empty ones come back: `buffers`
+    // allocations in all.
+    let (to_writer, from_reader) = mpsc::sync_channel::<Filled>(buffers);
+    let (to_reader, free) = mpsc::sync_channel::<Vec<u8>>(buffers);
+    for _ in 0..buffers {
+        // The channel has room for every buffer; the receiver is alive.
+        let _ = to_reader.send(Vec::new());
     }
-    let image = writer.finish()?;
-    Ok(CopyReport {
-        bytes: state.done,
-        zero_bytes: state.zero_bytes,
-        unreadable: state.unreadable,
-        memory_sha256: state.memory_hasher.finalize().into(),
-        image,
+    let memory_hash = options.memory_hash;
+    std::thread::scope(|scope| {
+        let written = std::thread::Builder::new()
+            .name("pmem-write".into())
+            .spawn_scoped(scope, move || {
+                let mut out = Output {
+                    memory_hasher: memory_hash.then(Sha256::new),
+                    zero_bytes: 0,
+                };
+                for filled in from_reader {
+                    out.emit(writer.as_mut(), &filled)?;
+                    // The reader may have stopped; then the buffer is dropped.
+                    let _ = to_reader.send(filled.buf);
+                }
+                Ok::<_, WriteError>((out, writer))
+            });
+        let written = match written {
+            Ok(handle) => handle,
+            Err(e) => {
+                return Err(CopyError::Write(WriteError::Io {
+                    offset: 0,
+                    source: e,
+                }))
+            }
+        };
+        let mut reader = Reader {
+            unreadable: Vec::new(),
+            done: 0,
+        };
+        let read_result = reader.read_all(
+            source, plan, chunk_size, retry_size, &free, &to_writer, progress,
+        );
+        drop(to_writer);
+        let joined = written.join().map_err(|_| {
+            CopyError::Write(WriteError::Io {
+                offset: 0,
+                source: std::io::Error::other("the writer thread failed"),
+            })
+        })?;
+        // A write error stops the reader too; report the write error then.
+        let (out, writer) = joined?;
+        read_result?;
+        let image = writer.finish()?;
+        Ok(CopyReport {
+            bytes: reader.done,
+            zero_bytes: out.zero_bytes,
+            unreadable: reader.unreadable,
+            memory_sha256: out.memory_hasher.map(|h| h.finalize().into()),
+            image,
+        })
     })
 }
 
-struct CopyState {
-    memory_hasher: Sha256,
-    zero_bytes: u64,
+/// The reading side.
+struct Reader {
     unreadable: Vec<PageRun>,
     done: u64,
 }
 
-impl CopyState {
-    /// Hands `buf` (the content at `addr`) to the writer as runs of data and
-    /// zero pages.
-    fn emit(
+/// The reader stopped because the writer thread has gone (a write error,
+/// reported by the writer).
+struct WriterGone;
+
+impl Reader {
+    #[allow(clippy::too_many_arguments)]
+    fn read_all(
         &mut self,
-        writer: &mut dyn ImageWriter,
-        addr: u64,
-        buf: &[u8],
-    ) -> Result<(), WriteError> {
-        self.memory_hasher.update(buf);
-        for (offset, len, zero) in page_runs(addr, buf) {
-            if zero {
-                self.zero_bytes += len as u64;
-                writer.write_chunk(addr + offset as u64, Chunk::Zero(len as u64))?;
-            } else {
-                writer.write_chunk(
-                    addr + offset as u64,
-                    Chunk::Data(&buf[offset..offset + len]),
-                )?;
+        source: &mut dyn PhysicalMemory,
+        plan: &Plan,
+        chunk_size: u64,
+        retry_size: u64,
+        free: &mpsc::Receiver<Vec<u8>>,
+        to_writer: &mpsc::SyncSender<Filled>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), CopyError> {
+        for range in plan.ranges.ranges() {
+            let mut addr = range.start;
+            while addr < range.end {
+                let len = chunk_size.min(range.end - addr);
+                let Ok(mut buf) = free.recv() else {
+                    return Ok(()); // the writer failed: it reports why
+                };
+                buf.resize(chunk_size as usize, 0);
+                let mut bad = Vec::new();
+                match source.read_at(addr, &mut buf[..len as usize]) {
+                    Ok(()) => {}
+                    Err(ReadError::Unreadable { .. }) => self.retry_by_page(
+                        source,
+                        addr,
+                        &mut buf[..len as usize],
+                        retry_size,
+                        &mut bad,
+                    )?,
+                    Err(fatal) => return Err(fatal.into()),
+                }
+                let filled = Filled {
+                    addr,
+                    buf,
+                    len: len as usize,
+                    bad,
+                };
+                if to_writer.send(filled).map_err(|_| WriterGone).is_err() {
+                    return Ok(());
+                }
+                addr += len;
+                self.done += len;
+                progress(self.done);
             }
         }
         Ok(())
     }
 
     /// Reads a failed chunk again in page-sized pieces: good pages are kept,
-    /// pages that still fail are zero-filled and recorded.
+    /// pages that still fail are zero-filled, recorded, and listed in `bad`.
     fn retry_by_page(
         &mut self,
         source: &mut dyn PhysicalMemory,
-        writer: &mut dyn ImageWriter,
         addr: u64,
         buf: &mut [u8],
         page: u64,
+        bad: &mut Vec<(usize, usize)>,
     ) -> Result<(), CopyError> {
         let end = addr + buf.len() as u64;
         let mut at = addr;
         while at < end {
             // Pieces end on absolute page boundaries.
             let piece_end = ((at / page) + 1).saturating_mul(page).min(end);
-            let piece = &mut buf[(at - addr) as usize..(piece_end - addr) as usize];
-            match source.read_at(at, piece) {
-                Ok(()) => self.emit(writer, at, piece)?,
+            let (from, to) = ((at - addr) as usize, (piece_end - addr) as usize);
+            match source.read_at(at, &mut buf[from..to]) {
+                Ok(()) => {}
                 Err(ReadError::Unreadable { .. }) => {
-                    let len = piece_end - at;
-                    self.record_unreadable(at, len);
-                    hash_zeros(&mut self.memory_hasher, len);
-                    writer.write_chunk(at, Chunk::Zero(len))?;
+                    buf[from..to].fill(0);
+                    self.record_unreadable(at, piece_end - at);
+                    match bad.last_mut() {
+                        Some(last) if last.0 + last.1 == from => last.1 += to - from,
+                        _ => bad.push((from, to - from)),
+                    }
                 }
                 Err(fatal) => return Err(fatal.into()),
             }
@@ -197,6 +286,54 @@ impl CopyState {
                 pages,
             }),
         }
+    }
+}
+
+/// The writing side's state.
+struct Output {
+    memory_hasher: Option<Sha256>,
+    zero_bytes: u64,
+}
+
+impl Output {
+    /// Hands a filled buffer to the writer as runs of data and zero pages;
+    /// unreadable pieces as zero chunks.
+    fn emit(&mut self, writer: &mut dyn ImageWriter, filled: &Filled) -> Result<(), WriteError> {
+        let data = &filled.buf[..filled.len];
+        if let Some(h) = &mut self.memory_hasher {
+            h.update(data);
+        }
+        let mut at = 0usize;
+        for &(bad_at, bad_len) in filled.bad.iter().chain([(filled.len, 0)].iter()) {
+            if bad_at > at {
+                self.emit_read(writer, filled.addr + at as u64, &data[at..bad_at])?;
+            }
+            if bad_len > 0 {
+                writer.write_chunk(filled.addr + bad_at as u64, Chunk::Zero(bad_len as u64))?;
+            }
+            at = bad_at + bad_len;
+        }
+        Ok(())
+    }
+
+    fn emit_read(
+        &mut self,
+        writer: &mut dyn ImageWriter,
+        addr: u64,
+        buf: &[u8],
+    ) -> Result<(), WriteError> {
+        for (offset, len, zero) in page_runs(addr, buf) {
+            if zero {
+                self.zero_bytes += len as u64;
+                writer.write_chunk(addr + offset as u64, Chunk::Zero(len as u64))?;
+            } else {
+                writer.write_chunk(
+                    addr + offset as u64,
+                    Chunk::Data(&buf[offset..offset + len]),
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -331,7 +468,11 @@ mod tests {
             mem,
             writer,
             &plan,
-            &CopyOptions { chunk_size },
+            &CopyOptions {
+                chunk_size,
+                buffers: 3,
+                memory_hash: true,
+            },
             &mut |done| {
                 assert!(done > last);
                 last = done;
@@ -389,7 +530,7 @@ mod tests {
         assert_eq!(expected_memory.len(), 0x12000);
         assert_eq!(
             report.memory_sha256,
-            <[u8; 32]>::from(Sha256::digest(&expected_memory))
+            Some(<[u8; 32]>::from(Sha256::digest(&expected_memory)))
         );
         // Large reads first: the first range is read in 0x8000-byte requests.
         assert_eq!(mem.reads[0], (0x1000, 0x8000));

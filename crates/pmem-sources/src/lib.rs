@@ -23,6 +23,7 @@ mod linux;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub mod macos;
 pub mod windows;
 
 use iomem::{Iomem, IomemError};

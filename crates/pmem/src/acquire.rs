@@ -18,11 +18,12 @@ pub struct Args {
     /// path (e.g. kcore:/proc/kcore).
     #[arg(long, default_value = "auto")]
     #[cfg_attr(windows, allow(dead_code))]
-    source: String,
+    pub(crate) source: String,
     /// Read the physical memory map from this file instead of /proc/iomem.
+    /// (macOS: read the MacPmem info from this file instead of /dev/pmem_info.)
     #[arg(long)]
     #[cfg_attr(windows, allow(dead_code))]
-    iomem: Option<PathBuf>,
+    pub(crate) iomem: Option<PathBuf>,
     /// Windows: the WinPmem driver (winpmem_x64.sys / winpmem_x86.sys) to
     /// load for the acquisition and unload afterwards. Without it pmem uses
     /// the driver embedded at build time, or one `pmem driver load` left.
@@ -47,6 +48,13 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     compress: crate::compress::CompressArgs,
+    #[command(flatten)]
+    upload: crate::upload::UploadArgs,
+    /// Also record memory_sha256, the hash of the memory content that is
+    /// the same whatever the format (costs a second hash pass; `pmem
+    /// convert` and `pmem verify` always compute it).
+    #[arg(long)]
+    memory_hash: bool,
     /// Image file, or - for standard output.
     output: PathBuf,
 }
@@ -64,8 +72,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Windows that closes the device and unloads the driver, also on error.
     #[cfg(windows)]
     let mut live = crate::windows::open_live(&args, started_at)?;
-    #[cfg(not(windows))]
+    #[cfg(target_os = "macos")]
+    let mut live = crate::macos::open_live(&args.source, args.iomem.as_deref(), started_at)?;
+    #[cfg(not(any(windows, target_os = "macos")))]
     let mut live = open_live(&args, started_at)?;
+    crate::upload::configure(&args.upload)?;
     let output = Output::parse(&args.output);
     let manifest_path = match (&args.manifest, &output) {
         (Some(path), _) => Some(path.clone()),
@@ -83,6 +94,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         overwrite: args.force,
         quiet: args.quiet,
         compress: args.compress.clone(),
+        memory_hash: args.memory_hash,
     })?;
     eprintln!("{}", job::summary_line(&manifest, &output));
     if let Some(path) = manifest_path {
@@ -92,7 +104,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// The Linux sources: /proc/kcore, /dev/crash, /dev/mem.
-#[cfg(not(windows))]
+#[cfg(not(any(windows, target_os = "macos")))]
 fn open_live(args: &Args, started_at: String) -> Result<Live> {
     use crate::manifest::{NotAcquiredJson, RangeJson, SkippedJson, SourceJson};
     use anyhow::Context;
@@ -147,6 +159,7 @@ fn open_live(args: &Args, started_at: String) -> Result<Live> {
             .collect(),
         started_at,
         windows: None,
+        macos: None,
     };
     let plan = Plan {
         ranges: opened.memory.memory_map().clone(),

@@ -1,6 +1,7 @@
 //! `--compress` and `--max-disk-usage`, shared by `acquire` and `convert`.
 
 use anyhow::{bail, Result};
+use pmem_core::sink::DiskLimit;
 use pmem_formats::Format;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,6 +21,32 @@ pub struct CompressArgs {
     /// or zstd (the whole image as a .zst stream).
     #[arg(long, value_enum, default_value = "none")]
     pub compress: Compression,
+    /// Stop writing (keeping what was written, the manifest says
+    /// incomplete) when the image would take more than MiB, or when the
+    /// output's filesystem would be more than N% full: "4096" or "90%".
+    /// Checked before writing and every 16 MiB while writing.
+    #[arg(long, value_name = "MiB|N%", value_parser = parse_disk_limit)]
+    pub max_disk_usage: Option<DiskLimit>,
+}
+
+/// Parses `--max-disk-usage`.
+fn parse_disk_limit(text: &str) -> Result<DiskLimit, String> {
+    if let Some(percent) = text.strip_suffix('%') {
+        match percent.trim().parse::<u8>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(DiskLimit::Percent(n)),
+            _ => Err(format!("{text}: a percentage from 1% to 100%")),
+        }
+    } else {
+        match text.trim().parse::<u64>() {
+            Ok(mib) if mib > 0 => mib
+                .checked_mul(1 << 20)
+                .map(DiskLimit::Bytes)
+                .ok_or_else(|| format!("{text}: too large")),
+            _ => Err(format!(
+                "{text}: a size in MiB (e.g. 4096) or a percentage (e.g. 90%)"
+            )),
+        }
+    }
 }
 
 /// What a job writes: the format writer and whether a zstd stream wraps it.

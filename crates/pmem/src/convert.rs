@@ -48,6 +48,8 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     compress: crate::compress::CompressArgs,
+    #[command(flatten)]
+    upload: crate::upload::UploadArgs,
     /// Input image (any format pmem reads).
     input: PathBuf,
     /// Output image, or - for standard output.
@@ -105,6 +107,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map_or_else(Vec::new, |o| o.not_acquired.clone()),
         started_at: crate::host::now(),
         windows: windows.as_ref().map(|w| keep_mode(w, inherited.as_ref())),
+        macos: inherited.as_ref().and_then(|o| o.macos.clone()),
     };
     // Carry the embedded note through unchanged, so conversions are
     // deterministic and ELF -> X -> ELF keeps the original metadata. Windows
@@ -148,6 +151,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .manifest
         .as_ref()
         .map_or_else(Vec::new, |m| m.unreadable_pages.clone());
+    crate::upload::configure(&args.upload)?;
     let output = Output::parse(&args.output);
     let manifest_path = match (&args.manifest, &output) {
         (Some(path), _) => Some(path.clone()),
@@ -165,6 +169,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         overwrite: args.force,
         quiet: args.quiet,
         compress: args.compress.clone(),
+        // Offline the memory hash is cheap next to the format work, and it
+        // ties the output to the input whatever the formats.
+        memory_hash: true,
     })?;
     eprintln!("{}", job::summary_line(&manifest, &output));
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@ use crate::compress::{self, Encoding};
 use crate::manifest::{self, BytesJson, Manifest, Origin, PageRunJson};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pmem_core::sink::{create_image_file, hex, HashingSink};
+use pmem_core::sink::{create_image_file, hex, DiskLimit, HashingSink};
 use pmem_core::{
     copy_memory, ByteSink, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, WriteError,
 };
@@ -37,7 +37,7 @@ impl Output {
         }
     }
 
-    fn open(&self, overwrite: bool) -> Result<Box<dyn ByteSink>> {
+    fn open(&self, overwrite: bool, limit: Option<DiskLimit>) -> Result<Box<dyn ByteSink>> {
         match self {
             Output::Stdout => Ok(Box::new(HashingSink::stream(Box::new(std::io::stdout())))),
             Output::File(path) => {
@@ -51,7 +51,13 @@ impl Output {
                         format!("creating image {}", path.display())
                     }
                 })?;
-                Ok(Box::new(HashingSink::for_file(file)?))
+                let sink = HashingSink::for_file(file)?;
+                Ok(Box::new(match limit {
+                    Some(limit) => sink.with_limit(limit).with_context(|| {
+                        format!("checking free space before writing {}", path.display())
+                    })?,
+                    None => sink,
+                }))
             }
         }
     }
@@ -70,6 +76,9 @@ pub struct Job<'a> {
     pub overwrite: bool,
     pub quiet: bool,
     pub compress: compress::CompressArgs,
+    /// Also compute memory_sha256 (the format-independent hash of the
+    /// memory content): a second hash pass.
+    pub memory_hash: bool,
 }
 
 /// Copies, commits, writes the manifest. Returns the manifest of a complete
@@ -95,7 +104,9 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         seconds: None,
         compression: encoding.compression(),
         warnings: Vec::new(),
+        encryption: None,
     };
+    crate::upload::annotate(&mut manifest);
     // A manifest that cannot be written should stop us before we write
     // gigabytes: create it first, rewrite it at the end.
     if let Some(path) = &job.manifest_path {
@@ -103,6 +114,11 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
     }
 
     let progress = progress_bar(job.plan.ranges.total_bytes(), job.quiet);
+    let options = CopyOptions {
+        memory_hash: job.memory_hash,
+        ..CopyOptions::default()
+    };
+    let limit = job.compress.max_disk_usage;
     let mut result = copy_once(
         job.source,
         &job.plan,
@@ -110,6 +126,8 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         encoding,
         job.overwrite,
         &progress,
+        &options,
+        limit,
     );
     if let (Format::Avml, Some(err)) = (encoding.format, unrepresentable(&result)) {
         // AVML blocks of incompressible memory would hang Volatility 3:
@@ -133,6 +151,8 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
                 encoding,
                 true,
                 &progress,
+                &options,
+                limit,
             );
         } else {
             result = result.context(
@@ -154,7 +174,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
             manifest.bytes.zero = report.zero_bytes;
             manifest.bytes.image = report.image.bytes;
             manifest.image_sha256 = Some(hex(&report.image.sha256));
-            manifest.memory_sha256 = Some(hex(&report.memory_sha256));
+            manifest.memory_sha256 = report.memory_sha256.as_ref().map(|h| hex(h));
             Ok(())
         }
         Err(err) => {
@@ -163,6 +183,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         }
     };
     manifest.unreadable_page_count = manifest.unreadable_pages.iter().map(|r| r.pages).sum();
+    crate::upload::annotate(&mut manifest);
     if let Some(path) = &job.manifest_path {
         manifest::write(path, &manifest, true)?;
     }
@@ -170,6 +191,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
 }
 
 /// One copy of the job's source into a fresh output.
+#[allow(clippy::too_many_arguments)]
 fn copy_once(
     source: &mut dyn PhysicalMemory,
     plan: &Plan,
@@ -177,13 +199,15 @@ fn copy_once(
     encoding: Encoding,
     overwrite: bool,
     progress: &ProgressBar,
+    options: &CopyOptions,
+    limit: Option<DiskLimit>,
 ) -> Result<CopyReport> {
-    let mut sink = output.open(overwrite)?;
+    let mut sink = crate::upload::wrap(output.open(overwrite, limit)?)?;
     if encoding.zstd {
         sink = Box::new(pmem_formats::zstd::ZstdSink::new(sink));
     }
     let writer = pmem_formats::writer(encoding.format, sink);
-    copy_memory(source, writer, plan, &CopyOptions::default(), &mut |done| {
+    copy_memory(source, writer, plan, options, &mut |done| {
         progress.set_position(done)
     })
     .with_context(|| format!("writing {} image {}", encoding.format, output.display()))

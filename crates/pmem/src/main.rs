@@ -8,7 +8,9 @@ mod host;
 mod image;
 mod info;
 mod job;
+mod macos;
 mod manifest;
+mod upload;
 mod verify;
 #[cfg(windows)]
 mod windows;
@@ -33,6 +35,8 @@ enum Command {
     Convert(convert::Args),
     /// Check an image against its manifest: hashes, ranges, completeness.
     Verify(verify::Args),
+    /// Decrypt an age-encrypted image or manifest (like `age -d`).
+    Decrypt(upload::DecryptArgs),
     /// Load or unload the WinPmem driver for live analysis tools, or
     /// extract the driver embedded at build time.
     #[cfg(windows)]
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Decrypt(args) => upload::decrypt(args),
         #[cfg(windows)]
         Command::Driver(args) => windows::driver(args),
     };

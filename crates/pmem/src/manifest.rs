@@ -137,6 +137,9 @@ pub struct Origin {
     /// Windows kernel metadata (WinPmem driver, or a crash dump's header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows: Option<WindowsJson>,
+    /// What the MacPmem kext's /dev/pmem_info said (macOS acquisitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macos: Option<crate::macos::MacosJson>,
 }
 
 /// [`WindowsMetadata`] as the manifest and the ELF pmem note write it:
@@ -218,6 +221,10 @@ pub struct Manifest {
     /// What went differently than asked (a fallback to plain LiME).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// age encryption of the image (and of this manifest) with the hashes
+    /// of the ciphertext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::upload::EncryptionJson>,
 }
 
 /// Where the manifest of `image` lives by default: `IMAGE.json`.
@@ -241,6 +248,7 @@ pub fn write(path: &Path, manifest: &Manifest, overwrite: bool) -> Result<()> {
         .with_context(|| format!("creating manifest {}", path.display()))?;
     let mut text = serde_json::to_vec_pretty(manifest)?;
     text.push(b'\n');
+    let text = crate::upload::seal(text)?;
     file.write_all(&text)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing manifest {}", path.display()))

@@ -73,8 +73,18 @@ impl Machine {
     }
 
     fn acquire(&self, format: &str, output: &Path) -> assert_cmd::assert::Assert {
+        self.acquire_with(format, output, &[])
+    }
+
+    fn acquire_with(
+        &self,
+        format: &str,
+        output: &Path,
+        extra: &[&str],
+    ) -> assert_cmd::assert::Assert {
         pmem()
             .args(["acquire", "--quiet", "--format", format])
+            .args(extra)
             .arg(format!("--source=kcore:{}", self.kcore.display()))
             .arg("--iomem")
             .arg(&self.iomem)
@@ -264,8 +274,17 @@ fn elf_carries_notes_direct_map_and_machine() {
 fn every_format_holds_the_same_memory_and_converts_back_exactly() {
     let m = machine();
     let lime = m.path("a.lime");
-    m.acquire("lime", &lime).success();
+    m.acquire_with("lime", &lime, &["--memory-hash"]).success();
     let memory_sha = manifest(&lime)["memory_sha256"].clone();
+    assert_eq!(memory_sha.as_str().map(str::len), Some(64));
+    // Without --memory-hash an acquisition records the image hash only.
+    let plain = m.path("plain.lime");
+    m.acquire("lime", &plain).success();
+    assert_eq!(manifest(&plain)["memory_sha256"], Value::Null);
+    assert_eq!(
+        manifest(&plain)["image_sha256"].as_str().map(str::len),
+        Some(64)
+    );
 
     // lime -> elf -> raw -> lime gives the original LiME bytes back.
     let elf = m.path("b.elf");
@@ -400,7 +419,7 @@ fn hidden_iomem_is_refused_with_advice() {
 fn verify_detects_a_changed_byte() {
     let m = machine();
     let out = m.path("memory.lime");
-    m.acquire("lime", &out).success();
+    m.acquire_with("lime", &out, &["--memory-hash"]).success();
     let mut bytes = std::fs::read(&out).unwrap();
     bytes[5000] ^= 0x01;
     std::fs::write(&out, &bytes).unwrap();
@@ -493,4 +512,22 @@ fn missing_source_fails_without_writing() {
         .failure()
         .stderr(predicates::str::contains("/nonexistent/kcore"));
     assert!(!out.exists());
+}
+
+#[test]
+fn max_disk_usage_stops_and_leaves_an_incomplete_manifest() {
+    let m = machine();
+    let out = m.path("limited.raw");
+    m.acquire_with("raw", &out, &["--max-disk-usage", "1"])
+        .failure()
+        .stderr(predicates::str::contains("--max-disk-usage"));
+    let man = manifest(&out);
+    assert_eq!(man["complete"], false);
+    assert!(man["error"].as_str().unwrap().contains("1 MiB"), "{man}");
+    assert!(out.exists(), "what was written is kept");
+    // Percentages are checked before the first byte.
+    m.acquire_with("lime", &m.path("full.lime"), &["--max-disk-usage", "0%"])
+        .failure();
+    m.acquire_with("lime", &m.path("ok.lime"), &["--max-disk-usage", "100%"])
+        .success();
 }

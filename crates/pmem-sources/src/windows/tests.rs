@@ -196,6 +196,8 @@ fn copy(
         &plan,
         &CopyOptions {
             chunk_size: 256 << 10,
+            memory_hash: true,
+            ..CopyOptions::default()
         },
         &mut |_| {},
     )?;

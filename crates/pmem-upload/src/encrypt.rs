@@ -1,0 +1,253 @@
+//! age encryption of an image stream (and of its manifest) before it leaves
+//! the process, to X25519 recipients (`age1...`). Standard `age -d`
+//! restores the plaintext.
+//!
+//! [`EncryptSink`] sits between the format writer and the destination: the
+//! writer sees plaintext offsets and the summary it returns is that of the
+//! plaintext image (the same hash as an unencrypted acquisition), while the
+//! destination's summary (the ciphertext as stored) is reported through a
+//! [`CiphertextSlot`] so the manifest can record both.
+
+use crate::UploadError;
+use pmem_core::{ByteSink, SinkSummary};
+use sha2::{Digest, Sha256};
+use std::io::{self, BufRead, Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+/// The first bytes of every binary age file.
+pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+
+/// Recipients parsed from `--encrypt-to`.
+#[derive(Clone)]
+pub struct Recipients {
+    keys: Vec<age::x25519::Recipient>,
+}
+
+impl Recipients {
+    /// Parses age X25519 public keys (`age1...`).
+    pub fn parse<S: AsRef<str>>(texts: &[S]) -> Result<Recipients, UploadError> {
+        let keys = texts
+            .iter()
+            .map(|t| {
+                let t = t.as_ref().trim();
+                age::x25519::Recipient::from_str(t).map_err(|e| {
+                    UploadError::Age(format!(
+                        "recipient {t:?} is not an age X25519 public key (age1...): {e}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(UploadError::Age("no recipient".into()));
+        }
+        Ok(Recipients { keys })
+    }
+
+    /// The public keys, as the manifest records them.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    fn encryptor(&self) -> Result<age::Encryptor, UploadError> {
+        age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
+            .map_err(|e| UploadError::Age(e.to_string()))
+    }
+
+    /// Encrypts a small buffer (a manifest) into one age file.
+    pub fn encrypt_bytes(&self, plaintext: &[u8]) -> Result<Vec<u8>, UploadError> {
+        let mut out = Vec::with_capacity(plaintext.len() + 256);
+        let mut writer = self.encryptor()?.wrap_output(&mut out)?;
+        writer.write_all(plaintext)?;
+        writer.finish()?;
+        Ok(out)
+    }
+}
+
+/// Where an [`EncryptSink`] leaves the destination's summary on finish.
+pub type CiphertextSlot = Arc<Mutex<Option<SinkSummary>>>;
+
+/// Adapts the destination sink to `io::Write` for age's stream writer.
+struct SinkWriter(Box<dyn ByteSink>);
+
+impl Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// A [`ByteSink`] that encrypts everything into `inner`.
+pub struct EncryptSink {
+    stream: age::stream::StreamWriter<SinkWriter>,
+    hasher: Sha256,
+    position: u64,
+    slot: CiphertextSlot,
+}
+
+impl EncryptSink {
+    /// Starts the age file (header) in `inner`. Returns the sink and the
+    /// slot that receives the ciphertext summary when the sink finishes.
+    pub fn new(
+        inner: Box<dyn ByteSink>,
+        recipients: &Recipients,
+    ) -> Result<(EncryptSink, CiphertextSlot), UploadError> {
+        let stream = recipients.encryptor()?.wrap_output(SinkWriter(inner))?;
+        let slot = CiphertextSlot::default();
+        Ok((
+            EncryptSink {
+                stream,
+                hasher: Sha256::new(),
+                position: 0,
+                slot: slot.clone(),
+            },
+            slot,
+        ))
+    }
+}
+
+impl ByteSink for EncryptSink {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.stream.write_all(buf)?;
+        self.hasher.update(buf);
+        self.position += buf.len() as u64;
+        Ok(())
+    }
+
+    // Ciphertext has no holes: zeros are encrypted like any other bytes.
+    fn write_zeros(&mut self, mut len: u64) -> io::Result<()> {
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.write_all(&ZEROS[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn finish(self: Box<Self>) -> io::Result<SinkSummary> {
+        let this = *self;
+        // The last (short) chunk and its tag are written here: without
+        // this, age -d reports a truncated file.
+        let SinkWriter(inner) = this.stream.finish()?;
+        let ciphertext = inner.finish()?;
+        if let Ok(mut slot) = this.slot.lock() {
+            *slot = Some(ciphertext);
+        }
+        Ok(SinkSummary {
+            bytes: this.position,
+            sha256: this.hasher.finalize().into(),
+        })
+    }
+}
+
+/// Identities (age secret keys) from an identity file as `age-keygen`
+/// writes it.
+pub struct Identities {
+    keys: Vec<Box<dyn age::Identity + Send + Sync>>,
+}
+
+impl Identities {
+    pub fn from_file(path: &Path) -> Result<Identities, UploadError> {
+        let file = std::fs::File::open(path).map_err(|e| {
+            UploadError::Age(format!("opening identity file {}: {e}", path.display()))
+        })?;
+        Identities::from_reader(io::BufReader::new(file))
+    }
+
+    pub fn from_reader<R: BufRead>(reader: R) -> Result<Identities, UploadError> {
+        let keys = age::IdentityFile::from_buffer(reader)
+            .and_then(|f| f.into_identities().map_err(io::Error::other))
+            .map_err(|e| UploadError::Age(format!("reading identities: {e}")))?;
+        if keys.is_empty() {
+            return Err(UploadError::Age("the identity file holds no key".into()));
+        }
+        Ok(Identities { keys })
+    }
+
+    /// A reader of the plaintext of an age file. With `R: Seek` the reader
+    /// seeks too (age's STREAM chunks are independent), which is how pmem's
+    /// image readers read an encrypted image in place.
+    pub fn decrypt<R: Read>(&self, input: R) -> Result<age::stream::StreamReader<R>, UploadError> {
+        let decryptor = age::Decryptor::new(input).map_err(|e| UploadError::Age(e.to_string()))?;
+        decryptor
+            .decrypt(self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity))
+            .map_err(|e| UploadError::Age(e.to_string()))
+    }
+}
+
+/// True when `head` starts like an age file.
+pub fn is_age(head: &[u8]) -> bool {
+    head.starts_with(AGE_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmem_core::sink::HashingSink;
+
+    fn keypair() -> (String, Identities) {
+        let identity = age::x25519::Identity::generate();
+        let public = identity.to_public().to_string();
+        let text = format!(
+            "# test\n{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
+        );
+        (public, Identities::from_reader(text.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn sink_round_trips_and_reports_both_hashes() {
+        let (public, identities) = keypair();
+        let recipients = Recipients::parse(&[public]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.age");
+        let inner = Box::new(HashingSink::stream(Box::new(
+            std::fs::File::create(&path).unwrap(),
+        )));
+        let (sink, slot) = EncryptSink::new(inner, &recipients).unwrap();
+        let mut sink: Box<dyn ByteSink> = Box::new(sink);
+        sink.write_all(b"hello").unwrap();
+        sink.write_zeros(200_000).unwrap();
+        sink.write_all(b"end").unwrap();
+        assert_eq!(sink.position(), 200_008);
+        let plain = sink.finish().unwrap();
+        let mut expected = b"hello".to_vec();
+        expected.resize(200_005, 0);
+        expected.extend_from_slice(b"end");
+        assert_eq!(plain.sha256, <[u8; 32]>::from(Sha256::digest(&expected)));
+        let stored = std::fs::read(&path).unwrap();
+        assert!(is_age(&stored));
+        let cipher = slot.lock().unwrap().clone().unwrap();
+        assert_eq!(cipher.bytes, stored.len() as u64);
+        assert_eq!(cipher.sha256, <[u8; 32]>::from(Sha256::digest(&stored)));
+        let mut back = Vec::new();
+        identities
+            .decrypt(&stored[..])
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn wrong_identity_and_bad_recipient_fail() {
+        let (public, _) = keypair();
+        let (_, other) = keypair();
+        let recipients = Recipients::parse(&[public]).unwrap();
+        let sealed = recipients.encrypt_bytes(b"{}").unwrap();
+        assert!(other.decrypt(&sealed[..]).is_err());
+        assert!(Recipients::parse(&["ssh-ed25519 AAAA"]).is_err());
+        assert!(Recipients::parse::<&str>(&[]).is_err());
+    }
+}

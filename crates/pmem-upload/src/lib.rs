@@ -1,0 +1,51 @@
+//! Destinations for pmem images that are not a local file: the image is
+//! streamed off the machine while it is acquired (a responder must not write
+//! gigabytes to the suspect's own disk) and optionally encrypted with age
+//! before it leaves the process.
+//!
+//! Every destination is a [`pmem_core::ByteSink`], so the format writers and
+//! the copy pipeline do not know where their bytes go, and the image hash in
+//! the manifest is the same as for a local file.
+//!
+//! - [`encrypt`]: age (X25519 recipients) around any other sink.
+//! - [`redact`]: the one helper that makes URLs safe to print or store.
+
+pub mod encrypt;
+pub mod redact;
+
+pub use redact::redact;
+
+/// Why an upload, an encryption or a receive failed. Messages never hold a
+/// secret: URLs are passed through [`redact`] before they get here.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid destination {0}")]
+    Destination(String),
+    #[error("age: {0}")]
+    Age(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{what}: HTTP {status}{detail}")]
+    Http {
+        what: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{what}: {detail}")]
+    Transport { what: String, detail: String },
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error("stream: {0}")]
+    Protocol(String),
+}
+
+impl From<UploadError> for std::io::Error {
+    fn from(err: UploadError) -> Self {
+        match err {
+            UploadError::Io(e) => e,
+            other => std::io::Error::other(other),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Glue between the CLI and pmem-upload: `--encrypt-to` and the remote
+//! destinations (`tls://`, `s3://`), `pmem decrypt` and `pmem receive`.
+//!
+//! The settings are process-wide (set once by `acquire`/`convert` before
+//! the job starts) because they touch several steps of a job — opening the
+//! sink, sealing each manifest write, annotating the manifest — and a pmem
+//! process runs exactly one job; threading them through every call would
+//! spread small edits over files other work is changing.
+
+use crate::manifest::Manifest;
+use anyhow::{Context, Result};
+use pmem_core::sink::hex;
+use pmem_core::ByteSink;
+use pmem_upload::encrypt::{CiphertextSlot, EncryptSink, Identities, Recipients};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Mutex, OnceLock};
+
+/// Options shared by `acquire` and `convert`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct UploadArgs {
+    /// Encrypt the image and the manifest with age to this X25519 public key
+    /// (age1...) before they leave pmem; repeat for several recipients.
+    /// `age -d` or `pmem decrypt` restores them.
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
+}
+
+struct Settings {
+    recipients: Option<Recipients>,
+    /// The ciphertext summary of the image, left by the encrypting sink.
+    ciphertext: Mutex<Option<CiphertextSlot>>,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// Records the job's upload and encryption options. Call once, before the
+/// job; later calls keep the first settings.
+pub fn configure(args: &UploadArgs) -> Result<()> {
+    let recipients = if args.encrypt_to.is_empty() {
+        None
+    } else {
+        Some(Recipients::parse(&args.encrypt_to).context("--encrypt-to")?)
+    };
+    let _ = SETTINGS.set(Settings {
+        recipients,
+        ciphertext: Mutex::new(None),
+    });
+    Ok(())
+}
+
+fn settings() -> Option<&'static Settings> {
+    SETTINGS.get()
+}
+
+/// Wraps the destination sink in age encryption when recipients are set.
+pub fn wrap(sink: Box<dyn ByteSink>) -> Result<Box<dyn ByteSink>> {
+    let Some(settings) = settings() else {
+        return Ok(sink);
+    };
+    let Some(recipients) = &settings.recipients else {
+        return Ok(sink);
+    };
+    let (sink, slot) = EncryptSink::new(sink, recipients).context("starting age encryption")?;
+    if let Ok(mut current) = settings.ciphertext.lock() {
+        *current = Some(slot);
+    }
+    Ok(Box::new(sink))
+}
+
+/// Encrypts manifest bytes when recipients are set.
+pub fn seal(text: Vec<u8>) -> Result<Vec<u8>> {
+    match settings().and_then(|s| s.recipients.as_ref()) {
+        Some(recipients) => Ok(recipients
+            .encrypt_bytes(&text)
+            .context("encrypting the manifest")?),
+        None => Ok(text),
+    }
+}
+
+/// The manifest's record of encryption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionJson {
+    /// "age" (age-encryption.org/v1, X25519 recipients).
+    pub scheme: String,
+    pub recipients: Vec<String>,
+    /// Length and SHA-256 of the ciphertext as stored or sent; the
+    /// manifest's image_sha256 is that of the plaintext image.
+    pub ciphertext_bytes: Option<u64>,
+    pub ciphertext_sha256: Option<String>,
+}
+
+/// Fills the manifest's encryption record (call before each write).
+pub fn annotate(manifest: &mut Manifest) {
+    let Some(settings) = settings() else {
+        return;
+    };
+    let Some(recipients) = &settings.recipients else {
+        return;
+    };
+    let ciphertext = settings
+        .ciphertext
+        .lock()
+        .ok()
+        .and_then(|slot| slot.as_ref().and_then(|s| s.lock().ok()?.clone()));
+    manifest.encryption = Some(EncryptionJson {
+        scheme: "age".into(),
+        recipients: recipients.to_strings(),
+        ciphertext_bytes: ciphertext.as_ref().map(|c| c.bytes),
+        ciphertext_sha256: ciphertext.as_ref().map(|c| hex(&c.sha256)),
+    });
+}
+
+#[derive(clap::Args)]
+pub struct DecryptArgs {
+    /// age identity file (as age-keygen writes it).
+    #[arg(long, short)]
+    identity: PathBuf,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    force: bool,
+    /// Encrypted image or manifest, or - for standard input.
+    input: PathBuf,
+    /// Where the plaintext goes, or - for standard output.
+    output: PathBuf,
+}
+
+/// `pmem decrypt`: what `age -d -i IDENTITY` does, without needing age.
+pub fn decrypt(args: DecryptArgs) -> Result<ExitCode> {
+    let identities = Identities::from_file(&args.identity)?;
+    let input: Box<dyn Read> = if args.input == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("opening {}", args.input.display()))?,
+        )
+    };
+    let mut reader = identities
+        .decrypt(std::io::BufReader::with_capacity(1 << 20, input))
+        .with_context(|| format!("decrypting {}", args.input.display()))?;
+    let mut output: Box<dyn Write> = if args.output == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            pmem_core::sink::create_image_file(&args.output, args.force)
+                .with_context(|| format!("creating {}", args.output.display()))?,
+        )
+    };
+    // A cut or tampered ciphertext fails here (age authenticates each
+    // 64 KiB chunk and marks the last one): never a silent short output.
+    let bytes = std::io::copy(&mut reader, &mut output)
+        .with_context(|| format!("decrypting {}", args.input.display()))?;
+    output.flush()?;
+    eprintln!("pmem: decrypted {bytes} bytes");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,203 @@
+//! `--encrypt-to` end to end, checked with the standard `age` tool (Debian
+//! package `age`, installed by scripts/test.sh): the ciphertext decrypts to
+//! exactly the image an unencrypted run writes, the manifest is encrypted
+//! too and records the hashes of both.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+fn pmem() -> Command {
+    Command::cargo_bin("pmem").unwrap()
+}
+
+/// `age`/`age-keygen` on PATH. In CI their absence is a failure; a local
+/// run may skip with PMEM_SKIP_AGE=1.
+fn have_age() -> bool {
+    let found = std::process::Command::new("age-keygen")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found && std::env::var_os("PMEM_SKIP_AGE").is_none() {
+        panic!("age is not installed (apt-get install age); PMEM_SKIP_AGE=1 skips locally");
+    }
+    found
+}
+
+struct Keys {
+    identity: PathBuf,
+    public: String,
+}
+
+fn keygen(dir: &Path, name: &str) -> Keys {
+    let identity = dir.join(name);
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&identity).unwrap();
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_string();
+    Keys { identity, public }
+}
+
+fn age_decrypt(identity: &Path, input: &Path) -> Vec<u8> {
+    let out = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "age -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A 6 MiB raw input with varied content (not all zeros).
+fn input(dir: &Path) -> PathBuf {
+    let path = dir.join("in.raw");
+    let data: Vec<u8> = (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+#[test]
+fn encrypted_file_and_manifest_decrypt_with_age() {
+    if !have_age() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = keygen(dir.path(), "a.key");
+    let b = keygen(dir.path(), "b.key");
+    let input = input(dir.path());
+    let plain = dir.path().join("plain.lime");
+    pmem()
+        .args(["convert", "--quiet", "--arch", "x86_64", "--format", "lime"])
+        .arg(&input)
+        .arg(&plain)
+        .assert()
+        .success();
+    let sealed = dir.path().join("sealed.lime");
+    pmem()
+        .args(["convert", "--quiet", "--arch", "x86_64", "--format", "lime"])
+        .args(["--encrypt-to", &a.public, "--encrypt-to", &b.public])
+        .arg(&input)
+        .arg(&sealed)
+        .assert()
+        .success();
+    let plain_bytes = std::fs::read(&plain).unwrap();
+    let stored = std::fs::read(&sealed).unwrap();
+    assert!(stored.starts_with(b"age-encryption.org/v1\n"));
+    // Either recipient can decrypt, with the standard tool.
+    assert_eq!(age_decrypt(&a.identity, &sealed), plain_bytes);
+    assert_eq!(age_decrypt(&b.identity, &sealed), plain_bytes);
+
+    let manifest_path = dir.path().join("sealed.lime.json");
+    let raw_manifest = std::fs::read(&manifest_path).unwrap();
+    assert!(raw_manifest.starts_with(b"age-encryption.org/v1\n"));
+    let manifest: Value =
+        serde_json::from_slice(&age_decrypt(&b.identity, &manifest_path)).unwrap();
+    assert_eq!(manifest["complete"], true);
+    assert_eq!(manifest["image_sha256"], sha(&plain_bytes));
+    assert_eq!(manifest["bytes"]["image"], plain_bytes.len() as u64);
+    let enc = &manifest["encryption"];
+    assert_eq!(enc["scheme"], "age");
+    assert_eq!(enc["ciphertext_sha256"], sha(&stored));
+    assert_eq!(enc["ciphertext_bytes"], stored.len() as u64);
+    assert_eq!(enc["recipients"].as_array().unwrap().len(), 2);
+
+    // pmem decrypt does what age -d does.
+    let back = dir.path().join("back.lime");
+    pmem()
+        .args(["decrypt", "--identity"])
+        .arg(&a.identity)
+        .arg(&sealed)
+        .arg(&back)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&back).unwrap(), plain_bytes);
+}
+
+#[test]
+fn encrypted_stdout_and_truncation_is_an_error() {
+    if !have_age() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = keygen(dir.path(), "a.key");
+    let other = keygen(dir.path(), "other.key");
+    let input = input(dir.path());
+    let manifest_path = dir.path().join("m.json");
+    let out = pmem()
+        .args(["convert", "--quiet", "--arch", "x86_64", "--format", "raw"])
+        .args(["--encrypt-to", &a.public, "--manifest"])
+        .arg(&manifest_path)
+        .arg(&input)
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sealed = dir.path().join("stdout.age");
+    std::fs::write(&sealed, &out.stdout).unwrap();
+    let plain = age_decrypt(&a.identity, &sealed);
+    assert_eq!(plain, std::fs::read(&input).unwrap());
+    let manifest: Value =
+        serde_json::from_slice(&age_decrypt(&a.identity, &manifest_path)).unwrap();
+    assert_eq!(
+        manifest["encryption"]["ciphertext_sha256"],
+        sha(&out.stdout)
+    );
+
+    // A cut ciphertext never decrypts to a shorter "complete" image.
+    let cut = dir.path().join("cut.age");
+    std::fs::write(&cut, &out.stdout[..out.stdout.len() - 1000]).unwrap();
+    pmem()
+        .args(["decrypt", "-i"])
+        .arg(&a.identity)
+        .arg(&cut)
+        .arg(dir.path().join("cut.raw"))
+        .assert()
+        .failure();
+    // The wrong key is refused.
+    pmem()
+        .args(["decrypt", "-i"])
+        .arg(&other.identity)
+        .arg(&sealed)
+        .arg(dir.path().join("x.raw"))
+        .assert()
+        .failure();
+    // A malformed recipient stops pmem before it writes anything.
+    pmem()
+        .args([
+            "convert",
+            "--quiet",
+            "--format",
+            "raw",
+            "--encrypt-to",
+            "age1nope",
+        ])
+        .arg(&input)
+        .arg(dir.path().join("never.raw"))
+        .assert()
+        .failure();
+    assert!(!dir.path().join("never.raw").exists());
+}
