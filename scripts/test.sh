@@ -25,7 +25,8 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-rustup target add x86_64-unknown-linux-musl x86_64-pc-windows-gnu x86_64-apple-darwin >/dev/null
+rustup target add x86_64-unknown-linux-musl x86_64-pc-windows-gnu x86_64-apple-darwin \
+    aarch64-apple-darwin >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -38,7 +39,9 @@ step "clippy for Windows and macOS (formats, pipeline and image tools build ever
 # headers in testing/cross/include (lint only, nothing is linked).
 export CC_x86_64_apple_darwin=clang
 export CFLAGS_x86_64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
-for target in x86_64-pc-windows-gnu x86_64-apple-darwin; do
+export CC_aarch64_apple_darwin=clang
+export CFLAGS_aarch64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
+for target in x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-apple-darwin; do
     cargo clippy -p pmem -p pmem-core -p pmem-formats -p pmem-sources -p pmem-upload \
         --all-targets --target "$target" -- -D warnings
 done

@@ -196,6 +196,7 @@ pub fn open_live(args: &Args, started_at: String) -> Result<Live> {
         not_acquired: Vec::new(),
         started_at,
         windows: Some(windows_json),
+        macos: None,
     };
     let plan = Plan {
         ranges: info.runs.clone(),
