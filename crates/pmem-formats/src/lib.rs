@@ -10,11 +10,14 @@
 //!   `--compress` writes them.
 //! * [`dmp`]: Microsoft full memory crash dump (runs or page bitmap).
 //! * [`macho`]: Mach-O 64-bit core, one `LC_SEGMENT_64` per range (OSXPMem).
+//! * [`aff4`]: AFF4 Standard ZIP64 volume, an `aff4:Map` over an
+//!   `aff4:ImageStream` (the pmem 2.x/3.x imagers' default).
 //!
 //! Readers parse untrusted files: every size they act on is checked against
 //! the file length first, and every problem is a [`FormatError`] naming the
 //! file and the offset of the bad structure.
 
+pub mod aff4;
 pub mod avml;
 pub mod dmp;
 pub mod elf;
@@ -47,17 +50,20 @@ pub enum Format {
     Avml,
     /// Mach-O 64-bit core (OSXPMem).
     Macho,
+    /// AFF4 Standard volume (pmem 2.x/3.x imagers).
+    Aff4,
 }
 
 impl Format {
     /// Every format, in the order the CLI lists them.
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::Lime,
         Format::Raw,
         Format::Elf,
         Format::Dmp,
         Format::Avml,
         Format::Macho,
+        Format::Aff4,
     ];
 
     /// The name the CLI and the manifest use.
@@ -69,6 +75,7 @@ impl Format {
             Format::Dmp => "dmp",
             Format::Avml => "avml",
             Format::Macho => "macho",
+            Format::Aff4 => "aff4",
         }
     }
 }
@@ -81,7 +88,7 @@ impl fmt::Display for Format {
 
 /// A format name that [`Format::from_str`] does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown image format {0:?}: expected one of lime, raw, elf, dmp, avml, macho")]
+#[error("unknown image format {0:?}: expected one of lime, raw, elf, dmp, avml, macho, aff4")]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for Format {
@@ -184,6 +191,7 @@ pub fn writer(format: Format, sink: Box<dyn ByteSink>) -> Box<dyn pmem_core::Ima
         Format::Dmp => Box::new(dmp::DmpWriter::new(sink)),
         Format::Avml => Box::new(avml::AvmlWriter::new(sink)),
         Format::Macho => Box::new(macho::MachoWriter::new(sink)),
+        Format::Aff4 => Box::new(aff4::Aff4Writer::new(sink)),
     }
 }
 
@@ -209,6 +217,7 @@ pub fn open_image(
         Format::Dmp => Box::new(dmp::DmpReader::open(path, file)?),
         Format::Avml => Box::new(avml::AvmlReader::open(path, file)?),
         Format::Macho => Box::new(macho::MachoReader::open(path, file)?),
+        Format::Aff4 => Box::new(aff4::Aff4Reader::open(path, file)?),
     })
 }
 
@@ -245,6 +254,8 @@ fn detect_file(path: &Path, file: &File) -> Result<Format, FormatError> {
             })
         }
         b"AVML" => Ok(Format::Avml),
+        // A ZIP local header: pmem reads no ZIP but AFF4.
+        b"PK\x03\x04" => Ok(Format::Aff4),
         // MH_MAGIC_64 and MH_CORE both, so that raw memory starting with
         // the magic stays raw.
         [0xcf, 0xfa, 0xed, 0xfe] if len >= macho::HEADER_LEN => {

@@ -191,6 +191,70 @@ fn check_macho_structure(bytes: &[u8], plan: &Plan, mem: &Memory) {
     );
 }
 
+/// Reads the AFF4 volume with the `aff4` crate (an independent reader): the
+/// map's virtual disk holds every range at its address and zeros between;
+/// the Turtle parses as RDF and says what pmem's reader relies on.
+fn check_aff4_independently(path: &Path, plan: &Plan, mem: &Memory) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut r = aff4::Aff4Reader::open(path).unwrap();
+    assert_eq!(r.virtual_disk_size(), plan.ranges.end());
+    assert_eq!(r.image_stream_size(), plan.ranges.total_bytes());
+    let mut previous_end = 0;
+    for (range, data) in &mem.ranges {
+        let mut gap = vec![0xa5; (range.start - previous_end) as usize];
+        r.seek(SeekFrom::Start(previous_end)).unwrap();
+        r.read_exact(&mut gap).unwrap();
+        assert!(gap.iter().all(|&b| b == 0), "zeros before {range}");
+        let mut buf = vec![0xa5; data.len()];
+        r.read_exact(&mut buf).unwrap();
+        assert!(&buf == data, "aff4 crate: range {range} differs");
+        previous_end = range.end;
+    }
+    // The Turtle, through an RDF parser.
+    let file = std::fs::File::open(path).unwrap();
+    let mut zip = zip_entry(file, "information.turtle");
+    let triples: Vec<_> = oxttl::TurtleParser::new()
+        .for_slice(&zip)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let has = |p: &str, o: &str| {
+        triples
+            .iter()
+            .any(|t| t.predicate.as_str().ends_with(p) && t.object.to_string().contains(o))
+    };
+    assert!(has("#type", "http://aff4.org/Schema#Map"));
+    assert!(has("#category", "http://aff4.org/Schema#memory/physical"));
+    assert!(has("#chunkSize", "32768"));
+    assert!(has("#chunksInSegment", "1024"));
+    assert!(has("#compressionMethod", "snappy"));
+    assert!(has("aff4#metadata", "hostname"));
+    zip.clear();
+}
+
+/// A member of a ZIP file, found by its local header name (test helper: the
+/// container is small).
+fn zip_entry(mut file: std::fs::File, name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut all = Vec::new();
+    file.read_to_end(&mut all).unwrap();
+    let mut at = 0;
+    while at + 30 <= all.len() && all[at..at + 4] == [0x50, 0x4b, 3, 4] {
+        let n = u16::from_le_bytes([all[at + 26], all[at + 27]]) as usize;
+        let x = u16::from_le_bytes([all[at + 28], all[at + 29]]) as usize;
+        let member = &all[at + 30..at + 30 + n];
+        let data = at + 30 + n + x;
+        // Stored with a data descriptor: find it by its signature.
+        let end = (data..all.len() - 3)
+            .find(|&i| all[i..i + 4] == [0x50, 0x4b, 7, 8])
+            .unwrap();
+        if member == name.as_bytes() {
+            return all[data..end].to_vec();
+        }
+        at = end + 24;
+    }
+    panic!("no member {name}");
+}
+
 fn round_trip(mem: &Memory, chunk: usize) {
     let dir = tempfile::tempdir().unwrap();
     let plan = mem.plan();
@@ -254,6 +318,13 @@ fn round_trip(mem: &Memory, chunk: usize) {
             Format::Dmp => {
                 assert_eq!(reader.arch(), Some(Arch::X86_64));
                 assert_eq!(reader.windows(), plan.windows);
+            }
+            Format::Aff4 => {
+                check_aff4_independently(&path, &plan, mem);
+                assert_eq!(reader.arch(), Some(Arch::X86_64));
+                assert_eq!(reader.vmcoreinfo(), plan.vmcoreinfo.as_deref());
+                assert_eq!(reader.metadata_json(), plan.metadata_json.as_deref());
+                assert_eq!(reader.direct_map_offset(), plan.direct_map_offset);
             }
             Format::Macho => {
                 check_macho_structure(&bytes, &plan, mem);
@@ -393,7 +464,7 @@ proptest! {
         truncate in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        for format in [Format::Lime, Format::Elf, Format::Macho] {
+        for format in [Format::Lime, Format::Elf, Format::Macho, Format::Aff4] {
             let path = dir.path().join(format.name());
             write_file(format, &path, &mem.plan(), &mem, 4096);
             let mut bytes = std::fs::read(&path).unwrap();
@@ -463,7 +534,7 @@ fn format_names() {
         assert_eq!(format.to_string(), format.name());
     }
     assert_eq!("ELF".parse::<Format>().unwrap(), Format::Elf);
-    assert!("aff4".parse::<Format>().is_err());
+    assert!("aff5".parse::<Format>().is_err());
 }
 
 #[test]
