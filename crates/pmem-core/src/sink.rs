@@ -381,6 +381,26 @@ pub struct HashingSink {
     next_check: u64,
     /// File mode with a readable handle: the hasher reads the file back.
     by_reading: bool,
+    /// The disk limit stopped the writes: nothing more may be written.
+    stopped: bool,
+}
+
+impl Drop for HashingSink {
+    /// An image abandoned on an error keeps what it was given (the manifest
+    /// says it is incomplete), except past a disk limit.
+    fn drop(&mut self) {
+        if self.stopped || self.buf.is_empty() {
+            return;
+        }
+        match &mut self.target {
+            Target::File(file) => {
+                let _ = write_at(file, &self.buf, self.flushed);
+            }
+            Target::Stream(w) => {
+                let _ = w.write_all(&self.buf).and_then(|()| w.flush());
+            }
+        }
+    }
 }
 
 impl HashingSink {
@@ -437,6 +457,7 @@ impl HashingSink {
             limit: None,
             next_check: 0,
             by_reading: false,
+            stopped: false,
         }
     }
 
@@ -453,7 +474,10 @@ impl HashingSink {
                     // usage costs a system call: every CHECK_EVERY bytes.
                     let every = matches!(limit, DiskLimit::Bytes(_));
                     if every || self.flushed + len >= self.next_check {
-                        limit.check(file, self.flushed + len)?;
+                        if let Err(e) = limit.check(file, self.flushed + len) {
+                            self.stopped = true;
+                            return Err(e);
+                        }
                         self.next_check = self.flushed + len + DiskLimit::CHECK_EVERY;
                     }
                 }
