@@ -8,10 +8,13 @@
 //! the manifest is the same as for a local file.
 //!
 //! - [`encrypt`]: age (X25519 recipients) around any other sink.
+//! - [`tls`]: a TLS stream to `pmem receive`, with an explicit trailer.
 //! - [`redact`]: the one helper that makes URLs safe to print or store.
 
 pub mod encrypt;
 pub mod redact;
+pub mod remote;
+pub mod tls;
 
 pub use redact::redact;
 
@@ -39,6 +42,9 @@ pub enum UploadError {
     Credentials(String),
     #[error("stream: {0}")]
     Protocol(String),
+    /// A connection refused before any data (handshake, not pmem).
+    #[error("connection rejected {0}")]
+    Rejected(String),
 }
 
 impl From<UploadError> for std::io::Error {

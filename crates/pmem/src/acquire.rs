@@ -82,6 +82,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (Some(path), _) => Some(path.clone()),
         (None, Output::File(path)) => Some(manifest::default_path(path)),
         (None, Output::Stdout) => None,
+        // The manifest travels with the image; --manifest keeps a copy here.
+        (None, Output::Remote(_)) => None,
     };
     let manifest = job::run(Job {
         source: live.memory.as_mut(),

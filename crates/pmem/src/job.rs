@@ -19,12 +19,16 @@ use std::time::Instant;
 pub enum Output {
     Stdout,
     File(PathBuf),
+    /// A network destination (tls://, s3://, https://): see upload.rs.
+    Remote(crate::upload::Remote),
 }
 
 impl Output {
     pub fn parse(text: &Path) -> Output {
         if text == Path::new("-") {
             Output::Stdout
+        } else if let Some(remote) = text.to_str().and_then(crate::upload::Remote::parse) {
+            Output::Remote(remote)
         } else {
             Output::File(text.to_owned())
         }
@@ -34,12 +38,14 @@ impl Output {
         match self {
             Output::Stdout => "standard output".into(),
             Output::File(p) => p.display().to_string(),
+            Output::Remote(r) => r.display(),
         }
     }
 
     fn open(&self, overwrite: bool, limit: Option<DiskLimit>) -> Result<Box<dyn ByteSink>> {
         match self {
             Output::Stdout => Ok(Box::new(HashingSink::stream(Box::new(std::io::stdout())))),
+            Output::Remote(remote) => remote.open(),
             Output::File(path) => {
                 let file = create_image_file(path, overwrite).with_context(|| {
                     if path.exists() && !overwrite {
@@ -186,6 +192,9 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
     crate::upload::annotate(&mut manifest);
     if let Some(path) = &job.manifest_path {
         manifest::write(path, &manifest, true)?;
+    }
+    if outcome.is_ok() {
+        crate::upload::send_manifest(&job.output, &manifest)?;
     }
     outcome.map(|()| manifest)
 }

@@ -37,6 +37,8 @@ enum Command {
     Verify(verify::Args),
     /// Decrypt an age-encrypted image or manifest (like `age -d`).
     Decrypt(upload::DecryptArgs),
+    /// Receive an image streamed with `pmem acquire tls://HOST:PORT`.
+    Receive(upload::ReceiveArgs),
     /// Load or unload the WinPmem driver for live analysis tools, or
     /// extract the driver embedded at build time.
     #[cfg(windows)]
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Decrypt(args) => upload::decrypt(args),
+        Command::Receive(args) => upload::receive(args),
         #[cfg(windows)]
         Command::Driver(args) => windows::driver(args),
     };

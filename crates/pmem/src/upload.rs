@@ -26,10 +26,19 @@ pub struct UploadArgs {
     /// `age -d` or `pmem decrypt` restores them.
     #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
     pub encrypt_to: Vec<String>,
+    /// tls:// destinations: the SHA-256 fingerprint (hex, colons allowed) of
+    /// the receiver's certificate, trusted whoever issued it.
+    #[arg(long, value_name = "HEX")]
+    pub tls_fingerprint: Option<String>,
+    /// tls:// destinations: a PEM file of CA certificates to verify the
+    /// receiver's certificate against (it must name the host).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 struct Settings {
     recipients: Option<Recipients>,
+    args: UploadArgs,
     /// The ciphertext summary of the image, left by the encrypting sink.
     ciphertext: Mutex<Option<CiphertextSlot>>,
 }
@@ -46,6 +55,7 @@ pub fn configure(args: &UploadArgs) -> Result<()> {
     };
     let _ = SETTINGS.set(Settings {
         recipients,
+        args: args.clone(),
         ciphertext: Mutex::new(None),
     });
     Ok(())
@@ -155,5 +165,142 @@ pub fn decrypt(args: DecryptArgs) -> Result<ExitCode> {
         .with_context(|| format!("decrypting {}", args.input.display()))?;
     output.flush()?;
     eprintln!("pmem: decrypted {bytes} bytes");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A destination given as a URL instead of a file name.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    url: String,
+}
+
+impl Remote {
+    /// `Some` when OUTPUT names a network destination.
+    pub fn parse(text: &str) -> Option<Remote> {
+        const SCHEMES: [&str; 4] = ["tls://", "s3://", "https://", "http://"];
+        SCHEMES
+            .iter()
+            .any(|s| text.starts_with(s))
+            .then(|| Remote { url: text.into() })
+    }
+
+    /// The URL without secrets, for messages and the manifest.
+    pub fn display(&self) -> String {
+        pmem_upload::redact(&self.url)
+    }
+
+    fn tls_address(&self) -> Option<&str> {
+        self.url
+            .strip_prefix("tls://")
+            .map(|a| a.trim_end_matches('/'))
+    }
+
+    fn tls_trust(&self) -> Result<pmem_upload::tls::Trust> {
+        let args = settings().map(|s| s.args.clone()).unwrap_or_default();
+        match (&args.tls_fingerprint, &args.tls_ca) {
+            (Some(fp), None) => Ok(pmem_upload::tls::Trust::Fingerprint(
+                pmem_upload::tls::parse_fingerprint(fp).context("--tls-fingerprint")?,
+            )),
+            (None, Some(ca)) => Ok(pmem_upload::tls::Trust::CaFile(ca.clone())),
+            (Some(_), Some(_)) => anyhow::bail!("give --tls-fingerprint or --tls-ca, not both"),
+            (None, None) => anyhow::bail!(
+                "{}: pass --tls-fingerprint HEX (pmem receive prints it) or --tls-ca FILE",
+                self.display()
+            ),
+        }
+    }
+
+    /// Connects and returns the sink the image is written to.
+    pub fn open(&self) -> Result<Box<dyn ByteSink>> {
+        if let Some(address) = self.tls_address() {
+            let sender = pmem_upload::tls::TlsSender::connect(
+                address,
+                &self.tls_trust()?,
+                pmem_upload::tls::Kind::Image,
+                true,
+            )
+            .with_context(|| format!("connecting to {}", self.display()))?;
+            return Ok(Box::new(pmem_upload::remote::RemoteSink::new(Box::new(
+                sender,
+            ))));
+        }
+        anyhow::bail!(
+            "{}: this kind of destination is not supported yet",
+            self.display()
+        )
+    }
+
+    /// Sends the (sealed) manifest after the image: for tls:// as a second
+    /// object to the same receiver.
+    pub fn send_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let mut text = serde_json::to_vec_pretty(manifest)?;
+        text.push(b'\n');
+        let text = seal(text)?;
+        if let Some(address) = self.tls_address() {
+            pmem_upload::tls::TlsSender::connect(
+                address,
+                &self.tls_trust()?,
+                pmem_upload::tls::Kind::Manifest,
+                false,
+            )
+            .and_then(|s| s.send_all(&text))
+            .with_context(|| format!("sending the manifest to {}", self.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends the manifest of a finished job to a remote destination.
+pub fn send_manifest(output: &crate::job::Output, manifest: &Manifest) -> Result<()> {
+    match output {
+        crate::job::Output::Remote(remote) => remote.send_manifest(manifest),
+        _ => Ok(()),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ReceiveArgs {
+    /// Address to listen on, e.g. 0.0.0.0:4433 (port 0: any free port).
+    #[arg(long)]
+    listen: String,
+    /// PEM certificate (chain) the sender pins or verifies.
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM private key of the certificate.
+    #[arg(long)]
+    key: PathBuf,
+    /// Overwrite an existing image and manifest.
+    #[arg(long)]
+    force: bool,
+    /// Where the image goes; its manifest goes to OUT.json.
+    out: PathBuf,
+}
+
+/// `pmem receive`: the responder's side of `tls://`. Receives one image and
+/// its manifest, each written to NAME.partial and renamed only when its
+/// trailer (length and SHA-256) matches; a cut stream exits non-zero.
+pub fn receive(args: ReceiveArgs) -> Result<ExitCode> {
+    let config = pmem_upload::tls::server_config(&args.cert, &args.key)?;
+    let chain = pmem_upload::tls::read_certs(&args.cert)?;
+    let fingerprint = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+        chain[0].as_ref(),
+    ));
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!(
+        "pmem: listening on {} (certificate sha256 {})",
+        listener.local_addr()?,
+        hex(&fingerprint)
+    );
+    pmem_upload::tls::serve(&listener, config, &args.out, args.force, |got| match got {
+        Ok(got) => eprintln!(
+            "pmem: received {} bytes into {}, sha256 {}",
+            got.bytes,
+            got.path.display(),
+            hex(&got.sha256)
+        ),
+        Err(err) => eprintln!("pmem: {err}; still listening"),
+    })
+    .context("receiving")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,544 @@
+//! `tls://host:port`: the image as a TLS stream to a listener the
+//! responder runs (`pmem receive`), and that listener.
+//!
+//! Wire format inside TLS (all integers big-endian):
+//!
+//! ```text
+//! header   "PMEMTLS1" kind:u8 ('I' image, 'M' manifest) flags:u8 (bit 0: a manifest follows)
+//! frames   len:u32 (1..=1 MiB) bytes[len] ... then len = 0
+//! trailer  total:u64 sha256[32]           (of the payload bytes)
+//! ack      "PMEMACK1" sha256[32]          (receiver -> sender, after fsync)
+//! ```
+//!
+//! A cut stream (connection lost, sender killed) never has a valid trailer,
+//! so the receiver can always tell complete from incomplete: it writes to
+//! `OUT.partial` and renames to `OUT` only after the trailer matches. The
+//! sender, after the trailer, sends TLS close_notify, shuts down its write
+//! side and waits for the acknowledgement: dropping the socket right after
+//! close_notify can lose the tail in the kernel's buffers without either
+//! side noticing, and only the ack proves the receiver has everything.
+
+use crate::remote::Upload;
+use crate::UploadError;
+use pmem_core::SinkSummary;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAGIC: &[u8; 8] = b"PMEMTLS1";
+const ACK: &[u8; 8] = b"PMEMACK1";
+const MAX_FRAME: usize = 1 << 20;
+/// How long a stalled peer may block a read or a write before pmem gives
+/// up with an error instead of hanging forever.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What an object on the stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Image,
+    Manifest,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Image => b'I',
+            Kind::Manifest => b'M',
+        }
+    }
+}
+
+/// How the sender decides to trust the receiver.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// SHA-256 of the receiver's end-entity certificate (DER).
+    Fingerprint([u8; 32]),
+    /// CA certificates (PEM file); the certificate must name the host.
+    CaFile(PathBuf),
+}
+
+/// Parses a SHA-256 fingerprint as `openssl x509 -fingerprint -sha256`
+/// prints it (colons) or as plain hex.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], UploadError> {
+    let text = text.trim();
+    let text = text
+        .rsplit_once('=')
+        .map(|(_, hex)| hex)
+        .unwrap_or(text)
+        .replace(':', "");
+    let bytes = hex::decode(&text)
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| {
+            UploadError::Tls("the fingerprint must be 32 bytes of hex (SHA-256)".into())
+        })?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly one certificate: the pinned one. The handshake
+/// signature is still verified with the certificate's key, so a stolen
+/// certificate without its key does not pass.
+#[derive(Debug)]
+struct PinnedCert {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if seen == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the receiver's certificate has fingerprint {}, not the pinned one",
+                hex::encode(seen)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn tls_err(e: impl std::fmt::Display) -> UploadError {
+    UploadError::Tls(e.to_string())
+}
+
+/// Reads all certificates of a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UploadError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| UploadError::Tls(format!("reading certificates {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(UploadError::Tls(format!(
+            "{} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// A client configuration trusting what `trust` says.
+pub fn client_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, UploadError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?;
+    let config = match trust {
+        Trust::Fingerprint(fingerprint) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert {
+                fingerprint: *fingerprint,
+                provider,
+            }))
+            .with_no_client_auth(),
+        Trust::CaFile(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(path)? {
+                roots.add(cert).map_err(tls_err)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+type ClientStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Sends one object (the image or a manifest) to a receiver.
+pub struct TlsSender {
+    stream: ClientStream,
+    frame: Vec<u8>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl TlsSender {
+    /// Connects to `host:port` and sends the header.
+    pub fn connect(
+        address: &str,
+        trust: &Trust,
+        kind: Kind,
+        manifest_follows: bool,
+    ) -> Result<TlsSender, UploadError> {
+        let (host, _) = address
+            .rsplit_once(':')
+            .ok_or_else(|| UploadError::Destination(format!("tls://{address}: no port")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| UploadError::Destination(format!("tls://{address}: {e}")))?;
+        let addrs: Vec<_> = address
+            .to_socket_addrs()
+            .map_err(|e| UploadError::Transport {
+                what: format!("resolving {address}"),
+                detail: e.to_string(),
+            })?
+            .collect();
+        let mut last = None;
+        let mut tcp = None;
+        for addr in &addrs {
+            match TcpStream::connect_timeout(addr, Duration::from_secs(30)) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| UploadError::Transport {
+            what: format!("connecting to {address}"),
+            detail: last.map(|e| e.to_string()).unwrap_or("no address".into()),
+        })?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_nodelay(true)?;
+        let conn =
+            rustls::ClientConnection::new(client_config(trust)?, server_name).map_err(tls_err)?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        // Complete the handshake now so that a wrong certificate is
+        // reported before any memory is read.
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| UploadError::Tls(format!("handshake with {address}: {e}")))?;
+        }
+        let mut header = MAGIC.to_vec();
+        header.push(kind.byte());
+        header.push(u8::from(manifest_follows));
+        stream.write_all(&header)?;
+        Ok(TlsSender {
+            stream,
+            frame: Vec::with_capacity(MAX_FRAME),
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    fn flush_frame(&mut self) -> io::Result<()> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let len = self.frame.len() as u32;
+        self.stream.write_all(&len.to_be_bytes())?;
+        self.stream.write_all(&self.frame)?;
+        self.frame.clear();
+        Ok(())
+    }
+
+    /// Sends a whole buffer as one object and commits it (manifests).
+    pub fn send_all(mut self, data: &[u8]) -> Result<(), UploadError> {
+        Upload::write(&mut self, data)?;
+        let summary = SinkSummary {
+            bytes: data.len() as u64,
+            sha256: Sha256::digest(data).into(),
+        };
+        Box::new(self).finish(&summary)
+    }
+}
+
+impl Upload for TlsSender {
+    fn write(&mut self, mut buf: &[u8]) -> Result<(), UploadError> {
+        self.hasher.update(buf);
+        self.bytes += buf.len() as u64;
+        while !buf.is_empty() {
+            let n = (MAX_FRAME - self.frame.len()).min(buf.len());
+            self.frame.extend_from_slice(&buf[..n]);
+            buf = &buf[n..];
+            if self.frame.len() == MAX_FRAME {
+                self.flush_frame()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, summary: &SinkSummary) -> Result<(), UploadError> {
+        self.flush_frame()?;
+        let sha: [u8; 32] = self.hasher.clone().finalize().into();
+        if sha != summary.sha256 || self.bytes != summary.bytes {
+            return Err(UploadError::Protocol(
+                "the bytes sent differ from the image's summary".into(),
+            ));
+        }
+        let mut trailer = 0u32.to_be_bytes().to_vec();
+        trailer.extend_from_slice(&self.bytes.to_be_bytes());
+        trailer.extend_from_slice(&sha);
+        self.stream.write_all(&trailer)?;
+        self.stream.flush()?;
+        self.stream.conn.send_close_notify();
+        while self.stream.conn.wants_write() {
+            self.stream.conn.write_tls(&mut self.stream.sock)?;
+        }
+        // Half-close: the receiver sees EOF after close_notify, and the
+        // connection stays open for its acknowledgement.
+        self.stream.sock.shutdown(Shutdown::Write)?;
+        let mut ack = [0u8; 40];
+        read_exact_tls(&mut self.stream, &mut ack).map_err(|e| {
+            UploadError::Protocol(format!(
+                "the receiver did not acknowledge the stream ({e}): it may be incomplete there"
+            ))
+        })?;
+        if &ack[..8] != ACK || ack[8..] != sha {
+            return Err(UploadError::Protocol(
+                "the receiver's acknowledgement does not match what was sent".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `read_exact` that reports an early EOF (including a TLS stream closed
+/// without close_notify) as an error.
+fn read_exact_tls(r: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
+    r.read_exact(buf)
+}
+
+/// A server configuration from a PEM certificate chain and key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, UploadError> {
+    let chain = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| UploadError::Tls(format!("reading key {}: {e}", key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(tls_err)?;
+    Ok(Arc::new(config))
+}
+
+/// One object received completely.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub kind: Kind,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: [u8; 32],
+    pub manifest_follows: bool,
+}
+
+/// Where an object of `kind` goes: the image at `out`, its manifest at
+/// `out.json`.
+pub fn target_path(out: &Path, kind: Kind) -> PathBuf {
+    match kind {
+        Kind::Image => out.to_path_buf(),
+        Kind::Manifest => {
+            let mut name = out.as_os_str().to_owned();
+            name.push(".json");
+            PathBuf::from(name)
+        }
+    }
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Receives one object on an accepted connection: writes it to
+/// `TARGET.partial`, checks the trailer, fsyncs, renames to TARGET, then
+/// acknowledges. A cut or inconsistent stream is an error and leaves only
+/// the `.partial` file.
+pub fn receive_one(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    out: &Path,
+    overwrite: bool,
+) -> Result<Received, UploadError> {
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    let conn = rustls::ServerConnection::new(config).map_err(tls_err)?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let cut = |e: io::Error| UploadError::Protocol(format!("stream cut before its trailer: {e}"));
+    let mut header = [0u8; 10];
+    stream
+        .read_exact(&mut header)
+        .map_err(|e| UploadError::Rejected(format!("before the stream started: {e}")))?;
+    if &header[..8] != MAGIC {
+        return Err(UploadError::Rejected("not a pmem stream".into()));
+    }
+    let kind = match header[8] {
+        b'I' => Kind::Image,
+        b'M' => Kind::Manifest,
+        other => {
+            return Err(UploadError::Protocol(format!(
+                "unknown object kind {other}"
+            )))
+        }
+    };
+    let manifest_follows = header[9] & 1 != 0;
+    let target = target_path(out, kind);
+    let partial = partial_path(&target);
+    let file = pmem_core::sink::create_image_file(&partial, true)?;
+    let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).map_err(cut)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 {
+            break;
+        }
+        if len > MAX_FRAME {
+            return Err(UploadError::Protocol(format!("frame of {len} bytes")));
+        }
+        stream.read_exact(&mut buf[..len]).map_err(cut)?;
+        writer.write_all(&buf[..len])?;
+        hasher.update(&buf[..len]);
+        bytes += len as u64;
+    }
+    let mut trailer = [0u8; 40];
+    stream.read_exact(&mut trailer).map_err(cut)?;
+    let sha: [u8; 32] = hasher.finalize().into();
+    let declared = u64::from_be_bytes(trailer[..8].try_into().unwrap_or_default());
+    if declared != bytes || trailer[8..] != sha {
+        return Err(UploadError::Protocol(format!(
+            "trailer says {declared} bytes sha256 {}, received {bytes} bytes sha256 {}",
+            hex::encode(&trailer[8..]),
+            hex::encode(sha)
+        )));
+    }
+    // The sender's close_notify must follow: anything else means the
+    // stream was not ended by pmem.
+    let mut extra = [0u8; 1];
+    match stream.read(&mut extra) {
+        Ok(0) => {}
+        Ok(_) => return Err(UploadError::Protocol("data after the trailer".into())),
+        Err(e) => return Err(cut(e)),
+    }
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    if !overwrite && target.exists() {
+        return Err(UploadError::Protocol(format!(
+            "{} already exists (complete copy kept in {})",
+            target.display(),
+            partial.display()
+        )));
+    }
+    std::fs::rename(&partial, &target)?;
+    let mut ack = ACK.to_vec();
+    ack.extend_from_slice(&sha);
+    stream.write_all(&ack)?;
+    stream.conn.send_close_notify();
+    stream.flush()?;
+    while stream.conn.wants_write() {
+        stream.conn.write_tls(&mut stream.sock)?;
+    }
+    Ok(Received {
+        kind,
+        path: target,
+        bytes,
+        sha256: sha,
+        manifest_follows,
+    })
+}
+
+/// Serves one acquisition: the image, then its manifest if the sender says
+/// one follows. Returns what was received. A connection that fails before
+/// its stream starts (a wrong pin, a port scanner) is reported and the
+/// receiver keeps waiting; a stream cut after it started is an error.
+pub fn serve(
+    listener: &TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    out: &Path,
+    overwrite: bool,
+    mut log: impl FnMut(Result<&Received, &UploadError>),
+) -> Result<Vec<Received>, UploadError> {
+    let mut received = Vec::new();
+    loop {
+        let (tcp, _) = listener.accept()?;
+        let got = match receive_one(tcp, config.clone(), out, overwrite) {
+            Ok(got) => got,
+            Err(err @ UploadError::Rejected(_)) => {
+                log(Err(&err));
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        log(Ok(&got));
+        let done = match got.kind {
+            Kind::Image => !got.manifest_follows,
+            Kind::Manifest => received.iter().any(|r: &Received| r.kind == Kind::Image),
+        };
+        received.push(got);
+        if done {
+            return Ok(received);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_openssl_and_plain_form() {
+        let hex64 = "ab".repeat(32);
+        let colons = hex64
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(parse_fingerprint(&hex64).unwrap(), [0xab; 32]);
+        assert_eq!(
+            parse_fingerprint(&format!("sha256 Fingerprint={colons}")).unwrap(),
+            [0xab; 32]
+        );
+        assert!(parse_fingerprint("abcd").is_err());
+    }
+}
