@@ -9,19 +9,31 @@
 //!   of incompressible data (encrypted pages, zswap, compressed files in the
 //!   page cache) stores every 64 KiB frame with 8 bytes of framing overhead,
 //!   so its stream is always longer than the block. We never write such a
-//!   block: block boundaries are chosen so that every block carries enough
-//!   compressible data ("slack") to pay for its incompressible frames; a
-//!   stretch that no block of at most 16 MiB can pay for makes the writer
-//!   fail with [`WriteError::Unrepresentable`] before writing that block,
-//!   and the CLI falls back to plain LiME for the whole image.
+//!   block. The rule: a block is closed once it holds [`MAX_BLOCK`] bytes
+//!   (16 MiB, as AVML) *and* its stream is at least [`MARGIN`] bytes shorter
+//!   than the block; until then it grows, so incompressible frames are
+//!   absorbed into the block together with compressible neighbours (each
+//!   stored frame costs only 8 bytes, which one compressible frame pays for
+//!   many times over). An all-zero frame next to incompressible data is
+//!   taken into the block as such a donor. A block that reaches [`CAP`]
+//!   (256 MiB) or the end of its range without paying for itself makes the
+//!   writer fail with [`WriteError::Unrepresentable`]; the CLI then writes
+//!   plain LiME for the whole image, with a warning. On a file the block's
+//!   frames go straight to disk behind a provisional header that is patched
+//!   when the block closes (the sink holds those bytes back from the hash
+//!   until then); on a stream, which cannot be patched, the block is
+//!   buffered in memory and closed at [`STREAM_BLOCK`] (4 MiB), and a block
+//!   whose buffer would pass [`STREAM_CAP`] fails early with the advice to
+//!   write to a file.
 //! * AVML's `avml-convert` decodes exactly `end - start + 1` bytes from the
 //!   stream and then skips 8 bytes, so a stream must not carry anything
 //!   after its last data chunk.
 //!
-//! All-zero 64 KiB frames between blocks are left out of the image (a gap
-//! between records), as AVML leaves out all-zero 16 MiB blocks; the
-//! pipeline's report and the manifest keep the fact that they were read and
-//! found zero.
+//! Frames are compressed on worker threads, a batch of [`BATCH_FRAMES`]
+//! frames per job, and taken back in order. All-zero 64 KiB frames between
+//! blocks are left out of the image (a gap between records), as AVML leaves
+//! out all-zero 16 MiB blocks; the pipeline's report and the manifest keep
+//! the fact that they were read and found zero.
 
 use crate::{
     check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, Format, FormatError,
@@ -32,20 +44,31 @@ use pmem_core::{
     ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError, SinkSummary,
     WriteError,
 };
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 pub const MAGIC: u32 = 0x4C4D_5641;
 pub const VERSION: u32 = 2;
 pub const HEADER_LEN: u64 = 32;
-/// Largest block written, as AVML: readers hold a block's stream in memory.
+/// Blocks are closed at this size once they pay for themselves (AVML's
+/// block size: readers hold a block's stream in memory).
 pub const MAX_BLOCK: u64 = 16 << 20;
-/// Blocks are closed once this large (when the next one keeps a donor), so
-/// the writer buffers little compressed data in the common case.
-pub const TARGET_BLOCK: u64 = 2 << 20;
+/// Largest block written to a file: growth past [`MAX_BLOCK`] only absorbs
+/// incompressible data.
+pub const CAP: u64 = 256 << 20;
+/// Block size when writing to a stream (the block is buffered).
+pub const STREAM_BLOCK: u64 = 4 << 20;
+/// Largest buffered block on a stream.
+pub const STREAM_CAP: u64 = 32 << 20;
 /// Uncompressed bytes per snappy frame (the framing format's maximum).
 pub const FRAME: usize = 64 * 1024;
+/// Frames per compression job.
+pub const BATCH_FRAMES: usize = 16;
 
 /// The snappy framing format's stream identifier chunk.
 const STREAM_ID: [u8; 10] = [0xff, 6, 0, 0, b's', b'N', b'a', b'P', b'p', b'Y'];
@@ -53,9 +76,6 @@ const STREAM_ID: [u8; 10] = [0xff, 6, 0, 0, b's', b'N', b'a', b'P', b'p', b'Y'];
 const CHUNK_OVERHEAD: usize = 8;
 /// Volatility needs stream length <= block length - 1; keep a margin.
 const MARGIN: i64 = 16;
-/// Slack a block keeps in its tail for the next block: enough for the next
-/// block to be 16 MiB of incompressible frames.
-const RESERVE: i64 = ((MAX_BLOCK as usize / FRAME) * CHUNK_OVERHEAD) as i64 + 64;
 
 const TYPE_COMPRESSED: u8 = 0x00;
 const TYPE_STORED: u8 = 0x01;
@@ -108,92 +128,198 @@ pub fn encode_frame(encoder: &mut snap::raw::Encoder, raw: &[u8], out: &mut Vec<
     len
 }
 
-/// One encoded frame of the block being built.
+/// One frame of a batch: where it is and whether it is all zero.
 #[derive(Debug, Clone, Copy)]
-struct FrameInfo {
-    raw: u32,
-    /// Chunk length in the stream, header included.
-    encoded: u32,
+struct FrameSpec {
+    addr: u64,
+    len: u32,
+    zero: bool,
 }
 
-impl FrameInfo {
-    /// What the frame saves against its raw length (negative when stored).
-    fn saving(&self) -> i64 {
-        i64::from(self.raw) - i64::from(self.encoded)
-    }
+/// A compression job: consecutive frames' raw bytes (zero frames take no
+/// room) and where they are.
+struct Batch {
+    raw: Vec<u8>,
+    frames: Vec<FrameSpec>,
 }
 
-/// The block being built: consecutive frames of one range.
-#[derive(Debug, Default)]
-struct PendingBlock {
-    start: u64,
-    frames: Vec<FrameInfo>,
-    /// The frames' chunks, concatenated.
-    bytes: Vec<u8>,
-    raw: u64,
-    saving: i64,
+/// A finished job: the frames' chunks, concatenated (nothing for zero
+/// frames), their lengths, and the raw buffer for reuse.
+struct Encoded {
+    raw: Vec<u8>,
+    frames: Vec<FrameSpec>,
+    chunks: Vec<u8>,
+    lens: Vec<u32>,
 }
 
-impl PendingBlock {
-    /// Stream length minus block length, negated: a block is writable when
-    /// this is at least [`MARGIN`].
-    fn slack(&self) -> i64 {
-        self.saving - STREAM_ID.len() as i64
-    }
-
-    fn push(&mut self, addr: u64, raw: u32, chunk: &[u8]) {
-        if self.frames.is_empty() {
-            self.start = addr;
+fn encode_batch(encoder: &mut snap::raw::Encoder, batch: Batch, mut chunks: Vec<u8>) -> Encoded {
+    chunks.clear();
+    let mut lens = Vec::with_capacity(batch.frames.len());
+    let mut at = 0usize;
+    for f in &batch.frames {
+        if f.zero {
+            lens.push(0);
+            continue;
         }
-        let f = FrameInfo {
-            raw,
-            encoded: chunk.len() as u32,
-        };
-        self.frames.push(f);
-        self.bytes.extend_from_slice(chunk);
-        self.raw += u64::from(raw);
-        self.saving += f.saving();
+        let raw = &batch.raw[at..at + f.len as usize];
+        lens.push(encode_frame(encoder, raw, &mut chunks) as u32);
+        at += f.len as usize;
+    }
+    Encoded {
+        raw: batch.raw,
+        frames: batch.frames,
+        chunks,
+        lens,
+    }
+}
+
+/// A compression job: the batch, a buffer for its chunks, where to reply.
+type Job = (Batch, Vec<u8>, SyncSender<Encoded>);
+
+/// Compression workers: jobs in, each with its own reply channel so that
+/// results are taken back in submission order.
+struct Workers {
+    jobs: Option<SyncSender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// `n` threads; none when threads cannot be had (then the writer
+    /// compresses inline).
+    fn spawn(n: usize) -> Workers {
+        let (jobs, rx) = mpsc::sync_channel::<Job>(n);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pmem-snappy-{i}"))
+                .spawn(move || {
+                    let mut encoder = snap::raw::Encoder::new();
+                    loop {
+                        // The lock is held only to take one job.
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok((batch, chunks, reply)) = job else {
+                            return;
+                        };
+                        // The writer may have failed and gone: drop the result.
+                        let _ = reply.send(encode_batch(&mut encoder, batch, chunks));
+                    }
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(_) => break,
+            }
+        }
+        Workers {
+            jobs: (!threads.is_empty()).then_some(jobs),
+            threads,
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A result on its way back.
+enum Pending {
+    Worker(Receiver<Encoded>),
+    Done(Encoded),
+}
+
+/// The block being written.
+#[derive(Debug)]
+struct OpenBlock {
+    /// Image offset of its header (file mode).
+    header_at: u64,
+    start: u64,
+    raw: u64,
+    /// Sum of the frames' chunk lengths.
+    encoded: u64,
+    /// Stream mode: the frames' chunks, written when the block closes.
+    buffered: Option<Vec<u8>>,
+}
+
+impl OpenBlock {
+    /// Block length minus stream length: a block may be closed when this is
+    /// at least [`MARGIN`].
+    fn slack(&self) -> i64 {
+        self.raw as i64 - self.encoded as i64 - STREAM_ID.len() as i64
     }
 }
 
 /// Writes AVML v2 blocks.
 pub struct AvmlWriter {
     sink: Box<dyn ByteSink>,
-    ranges: MemoryMap,
     cursor: ChunkCursor,
+    /// Inline compression when there are no workers.
     encoder: snap::raw::Encoder,
-    /// Raw bytes of the frame being filled.
-    frame: Vec<u8>,
+    workers: Workers,
+    in_flight: VecDeque<Pending>,
+    max_in_flight: usize,
+    /// The batch being filled.
+    batch: Batch,
+    /// Bytes of the frame being filled (the tail of `batch.raw` when it is
+    /// not all zero).
     frame_addr: u64,
-    /// No data chunk has contributed to the frame: it is all zero.
+    frame_len: usize,
     frame_zero: bool,
+    /// Spare buffers.
+    spare_raw: Vec<Vec<u8>>,
+    spare_chunks: Vec<Vec<u8>>,
     /// The encoded chunk of a full all-zero frame, computed once.
     zero_chunk: Vec<u8>,
     /// An all-zero frame just left out, kept as a potential donor for an
     /// incompressible frame right after it: (address, length).
     held_zero: Option<(u64, usize)>,
-    block: PendingBlock,
-    /// Scratch for one encoded frame.
-    scratch: Vec<u8>,
+    block: Option<OpenBlock>,
+    /// The sink can patch: blocks go straight to it.
+    direct: bool,
 }
 
 impl AvmlWriter {
     pub fn new(sink: Box<dyn ByteSink>) -> AvmlWriter {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        AvmlWriter::with_threads(sink, threads)
+    }
+
+    /// A writer compressing on `threads` worker threads (0: inline).
+    pub fn with_threads(sink: Box<dyn ByteSink>, threads: usize) -> AvmlWriter {
         let mut encoder = snap::raw::Encoder::new();
         let mut zero_chunk = Vec::new();
         encode_frame(&mut encoder, &[0; FRAME], &mut zero_chunk);
+        let direct = sink.can_patch();
         AvmlWriter {
             sink,
-            ranges: MemoryMap::default(),
             cursor: ChunkCursor::default(),
             encoder,
-            frame: Vec::with_capacity(FRAME),
+            workers: Workers::spawn(threads),
+            in_flight: VecDeque::new(),
+            // Enough jobs queued to keep every worker busy, few enough to
+            // bound memory: (threads + 1) x 2 x 1 MiB.
+            max_in_flight: threads + 1,
+            batch: Batch {
+                raw: Vec::with_capacity(BATCH_FRAMES * FRAME),
+                frames: Vec::with_capacity(BATCH_FRAMES),
+            },
             frame_addr: 0,
+            frame_len: 0,
             frame_zero: true,
+            spare_raw: Vec::new(),
+            spare_chunks: Vec::new(),
             zero_chunk,
             held_zero: None,
-            block: PendingBlock::default(),
-            scratch: Vec::with_capacity(CHUNK_OVERHEAD + snap::raw::max_compress_len(FRAME)),
+            block: None,
+            direct,
         }
     }
 
@@ -205,172 +331,288 @@ impl AvmlWriter {
         mut len: u64,
     ) -> Result<(), WriteError> {
         while len > 0 {
-            if self.frame.is_empty() {
+            if self.frame_len == 0 {
                 self.frame_addr = addr;
                 self.frame_zero = true;
             }
-            let room = FRAME - self.frame.len();
-            let n = len.min(room as u64) as usize;
+            let n = len.min((FRAME - self.frame_len) as u64) as usize;
             match data {
                 Some(d) => {
-                    self.frame.extend_from_slice(&d[..n]);
-                    self.frame_zero = false;
+                    if self.frame_zero {
+                        // Zeros so far were not stored: materialise them.
+                        let from = self.batch.raw.len();
+                        self.batch.raw.resize(from + self.frame_len, 0);
+                        self.frame_zero = false;
+                    }
+                    self.batch.raw.extend_from_slice(&d[..n]);
                     data = Some(&d[n..]);
                 }
-                None => self.frame.resize(self.frame.len() + n, 0),
+                None if !self.frame_zero => {
+                    let from = self.batch.raw.len();
+                    self.batch.raw.resize(from + n, 0);
+                }
+                None => {}
             }
+            self.frame_len += n;
             addr += n as u64;
             len -= n as u64;
-            if self.frame.len() == FRAME {
+            if self.frame_len == FRAME {
                 self.end_frame()?;
             }
         }
         Ok(())
     }
 
-    /// Encodes the current frame and decides where it goes.
+    /// Puts the filled frame into the batch; a full batch is submitted.
     fn end_frame(&mut self) -> Result<(), WriteError> {
-        if self.frame.is_empty() {
+        if self.frame_len == 0 {
             return Ok(());
         }
-        let addr = self.frame_addr;
-        let raw = self.frame.len();
-        if self.frame_zero {
-            self.frame.clear();
-            return self.zero_frame(addr, raw);
+        self.batch.frames.push(FrameSpec {
+            addr: self.frame_addr,
+            len: self.frame_len as u32,
+            zero: self.frame_zero,
+        });
+        self.frame_len = 0;
+        if self.batch.frames.len() == BATCH_FRAMES {
+            self.submit()?;
         }
-        self.scratch.clear();
-        encode_frame(&mut self.encoder, &self.frame, &mut self.scratch);
-        self.frame.clear();
-        let saving = raw as i64 - self.scratch.len() as i64;
+        Ok(())
+    }
+
+    /// Hands the batch to a worker (or compresses it here), then takes back
+    /// finished results while too many are in flight.
+    fn submit(&mut self) -> Result<(), WriteError> {
+        if self.batch.frames.is_empty() {
+            return Ok(());
+        }
+        let raw = self
+            .spare_raw
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH_FRAMES * FRAME));
+        let frames = Vec::with_capacity(BATCH_FRAMES);
+        let batch = std::mem::replace(&mut self.batch, Batch { raw, frames });
+        let chunks = self.spare_chunks.pop().unwrap_or_default();
+        let pending = match &self.workers.jobs {
+            Some(jobs) => {
+                let (reply, result) = mpsc::sync_channel(1);
+                match jobs.send((batch, chunks, reply)) {
+                    Ok(()) => Pending::Worker(result),
+                    Err(mpsc::SendError((batch, chunks, _))) => {
+                        Pending::Done(encode_batch(&mut self.encoder, batch, chunks))
+                    }
+                }
+            }
+            None => Pending::Done(encode_batch(&mut self.encoder, batch, chunks)),
+        };
+        self.in_flight.push_back(pending);
+        while self.in_flight.len() > self.max_in_flight {
+            self.take_one()?;
+        }
+        Ok(())
+    }
+
+    /// Takes back the oldest result and writes its frames.
+    fn take_one(&mut self) -> Result<(), WriteError> {
+        let encoded = match self.in_flight.pop_front() {
+            None => return Ok(()),
+            Some(Pending::Done(e)) => e,
+            Some(Pending::Worker(rx)) => rx.recv().map_err(|_| WriteError::Io {
+                offset: self.sink.position(),
+                source: io::Error::other("a compression thread failed"),
+            })?,
+        };
+        let mut at = 0usize;
+        for (f, &len) in encoded.frames.iter().zip(&encoded.lens) {
+            if f.zero {
+                self.zero_frame(f.addr, f.len as usize)?;
+            } else {
+                let chunk = &encoded.chunks[at..at + len as usize];
+                at += len as usize;
+                self.data_frame(f.addr, f.len, chunk)?;
+            }
+        }
+        let Encoded {
+            mut raw, chunks, ..
+        } = encoded;
+        raw.clear();
+        self.spare_raw.push(raw);
+        self.spare_chunks.push(chunks);
+        Ok(())
+    }
+
+    fn data_frame(&mut self, addr: u64, raw: u32, chunk: &[u8]) -> Result<(), WriteError> {
         if let Some((zaddr, zlen)) = self.held_zero.take() {
             // An incompressible frame right after a left-out zero frame
             // starts a block: take the zero frame back in as its donor.
-            if saving < RESERVE && self.block.frames.is_empty() && zaddr + zlen as u64 == addr {
-                self.push_zero(zaddr, zlen);
+            let stored = chunk.len() > raw as usize;
+            if stored && self.block.is_none() && zaddr + zlen as u64 == addr {
+                self.push_zero(zaddr, zlen)?;
             }
         }
-        let chunk = std::mem::take(&mut self.scratch);
-        self.block.push(addr, raw as u32, &chunk);
-        self.scratch = chunk;
+        self.push(addr, u64::from(raw), chunk)?;
         self.after_push()
     }
 
-    fn push_zero(&mut self, addr: u64, len: usize) {
+    fn push_zero(&mut self, addr: u64, len: usize) -> Result<(), WriteError> {
         if len == FRAME {
             let chunk = std::mem::take(&mut self.zero_chunk);
-            self.block.push(addr, len as u32, &chunk);
+            let result = self.push(addr, len as u64, &chunk);
             self.zero_chunk = chunk;
+            result
         } else {
             let mut chunk = Vec::new();
             encode_frame(&mut self.encoder, &vec![0; len], &mut chunk);
-            self.block.push(addr, len as u32, &chunk);
+            self.push(addr, len as u64, &chunk)
         }
     }
 
     /// An all-zero frame: left out of the image unless the open block needs
     /// it as a donor.
     fn zero_frame(&mut self, addr: u64, len: usize) -> Result<(), WriteError> {
-        if self.block.frames.is_empty() {
-            self.held_zero = Some((addr, len));
-            return Ok(());
+        match &self.block {
+            None => {
+                self.held_zero = Some((addr, len));
+                Ok(())
+            }
+            Some(b) if b.slack() >= MARGIN => {
+                self.close()?;
+                self.held_zero = Some((addr, len));
+                Ok(())
+            }
+            Some(_) => {
+                self.push_zero(addr, len)?;
+                self.after_push()
+            }
         }
-        if self.block.slack() >= MARGIN {
-            self.emit(self.block.frames.len())?;
-            self.held_zero = Some((addr, len));
-            return Ok(());
-        }
-        self.push_zero(addr, len);
-        self.after_push()
     }
 
-    /// Closes blocks that have grown large enough.
-    fn after_push(&mut self) -> Result<(), WriteError> {
-        if self.block.raw >= MAX_BLOCK {
-            // Longest prefix that is writable on its own; the rest (frames
-            // that did not pay for themselves) waits for a donor after it.
-            let mut best = None;
-            let mut saving = 0i64;
-            for (i, f) in self.block.frames.iter().enumerate() {
-                saving += f.saving();
-                if saving - STREAM_ID.len() as i64 >= MARGIN {
-                    best = Some(i + 1);
-                }
-            }
-            return match best {
-                Some(n) => self.emit(n),
-                None => Err(self.unrepresentable()),
+    /// Appends a frame's chunk to the open block, opening one if needed.
+    fn push(&mut self, addr: u64, raw: u64, chunk: &[u8]) -> Result<(), WriteError> {
+        if self.block.is_none() {
+            let header_at = self.sink.position();
+            let buffered = if self.direct {
+                // Provisional header (patched on close): held back from the
+                // hash until then.
+                self.sink.hold(Some(header_at));
+                write_all(
+                    self.sink.as_mut(),
+                    &header(Range::new(addr, addr + 1).expect("one byte")),
+                )?;
+                write_all(self.sink.as_mut(), &STREAM_ID)?;
+                None
+            } else {
+                Some(Vec::new())
             };
+            self.block = Some(OpenBlock {
+                header_at,
+                start: addr,
+                raw: 0,
+                encoded: 0,
+                buffered,
+            });
         }
-        if self.block.raw >= TARGET_BLOCK && self.block.slack() >= MARGIN {
-            // Close the block but keep its shortest tail that can pay for a
-            // whole incompressible next block, so that incompressible data
-            // right after the cut still finds a donor.
-            let mut tail = 0i64;
-            for (i, f) in self.block.frames.iter().enumerate().rev() {
-                tail += f.saving();
-                if tail - STREAM_ID.len() as i64 >= RESERVE {
-                    if i > 0 && self.block.saving - tail - STREAM_ID.len() as i64 >= MARGIN {
-                        return self.emit(i);
-                    }
-                    break;
-                }
-            }
+        let Some(block) = self.block.as_mut() else {
+            return Ok(());
+        };
+        debug_assert_eq!(block.start + block.raw, addr, "blocks are contiguous");
+        block.raw += raw;
+        block.encoded += chunk.len() as u64;
+        match &mut block.buffered {
+            Some(buf) => buf.extend_from_slice(chunk),
+            None => write_all(self.sink.as_mut(), chunk)?,
+        }
+        Ok(())
+    }
+
+    /// Closes a block that is large enough and pays for itself; refuses one
+    /// that has grown to the cap without paying.
+    fn after_push(&mut self) -> Result<(), WriteError> {
+        let Some(block) = &self.block else {
+            return Ok(());
+        };
+        let (target, cap) = if self.direct {
+            (MAX_BLOCK, CAP)
+        } else {
+            (STREAM_BLOCK, STREAM_CAP)
+        };
+        if block.raw >= target && block.slack() >= MARGIN {
+            return self.close();
+        }
+        if block.raw >= cap {
+            return Err(self.unrepresentable());
         }
         Ok(())
     }
 
     fn unrepresentable(&self) -> WriteError {
-        WriteError::Unrepresentable {
-            addr: self.block.start,
-            len: self.block.raw,
-            reason: "this memory is incompressible: an AVML block of at most 16 MiB holding it \
-                     would be longer compressed than raw, which makes Volatility 3 hang"
-                .into(),
-        }
+        let (addr, len) = self.block.as_ref().map_or((0, 0), |b| (b.start, b.raw));
+        let reason = if self.direct {
+            format!(
+                "this memory is incompressible: an AVML block holding it (up to {} MiB) would \
+                 be longer compressed than raw, which makes Volatility 3 hang",
+                CAP >> 20
+            )
+        } else {
+            format!(
+                "this memory is incompressible: an AVML block holding it would be longer \
+                 compressed than raw (which makes Volatility 3 hang), and a stream cannot \
+                 buffer more than {} MiB to find compressible data: write to a file",
+                STREAM_CAP >> 20
+            )
+        };
+        WriteError::Unrepresentable { addr, len, reason }
     }
 
-    /// Writes the first `n` frames of the pending block as one record.
-    fn emit(&mut self, n: usize) -> Result<(), WriteError> {
-        let frames = &self.block.frames[..n];
-        let raw: u64 = frames.iter().map(|f| u64::from(f.raw)).sum();
-        let encoded: usize = frames.iter().map(|f| f.encoded as usize).sum();
-        let saving: i64 = frames.iter().map(FrameInfo::saving).sum();
-        let range = Range::new(self.block.start, self.block.start + raw)
-            .expect("pending frames lie inside a planned range");
-        debug_assert!(saving - STREAM_ID.len() as i64 >= MARGIN);
-        write_all(self.sink.as_mut(), &header(range))?;
-        write_all(self.sink.as_mut(), &STREAM_ID)?;
-        write_all(self.sink.as_mut(), &self.block.bytes[..encoded])?;
-        let stream = (STREAM_ID.len() + encoded) as u64;
-        write_all(self.sink.as_mut(), &stream.to_le_bytes())?;
-        let rest = self.block.frames.split_off(n);
-        self.block.frames = rest;
-        self.block.bytes.drain(..encoded);
-        self.block.start += raw;
-        self.block.raw -= raw;
-        self.block.saving -= saving;
+    /// Writes the open block's trailer and its final header.
+    fn close(&mut self) -> Result<(), WriteError> {
+        let Some(block) = self.block.take() else {
+            return Ok(());
+        };
+        debug_assert!(block.slack() >= MARGIN);
+        let range = Range::new(block.start, block.start + block.raw)
+            .expect("an open block holds at least one frame");
+        let stream = STREAM_ID.len() as u64 + block.encoded;
+        match &block.buffered {
+            Some(chunks) => {
+                write_all(self.sink.as_mut(), &header(range))?;
+                write_all(self.sink.as_mut(), &STREAM_ID)?;
+                write_all(self.sink.as_mut(), chunks)?;
+                write_all(self.sink.as_mut(), &stream.to_le_bytes())?;
+            }
+            None => {
+                write_all(self.sink.as_mut(), &stream.to_le_bytes())?;
+                self.sink
+                    .patch(block.header_at, &header(range))
+                    .map_err(|source| WriteError::Io {
+                        offset: block.header_at,
+                        source,
+                    })?;
+                self.sink.hold(None);
+            }
+        }
         Ok(())
     }
 
     /// At the end of a range: everything pending must go out now.
     fn end_range(&mut self) -> Result<(), WriteError> {
         self.end_frame()?;
+        self.submit()?;
+        while !self.in_flight.is_empty() {
+            self.take_one()?;
+        }
         self.held_zero = None;
-        if self.block.frames.is_empty() {
-            return Ok(());
+        match &self.block {
+            None => Ok(()),
+            Some(b) if b.slack() >= MARGIN => self.close(),
+            Some(_) => Err(self.unrepresentable()),
         }
-        if self.block.slack() < MARGIN {
-            return Err(self.unrepresentable());
-        }
-        self.emit(self.block.frames.len())
     }
 }
 
 impl ImageWriter for AvmlWriter {
     fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
         check_plan_nonempty(plan, Format::Avml)?;
-        self.ranges = plan.ranges.clone();
         self.cursor = ChunkCursor::new(&plan.ranges);
         Ok(())
     }
@@ -756,7 +998,7 @@ impl ImageReader for AvmlReader {
 mod tests {
     use super::*;
     use pmem_core::sink::HashingSink;
-    use pmem_core::Arch;
+    use pmem_core::{Arch, ByteSink};
 
     /// Deterministic incompressible bytes.
     fn random(seed: u64, len: usize) -> Vec<u8> {
@@ -788,10 +1030,27 @@ mod tests {
         ranges: &MemoryMap,
         content: &[Vec<u8>],
     ) -> (tempfile::TempDir, PathBuf, Result<SinkSummary, WriteError>) {
+        write_with(ranges, content, true, 2)
+    }
+
+    /// `direct`: a readable file (blocks streamed, headers patched) or a
+    /// write-only one (blocks buffered, as on a pipe).
+    fn write_with(
+        ranges: &MemoryMap,
+        content: &[Vec<u8>],
+        direct: bool,
+        threads: usize,
+    ) -> (tempfile::TempDir, PathBuf, Result<SinkSummary, WriteError>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img.avml");
-        let sink = Box::new(HashingSink::file(File::create(&path).unwrap()));
-        let mut w: Box<dyn ImageWriter> = Box::new(AvmlWriter::new(sink));
+        let file = if direct {
+            pmem_core::sink::create_image_file(&path, false).unwrap()
+        } else {
+            File::create(&path).unwrap()
+        };
+        let sink = Box::new(HashingSink::file(file));
+        assert_eq!(sink.can_patch(), direct);
+        let mut w: Box<dyn ImageWriter> = Box::new(AvmlWriter::with_threads(sink, threads));
         let result = (|| {
             w.begin(&Plan::new(ranges.clone(), Arch::X86_64))?;
             for (range, data) in ranges.ranges().iter().zip(content) {
@@ -847,7 +1106,7 @@ mod tests {
                 stream < block,
                 "block {start:#x}: stream {stream} >= block {block}"
             );
-            assert!(block <= MAX_BLOCK);
+            assert!(block <= CAP);
             shapes.push((start, block, stream));
             at = off + 8;
         }
@@ -911,12 +1170,17 @@ mod tests {
     fn incompressible_stretch_is_refused_not_written() {
         let data = random(3, 40 << 20);
         let ranges = map(&[(0, data.len() as u64)]);
-        let (_dir, path, result) = write(&ranges, &[data]);
+        let content = [data];
+        let (_dir, _path, result) = write(&ranges, &content);
         assert!(
             matches!(result, Err(WriteError::Unrepresentable { .. })),
             "{result:?}"
         );
-        // Whatever was written before the error holds no bad block.
+        // Buffered (stream) blocks: whatever was written before the error
+        // holds no bad block. (On a file the unfinished block is left behind
+        // a provisional header; the CLI starts the file again.)
+        let (_dir, path, result) = write_with(&ranges, &content, false, 1);
+        assert!(matches!(result, Err(WriteError::Unrepresentable { .. })));
         block_shapes(&std::fs::read(&path).unwrap());
     }
 
@@ -944,6 +1208,71 @@ mod tests {
             assert!(buf == data[range.start as usize..range.end as usize]);
         }
         assert!(shapes.len() <= 3, "{shapes:?}");
+    }
+
+    fn check_content(path: &Path, ranges: &MemoryMap, content: &[Vec<u8>]) {
+        let mut r = read_all(path);
+        for (range, data) in ranges.ranges().iter().zip(content) {
+            for piece in r
+                .memory_map()
+                .intersect(&MemoryMap::new(vec![*range]).unwrap())
+                .ranges()
+                .to_vec()
+            {
+                let mut buf = vec![0u8; piece.len() as usize];
+                r.read_at(piece.start, &mut buf).unwrap();
+                let off = (piece.start - range.start) as usize;
+                assert!(buf == data[off..off + buf.len()], "range {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn incompressible_stretch_grows_a_block_past_16_mib_on_a_file() {
+        let mut data = text(3 << 20, 1);
+        data.extend(random(21, 40 << 20));
+        data.extend(text(1 << 20, 2));
+        let ranges = map(&[(0, data.len() as u64)]);
+        let content = [data];
+        let (_dir, path, result) = write(&ranges, &content);
+        let summary = result.unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // The hash covers the patched headers: as a plain stream of the bytes.
+        let mut again = Box::new(HashingSink::stream(Box::new(io::sink())));
+        again.write_all(&bytes).unwrap();
+        assert_eq!(summary, again.finish().unwrap());
+        let shapes = block_shapes(&bytes);
+        assert!(shapes.iter().any(|s| s.1 > MAX_BLOCK), "{shapes:?}");
+        check_content(&path, &ranges, &content);
+        // On a stream the block cannot grow that far: refused early.
+        let (_dir, path, result) = write_with(&ranges, &content, false, 1);
+        match result {
+            Err(WriteError::Unrepresentable { reason, .. }) => {
+                assert!(reason.contains("write to a file"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        block_shapes(&std::fs::read(&path).unwrap());
+    }
+
+    #[test]
+    fn output_is_the_same_whatever_the_threads() {
+        let mut data = text(5 << 20, 3);
+        data.extend(vec![0u8; 3 << 20]);
+        data.extend(random(5, 2 << 20));
+        data.extend(text(70_000, 4));
+        let ranges = map(&[(0x1000, 0x1000 + data.len() as u64)]);
+        let content = [data];
+        let (_d0, p0, r0) = write_with(&ranges, &content, true, 0);
+        let (_d3, p3, r3) = write_with(&ranges, &content, true, 3);
+        assert_eq!(r0.unwrap(), r3.unwrap());
+        assert!(std::fs::read(&p0).unwrap() == std::fs::read(&p3).unwrap());
+        check_content(&p0, &ranges, &content);
+        // Buffered (stream) mode: smaller blocks, same memory.
+        let (_ds, ps, rs) = write_with(&ranges, &content, false, 2);
+        rs.unwrap();
+        block_shapes(&std::fs::read(&ps).unwrap());
+        check_content(&ps, &ranges, &content);
     }
 
     fn small_image() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
