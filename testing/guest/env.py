@@ -26,6 +26,10 @@ DEB_TOOLS = {
     "mkfs.ext4": "e2fsprogs",
     "debugfs": "e2fsprogs",
     "depmod": "kmod",
+    # The compressed cases: `zstd -d` reads pmem's .zst images, Volatility 3's
+    # AVML layer loads libsnappy.
+    "zstd": "zstd",
+    "/usr/lib/x86_64-linux-gnu/libsnappy.so.1": "libsnappy1v5",
 }
 
 
@@ -166,6 +170,21 @@ def ensure_kernel(kernel):
         (kernel.root / "package").write_text(deb.name + "\n")
         # Written last: its presence means the kernel is complete.
         (kernel.root / "release").write_text(release + "\n")
+
+
+AVML_ROOT = CACHE / "avml"
+AVML_VERSION = "0.21.0"
+
+
+def ensure_avml():
+    """AVML from crates.io (musl, with `avml convert`), into the cache, once:
+    the guest suite reads pmem's AVML images with it, the benchmark races it."""
+    avml = AVML_ROOT / "bin" / "avml"
+    if not avml.exists():
+        log(f"cargo install avml {AVML_VERSION} into {AVML_ROOT}")
+        run(["cargo", "install", "avml", "--version", AVML_VERSION, "--locked",
+             "--no-default-features", "--features", "convert", "--target", MUSL, "--root", str(AVML_ROOT)])
+    return avml
 
 
 def build_pmem():

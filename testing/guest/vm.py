@@ -101,8 +101,9 @@ class Guest:
     """Runs one guest to completion; see the module docstring."""
 
     def __init__(self, kernel, initrd, disk, memory_mib, workdir, timeout, dump_path=None, log=print,
-                 machine="pc"):
+                 machine="pc", smp=1):
         self.machine = machine
+        self.smp = smp  # vCPUs (the benchmark compares 1 and 2)
         self.kernel = kernel
         self.initrd = initrd
         self.disk = disk
@@ -121,7 +122,7 @@ class Guest:
     def command(self, qmp_socket):
         return [
             "qemu-system-x86_64", "-accel", "tcg", "-machine", self.machine, "-cpu", CPU,
-            "-m", str(self.memory_mib), "-smp", "1",
+            "-m", str(self.memory_mib), "-smp", str(self.smp),
             "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(self.kernel), "-initrd", str(self.initrd),
             # panic=-1 + -no-reboot: a kernel panic ends QEMU instead of hanging

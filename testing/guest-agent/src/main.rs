@@ -30,6 +30,7 @@
 //! | 24..32    | number of pages planted, u64 little-endian                |
 //! | 32..4096  | 127 blocks: block j = SHA-256(seed ‖ index ‖ j), each u64 LE |
 
+mod bench;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -293,7 +294,20 @@ fn run(args: &Args) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        argv.first().map(String::as_str),
+        Some("measure" | "read-kcore")
+    ) {
+        return match bench::main(&argv) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("pmem-guest-agent: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(argv.into_iter()) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("pmem-guest-agent: {message}");

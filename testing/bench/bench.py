@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""pmem vs AVML, side by side in one guest boot per configuration.
+
+    python3 testing/bench/bench.py                      # 6.1, 1 GiB, 1 vCPU, 3 repetitions
+    python3 testing/bench/bench.py --config 6.1:1024:2 --config 6.1:2048:1 --reps 3
+    python3 testing/bench/bench.py --convert-only       # the offline 4 GiB convert comparison
+
+Reuses testing/guest (kernels, initramfs, QEMU, data disk). AVML is built
+from crates.io into ${PMEM_GUEST_CACHE:-~/.cache/pmem-guest}/avml, once.
+In the guest, for every repetition (tool order alternates: A B, B A, ...;
+caches dropped before each step; one warm-up acquisition first):
+  file        uncompressed LiME to the guest's disk
+  pipe        LiME into a named pipe read by `dd of=/dev/null bs=1M`
+  compressed  pmem --compress snappy vs avml acquire --compress, to disk
+  dd          the read limit: the kcore System RAM segments in 16 MiB reads
+Times and peak RSS (VmHWM, from wait4) come from `pmem-guest-agent
+measure`. Prints medians with the spread (min-max) and the ratios.
+Not a test: numbers depend on the host; run it with no other guest up.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "guest"))
+import env  # noqa: E402
+import initramfs  # noqa: E402
+import vm  # noqa: E402
+
+WORK = Path(os.environ.get("PMEM_BENCH_WORK", HERE / "work"))
+AVML = env.AVML_ROOT / "bin" / "avml"
+
+
+def say(message=""):
+    print(message, flush=True)
+
+
+TOOLS = {
+    # step -> tool -> command (in the guest; $OUT is the data disk's out dir)
+    "file": {"pmem": "/data/bin/pmem acquire -q --format lime $OUT/img",
+             "avml": "/data/bin/avml acquire $OUT/img"},
+    "pipe": {"pmem": "/data/bin/pmem acquire -q --format lime - > /tmp/fifo",
+             "avml": "/data/bin/avml acquire /tmp/fifo"},
+    "compressed": {"pmem": "/data/bin/pmem acquire -q --format lime --compress snappy $OUT/img",
+                   "avml": "/data/bin/avml acquire --compress $OUT/img"},
+}
+
+
+def guest_script(reps):
+    m = "/data/bin/pmem-guest-agent measure"
+    lines = [
+        "export OUT=/data/out",
+        "drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }",
+        # One result line per measurement: rep step tool seconds rss_kib rc size
+        'res() { set -- "$@" $(cat /tmp/m) $( [ -e $OUT/img ] && stat -c %s $OUT/img || echo 0 ); '
+        'echo "$*" >> $OUT/results.txt; echo "@@pmem-guest step $2-$3 0 $4 $6"; }',
+        "mkfifo /tmp/fifo",
+        "cat /proc/version > $OUT/version.txt",
+        "nproc > $OUT/nproc.txt",
+        # Warm-up: the first acquisition of a boot is 30-40% slower.
+        "drop; /data/bin/pmem acquire -q --format lime $OUT/img; rm -f $OUT/img $OUT/img.json",
+    ]
+    for rep in range(reps):
+        order = ["pmem", "avml"] if rep % 2 == 0 else ["avml", "pmem"]
+        for step in ("file", "pipe", "compressed"):
+            for tool in order:
+                cmd = TOOLS[step][tool]
+                lines.append("drop")
+                if step == "pipe":
+                    lines.append("dd if=/tmp/fifo of=/dev/null bs=1M 2>/dev/null & reader=$!")
+                lines.append(f"{m} /tmp/m -- sh -c '{cmd} 2>/tmp/err' ; "
+                             "[ -s /tmp/err ] && sed 's/^/@@pmem-guest error /' /tmp/err | head -3")
+                if step == "pipe":
+                    lines.append("wait $reader")
+                lines.append(f"res {rep} {step} {tool}")
+                lines.append("rm -f $OUT/img $OUT/img.json")
+        lines.append("drop")
+        lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent read-kcore")
+        lines.append(f"res {rep} dd dd")
+    # Keep one plain LiME image for the offline convert comparison.
+    lines += ["drop", "/data/bin/pmem acquire -q --format lime $OUT/keep.lime",
+              "sync", 'echo "@@pmem-guest done"']
+    return "\n".join(lines) + "\n"
+
+
+def run_config(kernel_key, memory, smp, reps, pmem, agent):
+    kernel = env.KERNELS[kernel_key]
+    work = WORK / f"{kernel_key}-{memory}m-{smp}cpu"
+    vm.cleanup([work])
+    staging = work / "staging"
+    (staging / "bin").mkdir(parents=True)
+    (staging / "out").mkdir()
+    for src, name in ((pmem, "pmem"), (agent, "pmem-guest-agent"), (AVML, "avml")):
+        shutil.copy2(src, staging / "bin" / name)
+    (staging / "case.sh").write_text(guest_script(reps))
+    initramfs.build(kernel, work / "initrd.cpio")
+    vm.make_data_disk(staging, work / "disk.img", int(memory / 1024 * 2) + 2)
+    say(f"[bench] booting {kernel.release()}, {memory} MiB, {smp} vCPU(s); {reps} repetitions")
+    guest = vm.Guest(kernel.vmlinuz(), work / "initrd.cpio", work / "disk.img", memory, work,
+                     timeout=7200, log=say, smp=smp)
+    guest.run()
+    out = vm.extract(work / "disk.img", "/out", work)
+    vm.cleanup([work / "disk.img", staging])
+    rows = []
+    for line in (out / "results.txt").read_text().split("\n"):
+        f = line.split()
+        if len(f) == 7:
+            rows.append(dict(rep=int(f[0]), step=f[1], tool=f[2], secs=float(f[3]),
+                             rss=int(f[4]) / 1024, rc=int(f[5]), size=int(f[6])))
+    return rows, out, (out / "version.txt").read_text().split()[2]
+
+
+def med(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values):
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
+
+
+def table(rows, memory, title):
+    mib = memory  # acquired bytes are ~ the guest's RAM
+    say(f"\n### {title}\n")
+    say("| step | tool | seconds (median, min-max) | MiB/s | peak RSS MiB | output MiB | pmem/AVML speed | pmem/dd |")
+    say("|---|---|---|---|---|---|---|---|")
+    by = {}
+    for r in rows:
+        by.setdefault((r["step"], r["tool"]), []).append(r)
+    dd = med([r["secs"] for r in by.get(("dd", "dd"), [])])
+    for step in ("file", "pipe", "compressed", "dd"):
+        for tool in (("pmem", "avml") if step != "dd" else ("dd",)):
+            rs = by.get((step, tool), [])
+            if not rs:
+                continue
+            secs = [r["secs"] for r in rs]
+            failed = sum(1 for r in rs if r["rc"] != 0)
+            speed = ratio = vs_dd = ""
+            if tool == "pmem":
+                avml = [r["secs"] for r in by.get((step, "avml"), [])]
+                if avml:
+                    speed = f"{med(avml) / med(secs):.2f}x"
+                vs_dd = f"{dd / med(secs):.2f}" if dd == dd else ""
+            size = med([r["size"] / 2**20 for r in rs]) if step in ("file", "compressed") else None
+            say(f"| {step} | {tool}{' (' + str(failed) + ' failed)' if failed else ''} | "
+                f"{med(secs):.2f} ({spread(secs)}) | {mib / med(secs):.0f} | "
+                f"{med([r['rss'] for r in rs]):.1f} ({spread([r['rss'] for r in rs])}) | "
+                f"{'' if size is None else f'{size:.1f}'} | {speed or ratio} | {vs_dd} |")
+    comp = [(r["rep"], r["tool"], r["size"]) for r in rows if r["step"] == "compressed"]
+    per_rep = {}
+    for rep, tool, size in comp:
+        per_rep.setdefault(rep, {})[tool] = size
+    ratios = [d["pmem"] / d["avml"] for d in per_rep.values() if "pmem" in d and d.get("avml")]
+    if ratios:
+        say(f"\ncompressed size pmem/AVML within each repetition: "
+            + ", ".join(f"{x:.3f}" for x in ratios))
+
+
+def make_big_lime(src, dst, copies=4):
+    """A 4 GiB LiME file: `copies` copies of a real guest image, each moved
+    up by 4 GiB (LiME header: magic, version, start, end inclusive, 0)."""
+    data = src.read_bytes()
+    with open(dst, "wb") as out:
+        for k in range(copies):
+            at = 0
+            while at < len(data):
+                magic, version, start, end, pad = struct.unpack_from("<IIQQQ", data, at)
+                if magic != 0x4C694D45:
+                    raise SystemExit(f"{src}: not LiME at {at:#x}")
+                n = end - start + 1
+                out.write(struct.pack("<IIQQQ", magic, version, start + (k << 32), end + (k << 32), pad))
+                out.write(data[at + 32:at + 32 + n])
+                at += 32 + n
+
+
+def timed(cmd):
+    t = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        say(f"[bench] {' '.join(map(str, cmd))} failed: {proc.stderr[-500:]}")
+    return time.monotonic() - t, proc.returncode
+
+
+def convert_bench(lime, pmem_host, reps):
+    work = WORK / "convert"
+    work.mkdir(parents=True, exist_ok=True)
+    big = work / "big.lime"
+    make_big_lime(lime, big)
+    size = big.stat().st_size
+    say(f"\n### offline convert on the host: {size / 2**30:.2f} GiB LiME -> AVML compressed LiME\n")
+    rows = {"pmem": [], "avml": []}
+    sizes = {}
+    for rep in range(reps):
+        for tool in (["pmem", "avml"] if rep % 2 == 0 else ["avml", "pmem"]):
+            out = work / f"out.{tool}"
+            for p in (out, Path(str(out) + ".json")):
+                if p.exists():
+                    p.unlink()
+            cmd = ([str(pmem_host), "convert", "-q", "--format", "lime", "--compress", "snappy", str(big), str(out)]
+                   if tool == "pmem" else
+                   [str(AVML), "convert", "--source-format", "lime", "--format", "lime_compressed", str(big), str(out)])
+            secs, rc = timed(cmd)
+            rows[tool].append(secs)
+            sizes[tool] = out.stat().st_size if out.exists() else 0
+    say("| tool | seconds (median, min-max) | MiB/s | output MiB |")
+    say("|---|---|---|---|")
+    for tool in ("pmem", "avml"):
+        say(f"| {tool} | {med(rows[tool]):.2f} ({spread(rows[tool])}) | {size / 2**20 / med(rows[tool]):.0f} | "
+            f"{sizes[tool] / 2**20:.1f} |")
+    say(f"\npmem/AVML convert speed: {med(rows['avml']) / med(rows['pmem']):.2f}x")
+    vm.cleanup([big, work / "out.pmem", work / "out.avml"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append",
+                        help="KERNEL:MEMORY_MIB:VCPUS (default 6.1:1024:1; repeatable)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--convert-only", action="store_true")
+    parser.add_argument("--no-convert", action="store_true")
+    args = parser.parse_args()
+    busy = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout.strip()
+    if busy:
+        say(f"[bench] warning: other guests are running, numbers will be noisy:\n{busy}")
+    say(f"[bench] host: {os.cpu_count()} CPUs, {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    configs = [c.split(":") for c in (args.config or ["6.1:1024:1"])]
+    env.setup(kernels=sorted({c[0] for c in configs}), volatility=False)
+    pmem, agent = env.build_pmem()
+    env.ensure_avml()
+    keep = None
+    if not args.convert_only:
+        for kernel, memory, smp in configs:
+            rows, out, release = run_config(kernel, int(memory), int(smp), args.reps, pmem, agent)
+            table(rows, int(memory), f"{release}, {memory} MiB, {smp} vCPU(s), {args.reps} repetitions")
+            if (out / "keep.lime").exists():
+                keep = out / "keep.lime"
+    if not args.no_convert:
+        if keep is None:
+            keeps = sorted(WORK.glob("*/out/keep.lime"))
+            if not keeps:
+                raise SystemExit("no guest LiME image to build the 4 GiB file from: run a configuration first")
+            keep = keeps[-1]
+        # The static musl build runs on the host as well.
+        convert_bench(keep, pmem, args.reps)
+    say(f"\n[bench] host after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+
+
+if __name__ == "__main__":
+    main()

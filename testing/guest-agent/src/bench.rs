@@ -1,0 +1,123 @@
+//! Benchmark helpers run inside the guest by testing/bench/bench.py:
+//!
+//! * `measure RESULT -- CMD ARGS...`: runs CMD (stdio inherited), then
+//!   writes "seconds peak_rss_kib exit_code" to RESULT. The peak RSS is the
+//!   child's own high-water mark (VmHWM) from wait4's rusage: busybox
+//!   `time -v` over-reports it about 4x.
+//! * `read-kcore`: the read limit: reads the System RAM segments of
+//!   /proc/kcore in 16 MiB requests (as `dd bs=16M`) and discards them;
+//!   prints "bytes seconds".
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+pub fn main(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("measure") => measure(&args[1..]),
+        Some("read-kcore") => read_kcore(),
+        _ => Err("usage: measure RESULT -- CMD ARGS... | read-kcore".into()),
+    }
+}
+
+fn measure(args: &[String]) -> Result<(), String> {
+    let (result, cmd) = match args {
+        [result, dash, cmd @ ..] if dash == "--" && !cmd.is_empty() => (result, cmd),
+        _ => return Err("usage: measure RESULT -- CMD ARGS...".into()),
+    };
+    let started = Instant::now();
+    let child = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .spawn()
+        .map_err(|e| format!("{}: {e}", cmd[0]))?;
+    let mut status = 0;
+    // SAFETY: wait4 writes only into the two out-parameters we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    if pid < 0 {
+        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    std::fs::write(result, format!("{seconds:.3} {} {code}\n", usage.ru_maxrss))
+        .map_err(|e| format!("{result}: {e}"))
+}
+
+/// Top-level "System RAM" ranges of /proc/iomem, end exclusive.
+fn system_ram() -> Result<Vec<(u64, u64)>, String> {
+    let text = std::fs::read_to_string("/proc/iomem").map_err(|e| format!("/proc/iomem: {e}"))?;
+    let mut ram = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(' ') || !line.ends_with(" : System RAM") {
+            continue;
+        }
+        let range = line.split(' ').next().unwrap_or("");
+        if let Some((a, b)) = range.split_once('-') {
+            let (a, b) = (
+                u64::from_str_radix(a, 16).map_err(|e| e.to_string())?,
+                u64::from_str_radix(b, 16).map_err(|e| e.to_string())?,
+            );
+            ram.push((a, b + 1));
+        }
+    }
+    Ok(ram)
+}
+
+fn read_kcore() -> Result<(), String> {
+    let ram = system_ram()?;
+    let kcore = File::open("/proc/kcore").map_err(|e| format!("/proc/kcore: {e}"))?;
+    let mut header = [0u8; 64];
+    kcore
+        .read_exact_at(&mut header, 0)
+        .map_err(|e| e.to_string())?;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let (phoff, phentsize, phnum) = (
+        u64_at(&header, 32),
+        u16_at(&header, 54),
+        u16_at(&header, 56),
+    );
+    let mut phdrs = vec![0u8; usize::from(phentsize) * usize::from(phnum)];
+    kcore
+        .read_exact_at(&mut phdrs, phoff)
+        .map_err(|e| e.to_string())?;
+    // The RAM pieces: PT_LOAD segments whose physical address lies in RAM.
+    let mut pieces = Vec::new();
+    for ph in phdrs.chunks_exact(usize::from(phentsize)) {
+        let (kind, offset, paddr, size) = (
+            u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]),
+            u64_at(ph, 8),
+            u64_at(ph, 24),
+            u64_at(ph, 32),
+        );
+        if kind != 1 || paddr == u64::MAX {
+            continue;
+        }
+        for &(start, end) in &ram {
+            let (a, b) = (start.max(paddr), end.min(paddr.saturating_add(size)));
+            if a < b {
+                pieces.push((offset + (a - paddr), b - a));
+            }
+        }
+    }
+    let started = Instant::now();
+    let mut buf = vec![0u8; 16 << 20];
+    let mut total = 0u64;
+    for (offset, len) in pieces {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            kcore
+                .read_exact_at(&mut buf[..n], offset + done)
+                .map_err(|e| format!("/proc/kcore at {:#x}: {e}", offset + done))?;
+            done += n as u64;
+        }
+        total += len;
+    }
+    println!("{total} {:.3}", started.elapsed().as_secs_f64());
+    Ok(())
+}
