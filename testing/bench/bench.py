@@ -13,6 +13,7 @@ caches dropped before each step; one warm-up acquisition first):
   pipe        LiME into a named pipe read by `dd of=/dev/null bs=1M`
   compressed  pmem --compress snappy vs avml acquire --compress, to disk
   dd          the read limit: the kcore System RAM segments in 16 MiB reads
+  sha256      the hash floor: pmem's SHA-256 code over as many bytes as RAM
 Times and peak RSS (VmHWM, from wait4) come from `pmem-guest-agent
 measure`. Prints medians with the spread (min-max) and the ratios.
 Not a test: numbers depend on the host; run it with no other guest up.
@@ -53,7 +54,7 @@ TOOLS = {
 }
 
 
-def guest_script(reps):
+def guest_script(reps, memory):
     m = "/data/bin/pmem-guest-agent measure"
     lines = [
         "export OUT=/data/out",
@@ -84,6 +85,9 @@ def guest_script(reps):
         lines.append("drop")
         lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent read-kcore")
         lines.append(f"res {rep} dd dd")
+        # The hash floor: pmem's SHA-256 code alone over as many bytes as RAM.
+        lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent hash-speed {memory}")
+        lines.append(f"res {rep} sha256 sha256")
     # Keep one plain LiME image for the offline convert comparison.
     lines += ["drop", "/data/bin/pmem acquire -q --format lime $OUT/keep.lime",
               "sync", 'echo "@@pmem-guest done"']
@@ -99,7 +103,7 @@ def run_config(kernel_key, memory, smp, reps, pmem, agent):
     (staging / "out").mkdir()
     for src, name in ((pmem, "pmem"), (agent, "pmem-guest-agent"), (AVML, "avml")):
         shutil.copy2(src, staging / "bin" / name)
-    (staging / "case.sh").write_text(guest_script(reps))
+    (staging / "case.sh").write_text(guest_script(reps, memory))
     initramfs.build(kernel, work / "initrd.cpio")
     vm.make_data_disk(staging, work / "disk.img", int(memory / 1024 * 2) + 2)
     say(f"[bench] booting {kernel.release()}, {memory} MiB, {smp} vCPU(s); {reps} repetitions")
@@ -134,8 +138,8 @@ def table(rows, memory, title):
     for r in rows:
         by.setdefault((r["step"], r["tool"]), []).append(r)
     dd = med([r["secs"] for r in by.get(("dd", "dd"), [])])
-    for step in ("file", "pipe", "compressed", "dd"):
-        for tool in (("pmem", "avml") if step != "dd" else ("dd",)):
+    for step in ("file", "pipe", "compressed", "dd", "sha256"):
+        for tool in (("pmem", "avml") if step not in ("dd", "sha256") else (step,)):
             rs = by.get((step, tool), [])
             if not rs:
                 continue

@@ -7,6 +7,9 @@
 //! * `read-kcore`: the read limit: reads the System RAM segments of
 //!   /proc/kcore in 16 MiB requests (as `dd bs=16M`) and discards them;
 //!   prints "bytes seconds".
+//! * `hash-speed MIB`: SHA-256 (the sha2 crate pmem uses) over MIB MiB held
+//!   in memory: the floor an acquisition that hashes its output cannot go
+//!   below on this CPU.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -16,7 +19,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("measure") => measure(&args[1..]),
         Some("read-kcore") => read_kcore(),
-        _ => Err("usage: measure RESULT -- CMD ARGS... | read-kcore".into()),
+        Some("hash-speed") => hash_speed(args.get(1).map_or("1024", String::as_str)),
+        _ => Err("usage: measure RESULT -- CMD ARGS... | read-kcore | hash-speed MIB".into()),
     }
 }
 
@@ -119,5 +123,27 @@ fn read_kcore() -> Result<(), String> {
         total += len;
     }
     println!("{total} {:.3}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn hash_speed(mib: &str) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let mib: usize = mib.parse().map_err(|e| format!("{mib}: {e}"))?;
+    // 4 MiB of varied bytes, hashed over and over (SHA-256's cost does not
+    // depend on the content).
+    let buf: Vec<u8> = (0..4usize << 20)
+        .map(|i| ((i * 2654435761) >> 13) as u8)
+        .collect();
+    let started = Instant::now();
+    let mut hasher = Sha256::new();
+    for _ in 0..mib.div_ceil(4) {
+        hasher.update(&buf);
+    }
+    let digest = hasher.finalize();
+    println!(
+        "{mib} MiB in {:.3} s ({:02x})",
+        started.elapsed().as_secs_f64(),
+        digest[0]
+    );
     Ok(())
 }

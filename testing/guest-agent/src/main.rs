@@ -297,7 +297,7 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if matches!(
         argv.first().map(String::as_str),
-        Some("measure" | "read-kcore")
+        Some("measure" | "read-kcore" | "hash-speed")
     ) {
         return match bench::main(&argv) {
             Ok(()) => ExitCode::SUCCESS,
