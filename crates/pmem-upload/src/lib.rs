@@ -9,11 +9,16 @@
 //!
 //! - [`encrypt`]: age (X25519 recipients) around any other sink.
 //! - [`tls`]: a TLS stream to `pmem receive`, with an explicit trailer.
+//! - [`s3`]: S3 multipart upload with bounded memory and per-part retries.
 //! - [`redact`]: the one helper that makes URLs safe to print or store.
 
 pub mod encrypt;
+pub mod http;
 pub mod redact;
 pub mod remote;
+pub mod retry;
+pub mod s3;
+pub mod sigv4;
 pub mod tls;
 
 pub use redact::redact;

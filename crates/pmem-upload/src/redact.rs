@@ -30,9 +30,33 @@ pub fn redact(url: &str) -> String {
     out
 }
 
+/// Redacts every URL inside a free-form message (an HTTP library's
+/// error text may quote the URL it was given).
+pub fn redact_text(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains("://") {
+                let start = word.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(0);
+                format!("{}{}", &word[..start], redact(&word[start..]))
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, redact_text};
+
+    #[test]
+    fn urls_inside_messages_are_redacted() {
+        assert_eq!(
+            redact_text("io error for https://h/c/b?sig=abc: reset"),
+            "io error for https://h/c/b?REDACTED reset"
+        );
+    }
 
     #[test]
     fn query_strings_and_user_info_are_removed() {

@@ -34,6 +34,21 @@ pub struct UploadArgs {
     /// receiver's certificate against (it must name the host).
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
+    /// s3:// destinations: an S3-compatible endpoint, http(s)://HOST[:PORT]
+    /// (path-style). Default: AWS_ENDPOINT_URL, else AWS in AWS_REGION.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Upload part size in MiB (s3://; at least 5). Memory held for the
+    /// upload is (--parallel + 1) x part size.
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    pub part_size: usize,
+    /// Parts uploaded at the same time.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub parallel: usize,
+    /// Seconds a network read or write may stall before the request is
+    /// retried (then the upload fails).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub net_timeout: u64,
 }
 
 struct Settings {
@@ -210,8 +225,45 @@ impl Remote {
         }
     }
 
+    fn s3_config(&self) -> Result<Option<pmem_upload::s3::S3Config>> {
+        if !self.url.starts_with("s3://") {
+            return Ok(None);
+        }
+        let args = settings().map(|s| s.args.clone()).unwrap_or_default();
+        let (bucket, key) = pmem_upload::s3::parse_url(&self.url)?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Ok(Some(pmem_upload::s3::S3Config {
+            bucket,
+            key,
+            endpoint: args
+                .endpoint
+                .clone()
+                .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+                .or_else(|| env("AWS_ENDPOINT_URL")),
+            region: env("AWS_REGION")
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into()),
+            credentials: pmem_upload::s3::credentials_from_env()?,
+            part_size: args.part_size.saturating_mul(1 << 20),
+            workers: args.parallel,
+            ca_file: args.tls_ca.clone(),
+            retry: Default::default(),
+            timeout: std::time::Duration::from_secs(args.net_timeout.max(1)),
+        }))
+    }
+
     /// Connects and returns the sink the image is written to.
     pub fn open(&self) -> Result<Box<dyn ByteSink>> {
+        if let Some(config) = self.s3_config()? {
+            anyhow::ensure!(
+                config.part_size >= pmem_upload::s3::MIN_PART,
+                "--part-size must be at least 5 (MiB): S3's smallest part"
+            );
+            let upload = pmem_upload::s3::S3Upload::start(config)?;
+            return Ok(Box::new(pmem_upload::remote::RemoteSink::new(Box::new(
+                upload,
+            ))));
+        }
         if let Some(address) = self.tls_address() {
             let sender = pmem_upload::tls::TlsSender::connect(
                 address,
@@ -236,6 +288,9 @@ impl Remote {
         let mut text = serde_json::to_vec_pretty(manifest)?;
         text.push(b'\n');
         let text = seal(text)?;
+        if let Some(config) = self.s3_config()? {
+            pmem_upload::s3::S3Upload::put_manifest(config, &text)?;
+        }
         if let Some(address) = self.tls_address() {
             pmem_upload::tls::TlsSender::connect(
                 address,

@@ -1,0 +1,553 @@
+//! `s3://bucket/key`: S3 multipart upload while the image is produced.
+//!
+//! Memory is bounded: the part being filled plus one part per upload
+//! worker, handed over through a rendezvous channel (so at most
+//! `(workers + 1) × part size` bytes are held). Each part is retried with
+//! backoff; when a part fails for good, or the job fails and the sink is
+//! dropped, the multipart upload is aborted so no orphaned parts (and no
+//! object) remain. The object appears only when CompleteMultipartUpload
+//! succeeds, so a failed acquisition never leaves a truncated object that
+//! looks complete.
+//!
+//! Parts are sent with a Content-Length and their real SHA-256 in the
+//! signature: never `Transfer-Encoding: chunked`, which S3 refuses.
+
+use crate::http::{self, Reply};
+use crate::remote::Upload;
+use crate::retry::{with_retries, RetryPolicy};
+use crate::sigv4::{self, Credentials};
+use crate::UploadError;
+use pmem_core::SinkSummary;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+/// S3's limits: at most 10,000 parts, each (but the last) at least 5 MiB.
+const MAX_PARTS: u32 = 10_000;
+pub const MIN_PART: usize = 5 << 20;
+/// Parts double in size every this many parts, so that 10,000 parts cover
+/// about 1 TiB starting from 16 MiB parts without knowing the size ahead.
+const PARTS_PER_SIZE: u32 = 2000;
+
+/// Where and how to upload.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub key: String,
+    /// `http(s)://host[:port]` of an S3-compatible service (path-style
+    /// addressing); `None` for AWS (virtual-hosted style).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub credentials: Credentials,
+    pub part_size: usize,
+    pub workers: usize,
+    pub ca_file: Option<PathBuf>,
+    pub retry: RetryPolicy,
+    /// How long one read or write of a request may stall.
+    pub timeout: std::time::Duration,
+}
+
+/// Parses `s3://bucket/key`.
+pub fn parse_url(url: &str) -> Result<(String, String), UploadError> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| UploadError::Destination(format!("{url}: not s3://")))?;
+    match rest.split_once('/') {
+        Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
+            Ok((bucket.to_string(), key.to_string()))
+        }
+        _ => Err(UploadError::Destination(format!(
+            "{url}: expected s3://BUCKET/KEY"
+        ))),
+    }
+}
+
+/// Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+/// (/ AWS_SESSION_TOKEN), else from the shared credentials file
+/// (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, profile AWS_PROFILE
+/// or "default").
+pub fn credentials_from_env() -> Result<Credentials, UploadError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let (Some(access_key), Some(secret_key)) =
+        (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+    {
+        return Ok(Credentials {
+            access_key,
+            secret_key,
+            session_token: var("AWS_SESSION_TOKEN"),
+        });
+    }
+    let path = var("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))
+        .ok_or_else(|| UploadError::Credentials("no AWS_ACCESS_KEY_ID and no HOME".into()))?;
+    let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        UploadError::Credentials(format!(
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set and {} cannot be read: {e}",
+            path.display()
+        ))
+    })?;
+    parse_profile(&text, &profile).ok_or_else(|| {
+        UploadError::Credentials(format!(
+            "profile [{profile}] in {} has no aws_access_key_id/aws_secret_access_key",
+            path.display()
+        ))
+    })
+}
+
+/// The keys of `[profile]` in an INI credentials file.
+fn parse_profile(text: &str, profile: &str) -> Option<Credentials> {
+    let mut in_profile = false;
+    let (mut ak, mut sk, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_profile = line.trim_matches(['[', ']']).trim() == profile;
+            continue;
+        }
+        if !in_profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => ak = Some(v),
+                "aws_secret_access_key" => sk = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Some(Credentials {
+        access_key: ak?,
+        secret_key: sk?,
+        session_token: token,
+    })
+}
+
+/// Signed requests to one object.
+struct Client {
+    agent: ureq::Agent,
+    config: S3Config,
+    /// `scheme://host[:port]`
+    base: String,
+    host: String,
+    /// URI-encoded path of the object.
+    path: String,
+    display: String,
+}
+
+impl Client {
+    fn new(config: S3Config) -> Result<Client, UploadError> {
+        let encoded_key = sigv4::uri_encode(&config.key, true);
+        let (base, path) = match &config.endpoint {
+            Some(endpoint) => (
+                endpoint.trim_end_matches('/').to_string(),
+                format!(
+                    "/{}/{encoded_key}",
+                    sigv4::uri_encode(&config.bucket, false)
+                ),
+            ),
+            None => (
+                format!(
+                    "https://{}.s3.{}.amazonaws.com",
+                    config.bucket, config.region
+                ),
+                format!("/{encoded_key}"),
+            ),
+        };
+        let host = base
+            .split_once("://")
+            .map(|(_, h)| h.to_string())
+            .ok_or_else(|| UploadError::Destination(format!("endpoint {base}: no scheme")))?;
+        if host.contains('/') {
+            return Err(UploadError::Destination(format!(
+                "endpoint {}: give only scheme://host[:port]",
+                crate::redact(&base)
+            )));
+        }
+        let agent = http::agent(config.ca_file.as_deref(), config.timeout)?;
+        let display = format!("s3://{}/{}", config.bucket, config.key);
+        Ok(Client {
+            agent,
+            config,
+            base,
+            host,
+            path,
+            display,
+        })
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &[u8],
+        what: &str,
+    ) -> Result<Reply, UploadError> {
+        let payload = hex::encode(Sha256::digest(body));
+        let headers = sigv4::sign(
+            &sigv4::Request {
+                method,
+                host: &self.host,
+                path,
+                query,
+                payload_sha256: &payload,
+            },
+            &self.config.credentials,
+            &self.config.region,
+            SystemTime::now(),
+        );
+        let mut url = format!("{}{path}", self.base);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(
+                &query
+                    .iter()
+                    .map(|(k, v)| {
+                        if v.is_empty() {
+                            sigv4::uri_encode(k, false)
+                        } else {
+                            format!(
+                                "{}={}",
+                                sigv4::uri_encode(k, false),
+                                sigv4::uri_encode(v, false)
+                            )
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            );
+        }
+        let uri: ureq::http::Uri = url
+            .parse()
+            .map_err(|e| UploadError::Destination(format!("{}: {e}", crate::redact(&url))))?;
+        let mut builder = ureq::http::Request::builder().method(method).uri(uri);
+        for (k, v) in &headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let request = builder
+            .body(body.to_vec())
+            .map_err(|e| UploadError::Destination(e.to_string()))?;
+        let reply = http::reply(what, self.agent.run(request))?;
+        if !(200..300).contains(&reply.status) {
+            return Err(http::status_error(what, &reply));
+        }
+        // S3 can answer 200 and put an error in the body (Complete).
+        if reply.body.contains("<Error>") {
+            return Err(http::status_error(what, &reply));
+        }
+        Ok(reply)
+    }
+
+    fn create(&self) -> Result<String, UploadError> {
+        let what = format!("starting the multipart upload of {}", self.display);
+        let reply = with_retries(&self.config.retry, &|| false, || {
+            self.request("POST", &self.path, &[("uploads", "")], b"", &what)
+        })?;
+        http::xml_value(&reply.body, "UploadId")
+            .ok_or_else(|| UploadError::Protocol(format!("{what}: the reply has no UploadId")))
+    }
+
+    fn upload_part(
+        &self,
+        upload_id: &str,
+        number: u32,
+        data: &[u8],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<String, UploadError> {
+        let what = format!("part {number} of {}", self.display);
+        let n = number.to_string();
+        let reply = with_retries(&self.config.retry, stop, || {
+            self.request(
+                "PUT",
+                &self.path,
+                &[("partNumber", &n), ("uploadId", upload_id)],
+                data,
+                &what,
+            )
+        })?;
+        reply
+            .etag
+            .ok_or_else(|| UploadError::Protocol(format!("{what}: no ETag in the reply")))
+    }
+
+    fn complete(&self, upload_id: &str, parts: &[(u32, String)]) -> Result<(), UploadError> {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (n, etag) in parts {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                etag.replace('&', "&amp;").replace('<', "&lt;")
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let what = format!("completing {}", self.display);
+        with_retries(&self.config.retry, &|| false, || {
+            self.request(
+                "POST",
+                &self.path,
+                &[("uploadId", upload_id)],
+                xml.as_bytes(),
+                &what,
+            )
+        })?;
+        Ok(())
+    }
+
+    fn abort(&self, upload_id: &str) -> Result<(), UploadError> {
+        let what = format!("aborting the upload of {}", self.display);
+        with_retries(&self.config.retry, &|| false, || {
+            self.request("DELETE", &self.path, &[("uploadId", upload_id)], b"", &what)
+        })?;
+        Ok(())
+    }
+
+    /// One PUT of a small object (the manifest).
+    fn put(&self, path: &str, body: &[u8], what: &str) -> Result<(), UploadError> {
+        with_retries(&self.config.retry, &|| false, || {
+            self.request("PUT", path, &[], body, what)
+        })?;
+        Ok(())
+    }
+}
+
+/// State shared by the writer and the part workers.
+struct Shared {
+    client: Client,
+    upload_id: String,
+    failed: AtomicBool,
+    error: Mutex<Option<UploadError>>,
+    etags: Mutex<Vec<(u32, String)>>,
+}
+
+impl Shared {
+    fn fail(&self, err: UploadError) {
+        self.failed.store(true, Ordering::SeqCst);
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(err);
+        }
+    }
+
+    fn take_error(&self) -> UploadError {
+        self.error
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take())
+            .unwrap_or_else(|| UploadError::Protocol("an upload worker stopped".into()))
+    }
+}
+
+/// A running multipart upload; an [`Upload`] for [`crate::remote::RemoteSink`].
+pub struct S3Upload {
+    shared: Arc<Shared>,
+    sender: Option<SyncSender<(u32, Vec<u8>)>>,
+    workers: Vec<JoinHandle<()>>,
+    part: Vec<u8>,
+    next_part: u32,
+    base_part_size: usize,
+    finished: bool,
+}
+
+impl S3Upload {
+    /// Starts the multipart upload and its workers.
+    pub fn start(config: S3Config) -> Result<S3Upload, UploadError> {
+        let part_size = config.part_size.max(MIN_PART);
+        let workers = config.workers.max(1);
+        let client = Client::new(config)?;
+        let upload_id = client.create()?;
+        let shared = Arc::new(Shared {
+            client,
+            upload_id,
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            etags: Mutex::new(Vec::new()),
+        });
+        // Rendezvous: a part is handed over only when a worker is free, so
+        // no queue of parts builds up in memory.
+        let (sender, receiver) = sync_channel::<(u32, Vec<u8>)>(0);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let handles = (0..workers)
+            .map(|_| {
+                let shared = shared.clone();
+                let receiver = receiver.clone();
+                std::thread::spawn(move || worker(&shared, &receiver))
+            })
+            .collect();
+        Ok(S3Upload {
+            shared,
+            sender: Some(sender),
+            workers: handles,
+            part: Vec::with_capacity(part_size),
+            next_part: 1,
+            base_part_size: part_size,
+            finished: false,
+        })
+    }
+
+    fn current_part_size(&self) -> usize {
+        let doublings = ((self.next_part - 1) / PARTS_PER_SIZE).min(8);
+        self.base_part_size << doublings
+    }
+
+    fn send_part(&mut self) -> Result<(), UploadError> {
+        if self.next_part > MAX_PARTS {
+            return Err(UploadError::Protocol(format!(
+                "more than {MAX_PARTS} parts: use a larger --part-size"
+            )));
+        }
+        let next_size = {
+            self.next_part += 1;
+            let s = self.current_part_size();
+            self.next_part -= 1;
+            s
+        };
+        let data = std::mem::replace(&mut self.part, Vec::with_capacity(next_size));
+        let sender = self
+            .sender
+            .as_ref()
+            .ok_or_else(|| self.shared.take_error())?;
+        if self.shared.failed.load(Ordering::SeqCst) || sender.send((self.next_part, data)).is_err()
+        {
+            return Err(self.shared.take_error());
+        }
+        self.next_part += 1;
+        Ok(())
+    }
+
+    /// Stops the workers and aborts the upload; returns `err`.
+    fn fail(&mut self, err: UploadError) -> UploadError {
+        self.shared.failed.store(true, Ordering::SeqCst);
+        self.sender = None;
+        for handle in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+        self.finished = true;
+        let _ = self.shared.client.abort(&self.shared.upload_id);
+        err
+    }
+
+    /// Uploads the manifest next to the object as KEY.json.
+    pub fn put_manifest(config: S3Config, body: &[u8]) -> Result<(), UploadError> {
+        let client = Client::new(config)?;
+        let path = format!("{}.json", client.path);
+        let what = format!("the manifest {}.json", client.display);
+        client.put(&path, body, &what)
+    }
+}
+
+fn worker(shared: &Shared, receiver: &Mutex<Receiver<(u32, Vec<u8>)>>) {
+    loop {
+        let next = match receiver.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return,
+        };
+        let Ok((number, data)) = next else { return };
+        if shared.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let stop = || shared.failed.load(Ordering::SeqCst);
+        match shared
+            .client
+            .upload_part(&shared.upload_id, number, &data, &stop)
+        {
+            Ok(etag) => {
+                if let Ok(mut etags) = shared.etags.lock() {
+                    etags.push((number, etag));
+                }
+            }
+            Err(err) => {
+                shared.fail(err);
+                return;
+            }
+        }
+    }
+}
+
+impl Upload for S3Upload {
+    fn write(&mut self, mut buf: &[u8]) -> Result<(), UploadError> {
+        while !buf.is_empty() {
+            let size = self.current_part_size();
+            let n = (size - self.part.len()).min(buf.len());
+            self.part.extend_from_slice(&buf[..n]);
+            buf = &buf[n..];
+            if self.part.len() == size {
+                if let Err(e) = self.send_part() {
+                    return Err(self.fail(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, _summary: &SinkSummary) -> Result<(), UploadError> {
+        // The last part may be short (or the only one, even empty).
+        if !self.part.is_empty() || self.next_part == 1 {
+            if let Err(e) = self.send_part() {
+                return Err(self.fail(e));
+            }
+        }
+        self.sender = None;
+        for handle in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+        if self.shared.failed.load(Ordering::SeqCst) {
+            let err = self.shared.take_error();
+            return Err(self.fail(err));
+        }
+        let mut parts = self
+            .shared
+            .etags
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        parts.sort();
+        if parts.len() as u32 != self.next_part - 1 {
+            let err = UploadError::Protocol("a part is missing".into());
+            return Err(self.fail(err));
+        }
+        if let Err(e) = self.shared.client.complete(&self.shared.upload_id, &parts) {
+            return Err(self.fail(e));
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for S3Upload {
+    // A job that fails elsewhere (a read error, Ctrl-C handling) drops the
+    // sink without finishing it: abort so no orphaned parts remain.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.fail(UploadError::Protocol("abandoned".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_profiles_parse() {
+        assert_eq!(
+            parse_url("s3://b/dir/img.lime").unwrap(),
+            ("b".to_string(), "dir/img.lime".to_string())
+        );
+        assert!(parse_url("s3://b").is_err());
+        assert!(parse_url("s3:///k").is_err());
+        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = S\n[other]\naws_access_key_id=B\naws_secret_access_key=T\naws_session_token=X\n";
+        let c = parse_profile(text, "other").unwrap();
+        assert_eq!(
+            (c.access_key.as_str(), c.session_token.as_deref()),
+            ("B", Some("X"))
+        );
+        assert!(parse_profile(text, "none").is_none());
+        assert!(!format!("{c:?}").contains('T'));
+    }
+}
