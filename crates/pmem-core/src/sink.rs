@@ -240,6 +240,8 @@ enum Hasher {
         spare: Option<Vec<u8>>,
         error: Option<io::Error>,
     },
+    /// No hash asked for (`acquire --no-hash`): reports zeros.
+    Off,
 }
 
 impl Hasher {
@@ -305,6 +307,7 @@ impl Hasher {
                     }
                 }
             }
+            Hasher::Off => {}
             Hasher::Inline {
                 state,
                 spare,
@@ -325,6 +328,7 @@ impl Hasher {
         match self {
             Hasher::Thread { back, .. } => back.try_recv().ok(),
             Hasher::Inline { spare, .. } => spare.take(),
+            Hasher::Off => None,
         }
     }
 
@@ -341,6 +345,7 @@ impl Hasher {
                 Some(e) => Err(e),
                 None => Ok(std::mem::take(&mut state.hasher).finalize().into()),
             },
+            Hasher::Off => Ok([0; 32]),
         }
     }
 }
@@ -383,6 +388,8 @@ pub struct HashingSink {
     by_reading: bool,
     /// The disk limit stopped the writes: nothing more may be written.
     stopped: bool,
+    /// A readable file: bytes may be rewritten (and then hashed by reading).
+    patchable: bool,
 }
 
 impl Drop for HashingSink {
@@ -416,6 +423,7 @@ impl HashingSink {
         let by_reading = reader.is_some();
         let mut sink = HashingSink::with_target(Target::File(file), Hasher::new(reader));
         sink.by_reading = by_reading;
+        sink.patchable = by_reading;
         sink
     }
 
@@ -432,6 +440,14 @@ impl HashingSink {
         } else {
             Ok(HashingSink::stream(Box::new(file)))
         }
+    }
+
+    /// Hashes nothing: the summary's hash is all zeros. For acquisitions
+    /// where speed matters more than a hash made at acquisition time.
+    pub fn without_hash(mut self) -> HashingSink {
+        self.hasher = Hasher::Off;
+        self.by_reading = false;
+        self
     }
 
     /// Enforces `limit` (file outputs only; a stream takes no disk space
@@ -458,6 +474,7 @@ impl HashingSink {
             next_check: 0,
             by_reading: false,
             stopped: false,
+            patchable: false,
         }
     }
 
@@ -485,7 +502,7 @@ impl HashingSink {
             }
             Target::Stream(w) => w.write_all(&self.buf)?,
         }
-        if self.by_reading {
+        if self.by_reading || matches!(self.hasher, Hasher::Off) {
             self.buf.clear();
         } else {
             // Hand the bytes to the hasher and take a spare buffer: one
@@ -544,7 +561,7 @@ impl ByteSink for HashingSink {
         }
         // On a file: a hole, skipped (read back as zeros when hashing by
         // reading).
-        if !self.by_reading {
+        if !self.by_reading && !matches!(self.hasher, Hasher::Off) {
             self.hasher.send(ToHasher::Zeros(len));
         }
         self.flushed += len;
@@ -558,7 +575,7 @@ impl ByteSink for HashingSink {
     }
 
     fn can_patch(&self) -> bool {
-        self.by_reading
+        self.patchable
     }
 
     fn hold(&mut self, offset: Option<u64>) {
@@ -571,7 +588,7 @@ impl ByteSink for HashingSink {
 
     fn patch(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let end = offset + bytes.len() as u64;
-        let (Target::File(file), true) = (&self.target, self.by_reading) else {
+        let (Target::File(file), true) = (&self.target, self.patchable) else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this output cannot be rewritten",
@@ -761,6 +778,26 @@ mod tests {
                 .expect("any used filesystem is above 0%");
             assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         }
+    }
+
+    #[test]
+    fn without_hash_writes_the_same_bytes_and_can_still_patch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let file = create_image_file(&path, false).unwrap();
+        let mut sink = Box::new(HashingSink::file(file).without_hash());
+        assert!(sink.can_patch());
+        sink.hold(Some(0));
+        sink.write_all(&[5u8; 3 << 20]).unwrap();
+        sink.patch(0, b"AB").unwrap();
+        sink.hold(None);
+        sink.write_zeros(100).unwrap();
+        let summary = sink.finish().unwrap();
+        assert_eq!(summary.sha256, [0; 32]);
+        assert_eq!(summary.bytes, (3 << 20) + 100);
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(&written[..3], b"AB\x05");
+        assert_eq!(written.len() as u64, summary.bytes);
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub struct CompressArgs {
     /// Checked before writing and every 16 MiB while writing.
     #[arg(long, value_name = "MiB|N%", value_parser = parse_disk_limit)]
     pub max_disk_usage: Option<DiskLimit>,
+    /// Do not hash the image while writing it (the manifest then records
+    /// no image_sha256): for when every second of smear counts more than a
+    /// hash made at acquisition time (hash the file afterwards).
+    #[arg(long)]
+    pub no_hash: bool,
 }
 
 /// Parses `--max-disk-usage`.

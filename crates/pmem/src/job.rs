@@ -6,7 +6,7 @@ use crate::compress::{self, Encoding};
 use crate::manifest::{self, BytesJson, Manifest, Origin, PageRunJson};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pmem_core::sink::{create_image_file, hex, DiskLimit, HashingSink};
+use pmem_core::sink::{create_image_file, hex, HashingSink};
 use pmem_core::{
     copy_memory, ByteSink, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, WriteError,
 };
@@ -42,9 +42,19 @@ impl Output {
         }
     }
 
-    fn open(&self, overwrite: bool, limit: Option<DiskLimit>) -> Result<Box<dyn ByteSink>> {
+    fn open(&self, overwrite: bool, args: &compress::CompressArgs) -> Result<Box<dyn ByteSink>> {
+        // --no-hash: the sink hashes nothing; the manifest records no image hash.
+        let hashed = |sink: HashingSink| {
+            if args.no_hash {
+                sink.without_hash()
+            } else {
+                sink
+            }
+        };
         match self {
-            Output::Stdout => Ok(Box::new(HashingSink::stream(Box::new(std::io::stdout())))),
+            Output::Stdout => Ok(Box::new(hashed(HashingSink::stream(Box::new(
+                std::io::stdout(),
+            ))))),
             Output::Remote(remote) => remote.open(),
             Output::File(path) => {
                 let file = create_image_file(path, overwrite).with_context(|| {
@@ -57,8 +67,8 @@ impl Output {
                         format!("creating image {}", path.display())
                     }
                 })?;
-                let sink = HashingSink::for_file(file)?;
-                Ok(Box::new(match limit {
+                let sink = hashed(HashingSink::for_file(file)?);
+                Ok(Box::new(match args.max_disk_usage {
                     Some(limit) => sink.with_limit(limit).with_context(|| {
                         format!("checking free space before writing {}", path.display())
                     })?,
@@ -124,7 +134,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         memory_hash: job.memory_hash,
         ..CopyOptions::default()
     };
-    let limit = job.compress.max_disk_usage;
+    let args = &job.compress;
     let mut result = copy_once(
         job.source,
         &job.plan,
@@ -133,7 +143,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         job.overwrite,
         &progress,
         &options,
-        limit,
+        args,
     );
     if let (Format::Avml, Some(err)) = (encoding.format, unrepresentable(&result)) {
         // AVML blocks of incompressible memory would hang Volatility 3:
@@ -158,7 +168,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
                 true,
                 &progress,
                 &options,
-                limit,
+                args,
             );
         } else {
             result = result.context(
@@ -179,7 +189,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
                 .extend(report.unreadable.iter().map(PageRunJson::from));
             manifest.bytes.zero = report.zero_bytes;
             manifest.bytes.image = report.image.bytes;
-            manifest.image_sha256 = Some(hex(&report.image.sha256));
+            manifest.image_sha256 = (!args.no_hash).then(|| hex(&report.image.sha256));
             manifest.memory_sha256 = report.memory_sha256.as_ref().map(|h| hex(h));
             Ok(())
         }
@@ -209,9 +219,9 @@ fn copy_once(
     overwrite: bool,
     progress: &ProgressBar,
     options: &CopyOptions,
-    limit: Option<DiskLimit>,
+    args: &compress::CompressArgs,
 ) -> Result<CopyReport> {
-    let mut sink = crate::upload::wrap(output.open(overwrite, limit)?)?;
+    let mut sink = crate::upload::wrap(output.open(overwrite, args)?)?;
     if encoding.zstd {
         sink = Box::new(pmem_formats::zstd::ZstdSink::new(sink));
     }

@@ -531,3 +531,25 @@ fn max_disk_usage_stops_and_leaves_an_incomplete_manifest() {
     m.acquire_with("lime", &m.path("ok.lime"), &["--max-disk-usage", "100%"])
         .success();
 }
+
+#[test]
+fn no_hash_writes_the_same_image_and_verify_accepts_it() {
+    let m = machine();
+    let hashed = m.path("h.lime");
+    let plain = m.path("n.lime");
+    m.acquire("lime", &hashed).success();
+    m.acquire_with("lime", &plain, &["--no-hash"]).success();
+    assert!(std::fs::read(&hashed).unwrap() == std::fs::read(&plain).unwrap());
+    assert_eq!(manifest(&plain)["image_sha256"], Value::Null);
+    pmem()
+        .arg("verify")
+        .arg(&plain)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("not recorded in the manifest"));
+    // AVML on a file patches its headers also without a hash running.
+    let avml = m.path("n.avml");
+    m.acquire_with("lime", &avml, &["--no-hash", "--compress", "snappy"])
+        .success();
+    pmem().arg("verify").arg(&avml).assert().success();
+}
