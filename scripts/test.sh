@@ -35,6 +35,11 @@ if ((${#need_pip[@]})); then
     python3 -m pip install -q "${need_pip[@]}"
     hash -r
 fi
+# Azurite (Azure Blob emulator) for crates/pmem/tests/azure.rs, pinned.
+azurite_dir="$HOME/.cache/pmem-azurite"
+if ! grep -qs '"version": "3.37.0"' "$azurite_dir/node_modules/azurite/package.json"; then
+    npm install --prefix "$azurite_dir" --no-audit --no-fund --silent azurite@3.37.0
+fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add x86_64-unknown-linux-musl x86_64-pc-windows-gnu x86_64-apple-darwin \
     aarch64-apple-darwin >/dev/null

@@ -7,6 +7,7 @@ fault tests (crates/pmem/tests/s3.rs).
 MODE:
   fail-part=N   answer every PUT of part N with HTTP 500 (others pass)
   stall-part=N  accept part N's request, then never answer (slow server)
+  fail-match=S  answer every PUT whose path contains S with HTTP 500
 
 Prints "PORT <n>" once listening, and one "HIT <method> <path?query>" line
 per request; exits after 300 s.
@@ -32,6 +33,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         print("HIT", self.command, self.path, flush=True)
+        if MODE == "fail-match" and ARG in self.path and self.command == "PUT":
+            msg = b"<Error><Code>InternalError</Code></Error>"
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(msg)))
+            self.end_headers()
+            self.wfile.write(msg)
+            return
         part = re.search(r"partNumber=(\d+)", self.path)
         if part and part.group(1) == ARG and self.command == "PUT":
             if MODE == "fail-part":

@@ -10,10 +10,13 @@
 //! - [`encrypt`]: age (X25519 recipients) around any other sink.
 //! - [`tls`]: a TLS stream to `pmem receive`, with an explicit trailer.
 //! - [`s3`]: S3 multipart upload with bounded memory and per-part retries.
+//! - [`azure`]: Azure Blob with a SAS URL (Put Block, Put Block List).
 //! - [`redact`]: the one helper that makes URLs safe to print or store.
 
+pub mod azure;
 pub mod encrypt;
 pub mod http;
+pub mod parts;
 pub mod redact;
 pub mod remote;
 pub mod retry;

@@ -13,25 +13,18 @@
 //! signature: never `Transfer-Encoding: chunked`, which S3 refuses.
 
 use crate::http::{self, Reply};
-use crate::remote::Upload;
+use crate::parts::{PartSink, PartUpload};
 use crate::retry::{with_retries, RetryPolicy};
 use crate::sigv4::{self, Credentials};
 use crate::UploadError;
-use pmem_core::SinkSummary;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// S3's limits: at most 10,000 parts, each (but the last) at least 5 MiB.
 const MAX_PARTS: u32 = 10_000;
 pub const MIN_PART: usize = 5 << 20;
-/// Parts double in size every this many parts, so that 10,000 parts cover
-/// about 1 TiB starting from 16 MiB parts without knowing the size ahead.
-const PARTS_PER_SIZE: u32 = 2000;
 
 /// Where and how to upload.
 #[derive(Debug, Clone)]
@@ -317,216 +310,52 @@ impl Client {
     }
 }
 
-/// State shared by the writer and the part workers.
-struct Shared {
+/// One S3 multipart upload as a [`PartSink`].
+struct S3Parts {
     client: Client,
     upload_id: String,
-    failed: AtomicBool,
-    error: Mutex<Option<UploadError>>,
-    etags: Mutex<Vec<(u32, String)>>,
 }
 
-impl Shared {
-    fn fail(&self, err: UploadError) {
-        self.failed.store(true, Ordering::SeqCst);
-        if let Ok(mut slot) = self.error.lock() {
-            slot.get_or_insert(err);
-        }
+impl PartSink for S3Parts {
+    fn upload_part(
+        &self,
+        number: u32,
+        data: &[u8],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<String, UploadError> {
+        self.client.upload_part(&self.upload_id, number, data, stop)
     }
 
-    fn take_error(&self) -> UploadError {
-        self.error
-            .lock()
-            .ok()
-            .and_then(|mut e| e.take())
-            .unwrap_or_else(|| UploadError::Protocol("an upload worker stopped".into()))
-    }
-}
-
-/// A running multipart upload; an [`Upload`] for [`crate::remote::RemoteSink`].
-pub struct S3Upload {
-    shared: Arc<Shared>,
-    sender: Option<SyncSender<(u32, Vec<u8>)>>,
-    workers: Vec<JoinHandle<()>>,
-    part: Vec<u8>,
-    next_part: u32,
-    base_part_size: usize,
-    finished: bool,
-}
-
-impl S3Upload {
-    /// Starts the multipart upload and its workers.
-    pub fn start(config: S3Config) -> Result<S3Upload, UploadError> {
-        let part_size = config.part_size.max(MIN_PART);
-        let workers = config.workers.max(1);
-        let client = Client::new(config)?;
-        let upload_id = client.create()?;
-        let shared = Arc::new(Shared {
-            client,
-            upload_id,
-            failed: AtomicBool::new(false),
-            error: Mutex::new(None),
-            etags: Mutex::new(Vec::new()),
-        });
-        // Rendezvous: a part is handed over only when a worker is free, so
-        // no queue of parts builds up in memory.
-        let (sender, receiver) = sync_channel::<(u32, Vec<u8>)>(0);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let handles = (0..workers)
-            .map(|_| {
-                let shared = shared.clone();
-                let receiver = receiver.clone();
-                std::thread::spawn(move || worker(&shared, &receiver))
-            })
-            .collect();
-        Ok(S3Upload {
-            shared,
-            sender: Some(sender),
-            workers: handles,
-            part: Vec::with_capacity(part_size),
-            next_part: 1,
-            base_part_size: part_size,
-            finished: false,
-        })
+    fn complete(&self, parts: &[(u32, String)]) -> Result<(), UploadError> {
+        self.client.complete(&self.upload_id, parts)
     }
 
-    fn current_part_size(&self) -> usize {
-        let doublings = ((self.next_part - 1) / PARTS_PER_SIZE).min(8);
-        self.base_part_size << doublings
-    }
-
-    fn send_part(&mut self) -> Result<(), UploadError> {
-        if self.next_part > MAX_PARTS {
-            return Err(UploadError::Protocol(format!(
-                "more than {MAX_PARTS} parts: use a larger --part-size"
-            )));
-        }
-        let next_size = {
-            self.next_part += 1;
-            let s = self.current_part_size();
-            self.next_part -= 1;
-            s
-        };
-        let data = std::mem::replace(&mut self.part, Vec::with_capacity(next_size));
-        let sender = self
-            .sender
-            .as_ref()
-            .ok_or_else(|| self.shared.take_error())?;
-        if self.shared.failed.load(Ordering::SeqCst) || sender.send((self.next_part, data)).is_err()
-        {
-            return Err(self.shared.take_error());
-        }
-        self.next_part += 1;
-        Ok(())
-    }
-
-    /// Stops the workers and aborts the upload; returns `err`.
-    fn fail(&mut self, err: UploadError) -> UploadError {
-        self.shared.failed.store(true, Ordering::SeqCst);
-        self.sender = None;
-        for handle in self.workers.drain(..) {
-            let _ = handle.join();
-        }
-        self.finished = true;
-        let _ = self.shared.client.abort(&self.shared.upload_id);
-        err
-    }
-
-    /// Uploads the manifest next to the object as KEY.json.
-    pub fn put_manifest(config: S3Config, body: &[u8]) -> Result<(), UploadError> {
-        let client = Client::new(config)?;
-        let path = format!("{}.json", client.path);
-        let what = format!("the manifest {}.json", client.display);
-        client.put(&path, body, &what)
+    fn abort(&self) -> Result<(), UploadError> {
+        self.client.abort(&self.upload_id)
     }
 }
 
-fn worker(shared: &Shared, receiver: &Mutex<Receiver<(u32, Vec<u8>)>>) {
-    loop {
-        let next = match receiver.lock() {
-            Ok(r) => r.recv(),
-            Err(_) => return,
-        };
-        let Ok((number, data)) = next else { return };
-        if shared.failed.load(Ordering::SeqCst) {
-            return;
-        }
-        let stop = || shared.failed.load(Ordering::SeqCst);
-        match shared
-            .client
-            .upload_part(&shared.upload_id, number, &data, &stop)
-        {
-            Ok(etag) => {
-                if let Ok(mut etags) = shared.etags.lock() {
-                    etags.push((number, etag));
-                }
-            }
-            Err(err) => {
-                shared.fail(err);
-                return;
-            }
-        }
-    }
+/// Starts a multipart upload; the returned [`PartUpload`] is an
+/// [`crate::remote::Upload`].
+pub fn start(config: S3Config) -> Result<PartUpload, UploadError> {
+    let part_size = config.part_size.max(MIN_PART);
+    let workers = config.workers;
+    let client = Client::new(config)?;
+    let upload_id = client.create()?;
+    Ok(PartUpload::start(
+        Arc::new(S3Parts { client, upload_id }),
+        part_size,
+        workers,
+        MAX_PARTS,
+    ))
 }
 
-impl Upload for S3Upload {
-    fn write(&mut self, mut buf: &[u8]) -> Result<(), UploadError> {
-        while !buf.is_empty() {
-            let size = self.current_part_size();
-            let n = (size - self.part.len()).min(buf.len());
-            self.part.extend_from_slice(&buf[..n]);
-            buf = &buf[n..];
-            if self.part.len() == size {
-                if let Err(e) = self.send_part() {
-                    return Err(self.fail(e));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(mut self: Box<Self>, _summary: &SinkSummary) -> Result<(), UploadError> {
-        // The last part may be short (or the only one, even empty).
-        if !self.part.is_empty() || self.next_part == 1 {
-            if let Err(e) = self.send_part() {
-                return Err(self.fail(e));
-            }
-        }
-        self.sender = None;
-        for handle in self.workers.drain(..) {
-            let _ = handle.join();
-        }
-        if self.shared.failed.load(Ordering::SeqCst) {
-            let err = self.shared.take_error();
-            return Err(self.fail(err));
-        }
-        let mut parts = self
-            .shared
-            .etags
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default();
-        parts.sort();
-        if parts.len() as u32 != self.next_part - 1 {
-            let err = UploadError::Protocol("a part is missing".into());
-            return Err(self.fail(err));
-        }
-        if let Err(e) = self.shared.client.complete(&self.shared.upload_id, &parts) {
-            return Err(self.fail(e));
-        }
-        self.finished = true;
-        Ok(())
-    }
-}
-
-impl Drop for S3Upload {
-    // A job that fails elsewhere (a read error, Ctrl-C handling) drops the
-    // sink without finishing it: abort so no orphaned parts remain.
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = self.fail(UploadError::Protocol("abandoned".into()));
-        }
-    }
+/// Uploads the manifest next to the object as KEY.json.
+pub fn put_manifest(config: S3Config, body: &[u8]) -> Result<(), UploadError> {
+    let client = Client::new(config)?;
+    let path = format!("{}.json", client.path);
+    let what = format!("the manifest {}.json", client.display);
+    client.put(&path, body, &what)
 }
 
 #[cfg(test)]

@@ -252,14 +252,42 @@ impl Remote {
         }))
     }
 
+    fn azure_config(&self) -> Option<pmem_upload::azure::AzureConfig> {
+        if !pmem_upload::azure::is_sas_url(&self.url) {
+            return None;
+        }
+        let args = settings().map(|s| s.args.clone()).unwrap_or_default();
+        Some(pmem_upload::azure::AzureConfig {
+            url: self.url.clone(),
+            block_size: args.part_size.saturating_mul(1 << 20),
+            workers: args.parallel,
+            ca_file: args.tls_ca.clone(),
+            retry: Default::default(),
+            timeout: std::time::Duration::from_secs(args.net_timeout.max(1)),
+        })
+    }
+
     /// Connects and returns the sink the image is written to.
     pub fn open(&self) -> Result<Box<dyn ByteSink>> {
+        if let Some(config) = self.azure_config() {
+            let upload = pmem_upload::azure::start(config)?;
+            return Ok(Box::new(pmem_upload::remote::RemoteSink::new(Box::new(
+                upload,
+            ))));
+        }
+        if self.url.starts_with("http") {
+            anyhow::bail!(
+                "{}: only Azure SAS URLs are supported over https:// yet (pre-signed PUT \
+                 URLs are not); use s3://BUCKET/KEY with credentials instead",
+                self.display()
+            );
+        }
         if let Some(config) = self.s3_config()? {
             anyhow::ensure!(
                 config.part_size >= pmem_upload::s3::MIN_PART,
                 "--part-size must be at least 5 (MiB): S3's smallest part"
             );
-            let upload = pmem_upload::s3::S3Upload::start(config)?;
+            let upload = pmem_upload::s3::start(config)?;
             return Ok(Box::new(pmem_upload::remote::RemoteSink::new(Box::new(
                 upload,
             ))));
@@ -289,7 +317,18 @@ impl Remote {
         text.push(b'\n');
         let text = seal(text)?;
         if let Some(config) = self.s3_config()? {
-            pmem_upload::s3::S3Upload::put_manifest(config, &text)?;
+            pmem_upload::s3::put_manifest(config, &text)?;
+        }
+        if let Some(config) = self.azure_config() {
+            // A SAS scoped to the image's blob cannot write BLOB.json: the
+            // image is complete anyway, so warn instead of failing.
+            if let Err(err) = pmem_upload::azure::put_manifest(&config, &text) {
+                eprintln!(
+                    "pmem: warning: could not upload the manifest beside {} ({err}); \
+                     use a container SAS or keep it with --manifest",
+                    self.display()
+                );
+            }
         }
         if let Some(address) = self.tls_address() {
             pmem_upload::tls::TlsSender::connect(
