@@ -52,9 +52,7 @@ impl Output {
             }
         };
         match self {
-            Output::Stdout => Ok(Box::new(hashed(HashingSink::stream(Box::new(
-                std::io::stdout(),
-            ))))),
+            Output::Stdout => Ok(Box::new(hashed(HashingSink::stdout()))),
             Output::Remote(remote) => remote.open(),
             Output::File(path) => {
                 let file = create_image_file(path, overwrite).with_context(|| {
