@@ -226,7 +226,7 @@ impl Client {
             builder = builder.header(k.as_str(), v.as_str());
         }
         let request = builder
-            .body(body.to_vec())
+            .body(body)
             .map_err(|e| UploadError::Destination(e.to_string()))?;
         let reply = http::reply(what, self.agent.run(request))?;
         if !(200..300).contains(&reply.status) {
