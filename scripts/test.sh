@@ -15,9 +15,9 @@ need_apt=()
 # AVML layer loads it (testing/compress/check.sh). wine64, gcc-mingw-w64-x86-64:
 # pmem.exe's link step and its run under Wine (testing/windows/wine-test.sh).
 # age: decrypts --encrypt-to output in the CLI tests; clang: compiles ring's C
-# for the macOS lint below.
+# for the macOS lint below; musl-tools: ring's C for the static musl build.
 for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
-    wine64 gcc-mingw-w64-x86-64 age clang; do
+    wine64 gcc-mingw-w64-x86-64 age clang musl-tools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

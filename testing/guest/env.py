@@ -30,6 +30,8 @@ DEB_TOOLS = {
     # AVML layer loads libsnappy.
     "zstd": "zstd",
     "/usr/lib/x86_64-linux-gnu/libsnappy.so.1": "libsnappy1v5",
+    # The static musl build compiles ring's C (pmem-upload's TLS).
+    "x86_64-linux-musl-gcc": "musl-tools",
 }
 
 
