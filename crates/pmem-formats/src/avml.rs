@@ -997,6 +997,7 @@ impl ImageReader for AvmlReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::map;
     use pmem_core::sink::HashingSink;
     use pmem_core::{Arch, ByteSink};
 
@@ -1018,10 +1019,6 @@ mod tests {
         (0..len)
             .map(|i| b"memory acquisition "[i % 19] ^ salt)
             .collect()
-    }
-
-    fn map(r: &[(u64, u64)]) -> MemoryMap {
-        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
     }
 
     /// Writes `content` (one Vec per range) as AVML, returning the file or

@@ -682,11 +682,8 @@ impl ImageReader for DmpReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::map;
     use pmem_core::sink::HashingSink;
-
-    fn map(r: &[(u64, u64)]) -> MemoryMap {
-        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
-    }
 
     fn windows() -> WindowsMetadata {
         WindowsMetadata {

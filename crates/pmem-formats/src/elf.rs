@@ -476,25 +476,11 @@ impl ImageReader for ElfReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pmem_core::sink::{create_image_file, HashingSink};
+    use crate::test_util::map;
+    use pmem_core::sink::HashingSink;
 
-    fn map(r: &[(u64, u64)]) -> MemoryMap {
-        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
-    }
-
-    /// An image of `ranges` filled with 0x11, 0x22, ... per range.
     fn image(plan: &Plan) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img.elf");
-        let sink = HashingSink::file(create_image_file(&path, false).unwrap());
-        let mut w: Box<dyn ImageWriter> = Box::new(ElfWriter::new(Box::new(sink)));
-        w.begin(plan).unwrap();
-        for (i, r) in plan.ranges.ranges().iter().enumerate() {
-            let data = vec![0x11 * (i as u8 + 1); r.len() as usize];
-            w.write_chunk(r.start, Chunk::Data(&data)).unwrap();
-        }
-        w.finish().unwrap();
-        std::fs::read(&path).unwrap()
+        crate::test_util::write_image(Format::Elf, plan)
     }
 
     fn open_bytes(bytes: &[u8]) -> Result<ElfReader, FormatError> {

@@ -26,6 +26,9 @@ pub mod macho;
 pub mod raw;
 pub mod zstd;
 
+#[cfg(test)]
+mod test_util;
+
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
     Arch, ByteSink, Chunk, MemoryMap, PhysicalMemory, ReadError, SinkSummary, WindowsMetadata,

@@ -120,10 +120,7 @@ impl ImageReader for RawReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(r: &[(u64, u64)]) -> MemoryMap {
-        MemoryMap::new(r.iter().map(|&(s, e)| Range::new(s, e).unwrap()).collect()).unwrap()
-    }
+    use crate::test_util::map;
 
     #[test]
     fn map_must_fit_the_file() {

@@ -1,0 +1,31 @@
+//! Helpers shared by the format modules' unit tests.
+
+use crate::Format;
+use pmem_core::sink::{create_image_file, HashingSink};
+use pmem_core::{Chunk, MemoryMap, Plan, Range};
+
+/// A memory map from half-open (start, end) pairs.
+pub(crate) fn map(ranges: &[(u64, u64)]) -> MemoryMap {
+    MemoryMap::new(
+        ranges
+            .iter()
+            .map(|&(s, e)| Range::new(s, e).unwrap())
+            .collect(),
+    )
+    .unwrap()
+}
+
+/// The bytes of a `format` image of `plan`, range i filled with 0x11 * (i + 1).
+pub(crate) fn write_image(format: Format, plan: &Plan) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image");
+    let sink = HashingSink::file(create_image_file(&path, false).unwrap());
+    let mut writer = crate::writer(format, Box::new(sink));
+    writer.begin(plan).unwrap();
+    for (i, r) in plan.ranges.ranges().iter().enumerate() {
+        let data = vec![0x11 * (i as u8 + 1); r.len() as usize];
+        writer.write_chunk(r.start, Chunk::Data(&data)).unwrap();
+    }
+    writer.finish().unwrap();
+    std::fs::read(&path).unwrap()
+}
