@@ -78,13 +78,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut live = open_live(&args, started_at)?;
     crate::upload::configure(&args.upload)?;
     let output = Output::parse(&args.output);
-    let manifest_path = match (&args.manifest, &output) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Output::File(path)) => Some(manifest::default_path(path)),
-        (None, Output::Stdout) => None,
-        // The manifest travels with the image; --manifest keeps a copy here.
-        (None, Output::Remote(_)) => None,
-    };
+    let manifest_path = output.local_manifest_path(args.manifest.as_deref());
     let manifest = job::run(Job {
         source: live.memory.as_mut(),
         plan: live.plan,

@@ -153,13 +153,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .map_or_else(Vec::new, |m| m.unreadable_pages.clone());
     crate::upload::configure(&args.upload)?;
     let output = Output::parse(&args.output);
-    let manifest_path = match (&args.manifest, &output) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Output::File(path)) => Some(manifest::default_path(path)),
-        (None, Output::Stdout) => None,
-        // The manifest travels with the image; --manifest keeps a copy here.
-        (None, Output::Remote(_)) => None,
-    };
+    let manifest_path = output.local_manifest_path(args.manifest.as_deref());
     let manifest = job::run(Job {
         source: opened.reader.as_mut(),
         plan,

@@ -34,6 +34,17 @@ impl Output {
         }
     }
 
+    /// Where this machine keeps the manifest: `explicit` (--manifest), else
+    /// IMAGE.json beside a file image; none for stdout, and none for remote
+    /// destinations, where the manifest travels with the image.
+    pub fn local_manifest_path(&self, explicit: Option<&Path>) -> Option<PathBuf> {
+        match (explicit, self) {
+            (Some(path), _) => Some(path.to_owned()),
+            (None, Output::File(path)) => Some(manifest::default_path(path)),
+            (None, Output::Stdout | Output::Remote(_)) => None,
+        }
+    }
+
     pub fn display(&self) -> String {
         match self {
             Output::Stdout => "standard output".into(),
