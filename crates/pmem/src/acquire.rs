@@ -1,7 +1,7 @@
 //! `pmem acquire`: live memory -> image.
 
 use crate::job::{self, Job, Output};
-use crate::manifest::{self, Origin};
+use crate::manifest::Origin;
 use anyhow::Result;
 use pmem_core::{PhysicalMemory, Plan};
 use pmem_formats::Format;
@@ -102,7 +102,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// The Linux sources: /proc/kcore, /dev/crash, /dev/mem.
 #[cfg(not(any(windows, target_os = "macos")))]
 fn open_live(args: &Args, started_at: String) -> Result<Live> {
-    use crate::manifest::{NotAcquiredJson, RangeJson, SkippedJson, SourceJson};
+    use crate::manifest::{self, NotAcquiredJson, RangeJson, SkippedJson, SourceJson};
     use anyhow::Context;
     use pmem_sources::SourceRequest;
     let mut request: SourceRequest = args
