@@ -10,17 +10,12 @@
 //! 32-bit x86 plans are written as ELF64 with `EM_386`, as kexec-tools does
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
-use crate::{
-    check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, write_body, write_zeros,
-    Format, FormatError, ImageReader, Segments,
-};
+use crate::{file_len, read_exact_at, Format, FormatError, ImageReader, LaidOutWriter, Segments};
 use object::elf::{self as E, FileHeader64, NoteHeader64, ProgramHeader64};
 use object::read::elf::{FileHeader as _, NoteIterator, ProgramHeader as _};
 use object::{LittleEndian as LE, ReadCache, U16, U32, U64};
-use pmem_core::writer::ChunkCursor;
 use pmem_core::{
-    Arch, ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError,
-    SinkSummary, WriteError, PAGE_SIZE,
+    Arch, ByteSink, MemoryMap, PhysicalMemory, Plan, Range, ReadError, WriteError, PAGE_SIZE,
 };
 use std::fs::File;
 use std::mem::size_of;
@@ -42,48 +37,10 @@ const PHDR_LEN: u64 = size_of::<ProgramHeader64<LE>>() as u64;
 /// Alignment of note entries in a `PT_NOTE` (Linux core files use 4).
 const NOTE_ALIGN: usize = 4;
 
-/// Streams an ELF core: the whole layout is fixed in `begin`, after which
-/// bytes only ever go forward.
-pub struct ElfWriter {
-    sink: Box<dyn ByteSink>,
-    cursor: ChunkCursor,
-    /// File offset of each planned range's data.
-    offsets: Vec<u64>,
-}
-
-impl ElfWriter {
-    pub fn new(sink: Box<dyn ByteSink>) -> ElfWriter {
-        ElfWriter {
-            sink,
-            cursor: ChunkCursor::default(),
-            offsets: Vec::new(),
-        }
-    }
-}
-
-impl ImageWriter for ElfWriter {
-    fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
-        check_plan_nonempty(plan, Format::Elf)?;
-        let (head, offsets) = layout(plan)?;
-        write_all(self.sink.as_mut(), &head)?;
-        self.offsets = offsets;
-        self.cursor = ChunkCursor::new(&plan.ranges);
-        Ok(())
-    }
-
-    fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
-        let position = self.cursor.advance(addr, chunk.len())?;
-        if position.starts_range {
-            // Padding up to the segment's page-aligned offset.
-            let pad = self.offsets[position.range_index] - self.sink.position();
-            write_zeros(self.sink.as_mut(), pad)?;
-        }
-        write_body(self.sink.as_mut(), chunk)
-    }
-
-    fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
-        finish_sink(self.sink, &self.cursor)
-    }
+/// A writer streaming an ELF core: the layout is fixed in `begin`, after
+/// which bytes only ever go forward.
+pub fn writer(sink: Box<dyn ByteSink>) -> LaidOutWriter {
+    LaidOutWriter::new(Format::Elf, layout, sink)
 }
 
 fn plan_error(what: impl Into<String>) -> WriteError {
@@ -478,6 +435,7 @@ mod tests {
     use super::*;
     use crate::test_util::map;
     use pmem_core::sink::HashingSink;
+    use pmem_core::ImageWriter;
 
     fn image(plan: &Plan) -> Vec<u8> {
         crate::test_util::write_image(Format::Elf, plan)
@@ -672,7 +630,7 @@ mod tests {
         let mut plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
         plan.vmcoreinfo = Some(vec![b'x'; MAX_NOTE_SEGMENT as usize]);
         let sink = HashingSink::stream(Box::new(std::io::sink()));
-        let mut w = ElfWriter::new(Box::new(sink));
+        let mut w = writer(Box::new(sink));
         assert!(matches!(w.begin(&plan), Err(WriteError::Plan(_))));
     }
 }

@@ -31,8 +31,8 @@ mod test_util;
 
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
-    Arch, ByteSink, Chunk, MemoryMap, PhysicalMemory, ReadError, SinkSummary, WindowsMetadata,
-    WriteError,
+    Arch, ByteSink, Chunk, MemoryMap, PhysicalMemory, Plan, ReadError, SinkSummary,
+    WindowsMetadata, WriteError,
 };
 use std::fmt;
 use std::fs::File;
@@ -190,10 +190,10 @@ pub fn writer(format: Format, sink: Box<dyn ByteSink>) -> Box<dyn pmem_core::Ima
     match format {
         Format::Lime => Box::new(lime::LimeWriter::new(sink)),
         Format::Raw => Box::new(raw::RawWriter::new(sink)),
-        Format::Elf => Box::new(elf::ElfWriter::new(sink)),
+        Format::Elf => Box::new(elf::writer(sink)),
         Format::Dmp => Box::new(dmp::DmpWriter::new(sink)),
         Format::Avml => Box::new(avml::AvmlWriter::new(sink)),
-        Format::Macho => Box::new(macho::MachoWriter::new(sink)),
+        Format::Macho => Box::new(macho::writer(sink)),
         Format::Aff4 => Box::new(aff4::Aff4Writer::new(sink)),
     }
 }
@@ -397,4 +397,55 @@ fn finish_sink(sink: Box<dyn ByteSink>, cursor: &ChunkCursor) -> Result<SinkSumm
     let offset = sink.position();
     sink.finish()
         .map_err(|source| WriteError::Io { offset, source })
+}
+
+/// A format's layout of a plan: the header bytes and each range's data offset.
+pub(crate) type Layout = fn(&Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError>;
+
+/// A format laid out whole before the first byte: a header (which lists the
+/// ranges), then each range's data at a precomputed offset. ELF and Mach-O
+/// cores are written this way, strictly forward, so they stream to pipes.
+pub struct LaidOutWriter {
+    format: Format,
+    layout: Layout,
+    sink: Box<dyn ByteSink>,
+    cursor: ChunkCursor,
+    offsets: Vec<u64>,
+}
+
+impl LaidOutWriter {
+    pub(crate) fn new(format: Format, layout: Layout, sink: Box<dyn ByteSink>) -> LaidOutWriter {
+        LaidOutWriter {
+            format,
+            layout,
+            sink,
+            cursor: ChunkCursor::default(),
+            offsets: Vec::new(),
+        }
+    }
+}
+
+impl pmem_core::ImageWriter for LaidOutWriter {
+    fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
+        check_plan_nonempty(plan, self.format)?;
+        let (head, offsets) = (self.layout)(plan)?;
+        write_all(self.sink.as_mut(), &head)?;
+        self.offsets = offsets;
+        self.cursor = ChunkCursor::new(&plan.ranges);
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
+        let position = self.cursor.advance(addr, chunk.len())?;
+        if position.starts_range {
+            // Padding up to the range's (page-aligned) data offset.
+            let pad = self.offsets[position.range_index] - self.sink.position();
+            write_zeros(self.sink.as_mut(), pad)?;
+        }
+        write_body(self.sink.as_mut(), chunk)
+    }
+
+    fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
+        finish_sink(self.sink, &self.cursor)
+    }
 }

@@ -12,14 +12,9 @@
 //! stored the EFI type in the segment flags; the reader accepts all of that:
 //! memory is what the segments with file data describe.
 
-use crate::{
-    check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, write_body, write_zeros,
-    Format, FormatError, ImageReader, Segments,
-};
-use pmem_core::writer::ChunkCursor;
+use crate::{file_len, read_exact_at, Format, FormatError, ImageReader, LaidOutWriter, Segments};
 use pmem_core::{
-    Arch, ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError,
-    SinkSummary, WriteError, PAGE_SIZE,
+    Arch, ByteSink, MemoryMap, PhysicalMemory, Plan, Range, ReadError, WriteError, PAGE_SIZE,
 };
 use std::fs::File;
 use std::path::Path;
@@ -65,45 +60,10 @@ fn cpu_type(arch: Arch) -> Result<(u32, u32), WriteError> {
     }
 }
 
-/// Streams a Mach-O core: the layout is fixed in `begin`, bytes go forward.
-pub struct MachoWriter {
-    sink: Box<dyn ByteSink>,
-    cursor: ChunkCursor,
-    offsets: Vec<u64>,
-}
-
-impl MachoWriter {
-    pub fn new(sink: Box<dyn ByteSink>) -> MachoWriter {
-        MachoWriter {
-            sink,
-            cursor: ChunkCursor::default(),
-            offsets: Vec::new(),
-        }
-    }
-}
-
-impl ImageWriter for MachoWriter {
-    fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
-        check_plan_nonempty(plan, Format::Macho)?;
-        let (head, offsets) = layout(plan)?;
-        write_all(self.sink.as_mut(), &head)?;
-        self.offsets = offsets;
-        self.cursor = ChunkCursor::new(&plan.ranges);
-        Ok(())
-    }
-
-    fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
-        let position = self.cursor.advance(addr, chunk.len())?;
-        if position.starts_range {
-            let pad = self.offsets[position.range_index] - self.sink.position();
-            write_zeros(self.sink.as_mut(), pad)?;
-        }
-        write_body(self.sink.as_mut(), chunk)
-    }
-
-    fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
-        finish_sink(self.sink, &self.cursor)
-    }
+/// A writer streaming a Mach-O core: the layout is fixed in `begin`, after
+/// which bytes only ever go forward.
+pub fn writer(sink: Box<dyn ByteSink>) -> LaidOutWriter {
+    LaidOutWriter::new(Format::Macho, layout, sink)
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -428,6 +388,7 @@ mod tests {
     use super::*;
     use crate::test_util::map;
     use pmem_core::sink::HashingSink;
+    use pmem_core::ImageWriter;
 
     fn image(plan: &Plan) -> Vec<u8> {
         crate::test_util::write_image(Format::Macho, plan)
@@ -477,7 +438,7 @@ mod tests {
         assert_eq!(u32_at(&b, 4), CPU_TYPE_ARM64);
         assert_eq!(open_bytes(&b).unwrap().arch(), Some(Arch::Aarch64));
         let sink = HashingSink::stream(Box::new(std::io::sink()));
-        let mut w = MachoWriter::new(Box::new(sink));
+        let mut w = writer(Box::new(sink));
         let err = w.begin(&Plan::new(map(&[(0, 0x1000)]), Arch::X86));
         assert!(matches!(err, Err(WriteError::Plan(_))));
     }
