@@ -297,7 +297,7 @@ struct Output {
 
 impl Output {
     /// Hands a filled buffer to the writer as runs of data and zero pages;
-    /// unreadable pieces as zero chunks.
+    /// unreadable pieces through `write_unreadable`.
     fn emit(&mut self, writer: &mut dyn ImageWriter, filled: &Filled) -> Result<(), WriteError> {
         let data = &filled.buf[..filled.len];
         if let Some(h) = &mut self.memory_hasher {
@@ -309,7 +309,7 @@ impl Output {
                 self.emit_read(writer, filled.addr + at as u64, &data[at..bad_at])?;
             }
             if bad_len > 0 {
-                writer.write_chunk(filled.addr + bad_at as u64, Chunk::Zero(bad_len as u64))?;
+                writer.write_unreadable(filled.addr + bad_at as u64, bad_len as u64)?;
             }
             at = bad_at + bad_len;
         }

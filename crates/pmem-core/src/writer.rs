@@ -83,6 +83,12 @@ pub enum WriteError {
 pub trait ImageWriter: Send {
     fn begin(&mut self, plan: &Plan) -> Result<(), WriteError>;
     fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError>;
+    /// `len` bytes at `addr` that could not be read. Formats without a way
+    /// to say so write zeros (the manifest lists the pages); AFF4 maps them
+    /// to aff4:UnreadableData.
+    fn write_unreadable(&mut self, addr: u64, len: u64) -> Result<(), WriteError> {
+        self.write_chunk(addr, Chunk::Zero(len))
+    }
     fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError>;
 }
 

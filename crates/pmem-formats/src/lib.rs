@@ -183,6 +183,13 @@ pub trait ImageReader: PhysicalMemory {
     fn windows(&self) -> Option<WindowsMetadata> {
         None
     }
+
+    /// Memory the image marks as not read (its bytes read as zeros). Only
+    /// AFF4 can say so inside the image; other formats leave it to the
+    /// manifest.
+    fn unreadable(&self) -> Vec<pmem_core::Range> {
+        Vec::new()
+    }
 }
 
 /// A writer for `format` that sends its bytes to `sink`.

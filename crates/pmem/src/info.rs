@@ -33,6 +33,8 @@ struct InfoJson {
     direct_map_offset: Option<String>,
     /// Where the ranges of a raw image came from.
     ranges_from: String,
+    /// Memory the image itself marks as not read (AFF4 aff4:UnreadableData).
+    unreadable: Vec<RangeJson>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -58,6 +60,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         vmcoreinfo_bytes: reader.vmcoreinfo().map(<[u8]>::len),
         direct_map_offset: reader.direct_map_offset().map(|o| format!("{o:#x}")),
         ranges_from: ranges_from.to_string(),
+        unreadable: reader.unreadable().iter().map(RangeJson::from).collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -79,6 +82,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     for r in &info.ranges {
         println!("  {:>18} - {:<18} {:>14} bytes", r.start, r.last, r.bytes);
+    }
+    if !info.unreadable.is_empty() {
+        println!(
+            "unreadable:   {} range(s), read as zeros",
+            info.unreadable.len()
+        );
+        for r in &info.unreadable {
+            println!("  {:>18} - {:<18} {:>14} bytes", r.start, r.last, r.bytes);
+        }
     }
     if let Some(offset) = &info.direct_map_offset {
         println!("direct map:   physical 0 at virtual {offset}");

@@ -161,10 +161,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         if let Output::File(_) = job.output {
             eprintln!("pmem: warning: {warning}");
             manifest.warnings.push(warning);
-            encoding = Encoding {
-                format: Format::Lime,
-                zstd: false,
-            };
+            encoding = Encoding::plain(Format::Lime);
             manifest.format = encoding.format.name().to_string();
             manifest.compression = None;
             progress.set_position(0);
@@ -230,11 +227,8 @@ fn copy_once(
     options: &CopyOptions,
     args: &compress::CompressArgs,
 ) -> Result<CopyReport> {
-    let mut sink = crate::upload::wrap(output.open(overwrite, args)?)?;
-    if encoding.zstd {
-        sink = Box::new(pmem_formats::zstd::ZstdSink::new(sink));
-    }
-    let writer = pmem_formats::writer(encoding.format, sink);
+    let sink = crate::upload::wrap(output.open(overwrite, args)?)?;
+    let writer = encoding.writer(sink);
     copy_memory(source, writer, plan, options, &mut |done| {
         progress.set_position(done)
     })

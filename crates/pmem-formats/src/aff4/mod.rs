@@ -11,9 +11,12 @@
 //!
 //! The writer only goes forward (pipes work): members carry ZIP data
 //! descriptors; map, idx and the Turtle (all known from the plan) come after
-//! the bevies, then the central directory. Each range of the plan is one map
-//! entry; the stream holds the ranges back to back, its last chunk padded
-//! with zeros (the stream's `aff4:size` says where it ends).
+//! the bevies, then the central directory. The stream holds the memory that
+//! was read back to back, its last chunk padded with zeros (the stream's
+//! `aff4:size` says where it ends); the map points each run of memory at the
+//! stream, at the symbolic stream `aff4:Zero` (runs of zero pages of at least
+//! [`ZERO_RUN_MIN`]: kept out of the stream, and the map says they were read
+//! and found zero) or at `aff4:UnreadableData` (pages that could not be read).
 //!
 //! The reader takes the `aff4:Map` whose category is memory/physical (else
 //! the first Map, else the first ImageStream read as address = offset), and
@@ -39,6 +42,11 @@ pub const CHUNKS_PER_SEGMENT: u64 = 1024;
 pub const AFF4: &str = "http://aff4.org/Schema#";
 pub const CATEGORY_PHYSICAL: &str = "http://aff4.org/Schema#memory/physical";
 pub const UNREADABLE: &str = "http://aff4.org/Schema#UnreadableData";
+pub const ZERO: &str = "http://aff4.org/Schema#Zero";
+/// Shorter runs of zero pages go into the stream (they compress to almost
+/// nothing): each map entry costs 28 bytes held until the end, so this bounds
+/// the map to 28 bytes per MiB of memory whatever the layout.
+pub const ZERO_RUN_MIN: u64 = 1 << 20;
 /// pmem's own predicates (metadata JSON, VMCOREINFO).
 pub const PMEM_NS: &str = "https://github.com/pmem-rs/pmem/aff4#";
 const RDF_TYPE: &str = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type";
@@ -197,6 +205,14 @@ pub struct Aff4Writer {
     plan: Option<Plan>,
     /// Bytes of the chunk being filled.
     chunk: Vec<u8>,
+    /// Bytes pushed into the image stream so far.
+    stream_len: u64,
+    /// The map so far: (address, length, target offset, target index).
+    entries: Vec<(u64, u64, u64, u32)>,
+    /// Target URNs of the `idx` member: the stream first, symbolic ones as used.
+    targets: Vec<String>,
+    /// A run of zero pages not yet placed: (address, length).
+    zeros: Option<(u64, u64)>,
     /// Index entries of the open bevy; its number.
     index: Vec<u8>,
     bevy_offset: u64,
@@ -220,6 +236,10 @@ impl Aff4Writer {
             map: String::new(),
             plan: None,
             chunk: Vec::with_capacity(CHUNK_SIZE as usize),
+            stream_len: 0,
+            entries: Vec::new(),
+            targets: Vec::new(),
+            zeros: None,
             index: Vec::new(),
             bevy_offset: 0,
             bevy: 0,
@@ -272,6 +292,58 @@ impl Aff4Writer {
         Ok(())
     }
 
+    /// Maps `len` bytes at `addr` to `target` (the stream: at its current
+    /// end), merging with the previous entry where both continue.
+    fn map_run(&mut self, addr: u64, len: u64, target: &str) {
+        let index = match self.targets.iter().position(|t| t == target) {
+            Some(i) => i,
+            None => {
+                self.targets.push(target.to_string());
+                self.targets.len() - 1
+            }
+        } as u32;
+        let offset = if index == 0 { self.stream_len } else { 0 };
+        if let Some(last) = self.entries.last_mut() {
+            let continues = last.0 + last.1 == addr
+                && last.3 == index
+                && (index != 0 || last.2 + last.1 == offset);
+            if continues {
+                last.1 += len;
+                return;
+            }
+        }
+        self.entries.push((addr, len, offset, index));
+    }
+
+    /// Bytes read from memory, into the stream.
+    fn push_data(&mut self, addr: u64, data: &[u8]) -> Result<(), WriteError> {
+        let stream = self.stream.clone();
+        self.map_run(addr, data.len() as u64, &stream);
+        self.stream_len += data.len() as u64;
+        self.push(data)
+    }
+
+    /// Places the pending run of zero pages: long runs in the map only,
+    /// short ones in the stream.
+    fn place_zeros(&mut self) -> Result<(), WriteError> {
+        let Some((addr, mut n)) = self.zeros.take() else {
+            return Ok(());
+        };
+        if n >= ZERO_RUN_MIN {
+            self.map_run(addr, n, ZERO);
+            return Ok(());
+        }
+        static ZEROS: [u8; CHUNK_SIZE as usize] = [0; CHUNK_SIZE as usize];
+        let mut at = addr;
+        while n > 0 {
+            let k = n.min(CHUNK_SIZE);
+            self.push_data(at, &ZEROS[..k as usize])?;
+            at += k;
+            n -= k;
+        }
+        Ok(())
+    }
+
     fn push(&mut self, mut data: &[u8]) -> Result<(), WriteError> {
         while !data.is_empty() {
             let n = data.len().min(CHUNK_SIZE as usize - self.chunk.len());
@@ -285,7 +357,7 @@ impl Aff4Writer {
     }
 
     fn turtle(&self, plan: &Plan) -> String {
-        let size = plan.ranges.total_bytes();
+        let size = self.stream_len;
         let end = plan.ranges.end();
         let mut t = String::new();
         t.push_str(&format!(
@@ -313,6 +385,15 @@ impl Aff4Writer {
         // Turtle at " . " and must not see the JSON inside the Map's block.
         let mut extra = Vec::new();
         extra.push(format!("pmem:architecture {}", literal(&plan.arch.name())));
+        // The plan's ranges: the map's entries are runs of one target and
+        // cannot tell two adjacent ranges from one.
+        let ranges: Vec<String> = plan
+            .ranges
+            .ranges()
+            .iter()
+            .map(|r| format!("{:#x}-{:#x}", r.start, r.end))
+            .collect();
+        extra.push(format!("pmem:ranges {}", literal(&ranges.join(" "))));
         if let Some(json) = &plan.metadata_json {
             extra.push(format!("pmem:metadata {}", literal(json)));
         }
@@ -348,6 +429,7 @@ impl ImageWriter for Aff4Writer {
         self.stream = format!("aff4://{}", uuid(&seed, 3));
         self.cursor = ChunkCursor::new(&plan.ranges);
         self.plan = Some(plan.clone());
+        self.targets = vec![self.stream.clone()];
         let sink = self.sink.as_mut();
         self.zip
             .member(sink, "container.description", self.volume.as_bytes())?;
@@ -361,40 +443,50 @@ impl ImageWriter for Aff4Writer {
     fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
         self.cursor.advance(addr, chunk.len())?;
         match chunk {
-            Chunk::Data(d) => self.push(d),
-            Chunk::Zero(mut n) => {
-                static ZEROS: [u8; CHUNK_SIZE as usize] = [0; CHUNK_SIZE as usize];
-                while n > 0 {
-                    let k = n.min(CHUNK_SIZE);
-                    self.push(&ZEROS[..k as usize])?;
-                    n -= k;
+            Chunk::Data(d) => {
+                self.place_zeros()?;
+                self.push_data(addr, d)
+            }
+            Chunk::Zero(n) => {
+                match &mut self.zeros {
+                    Some((at, len)) if *at + *len == addr => *len += n,
+                    _ => {
+                        self.place_zeros()?;
+                        self.zeros = Some((addr, n));
+                    }
                 }
                 Ok(())
             }
         }
     }
 
+    fn write_unreadable(&mut self, addr: u64, len: u64) -> Result<(), WriteError> {
+        self.cursor.advance(addr, len)?;
+        self.place_zeros()?;
+        self.map_run(addr, len, UNREADABLE);
+        Ok(())
+    }
+
     fn finish(mut self: Box<Self>) -> Result<SinkSummary, WriteError> {
         if !self.cursor.is_complete() {
             return finish_sink(self.sink, &self.cursor);
         }
+        self.place_zeros()?;
         if !self.chunk.is_empty() {
             self.chunk.resize(CHUNK_SIZE as usize, 0);
             self.flush_chunk()?;
         }
         self.close_bevy()?;
         let plan = self.plan.take().expect("begin ran: the cursor is complete");
-        let mut map = Vec::with_capacity(plan.ranges.len() * 28);
-        let mut stream_offset = 0u64;
-        for r in &plan.ranges {
-            map.extend_from_slice(&r.start.to_le_bytes());
-            map.extend_from_slice(&r.len().to_le_bytes());
-            map.extend_from_slice(&stream_offset.to_le_bytes());
-            map.extend_from_slice(&0u32.to_le_bytes());
-            stream_offset += r.len();
+        let mut map = Vec::with_capacity(self.entries.len() * 28);
+        for &(addr, len, offset, target) in &self.entries {
+            map.extend_from_slice(&addr.to_le_bytes());
+            map.extend_from_slice(&len.to_le_bytes());
+            map.extend_from_slice(&offset.to_le_bytes());
+            map.extend_from_slice(&target.to_le_bytes());
         }
         let map_name = member_name(&self.map);
-        let idx = format!("{}\n", self.stream);
+        let idx: String = self.targets.iter().map(|t| format!("{t}\n")).collect();
         let turtle = self.turtle(&plan);
         let volume = self.volume.clone();
         let sink = self.sink.as_mut();
@@ -407,6 +499,19 @@ impl ImageWriter for Aff4Writer {
         zip.finish(self.sink.as_mut(), &volume)?;
         finish_sink(self.sink, &self.cursor)
     }
+}
+
+/// `pmem:ranges`: "start-end" pairs (hex, half-open), space separated.
+fn parse_ranges(text: &str) -> Option<MemoryMap> {
+    let hex = |v: &str| u64::from_str_radix(v.strip_prefix("0x")?, 16).ok();
+    let ranges = text
+        .split_whitespace()
+        .map(|pair| {
+            let (start, end) = pair.split_once('-')?;
+            Range::new(hex(start)?, hex(end)?)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    MemoryMap::new(ranges).ok()
 }
 
 /// Largest metadata member read whole (Turtle, map, idx, one bevy index).
@@ -461,8 +566,10 @@ fn first<'a>(graph: &'a Graph, subject: &str, predicate: &str) -> Option<&'a str
 struct MapEntry {
     range: Range,
     offset: u64,
-    /// The image stream, or `None` for a symbolic target (reads as zeros).
+    /// The image stream, or `false` for a symbolic target (reads as zeros).
     stream: bool,
+    /// The target is aff4:UnreadableData.
+    unreadable: bool,
 }
 
 /// Where one bevy's chunks are.
@@ -656,6 +763,7 @@ impl Aff4Reader {
                         range,
                         offset,
                         stream,
+                        unreadable: *name == UNREADABLE,
                     });
                 }
             }
@@ -668,18 +776,41 @@ impl Aff4Reader {
                         range,
                         offset: 0,
                         stream: true,
+                        unreadable: false,
                     });
                 }
             }
         }
         entries.sort_by_key(|e| e.range.start);
-        let map = MemoryMap::new(entries.iter().map(|e| e.range).collect())
+        MemoryMap::new(entries.iter().map(|e| e.range).collect())
             .map_err(|e| corrupt(turtle_at, format!("map: {e}")))?;
         let pmem = |p: &str| {
             map_urn
                 .as_deref()
                 .and_then(|m| first(&graph, m, &format!("{PMEM_NS}{p}")))
                 .map(str::to_string)
+        };
+        // Entries are runs of one target; memory ranges are what they cover
+        // together (a range read partly from the stream, partly zero), split
+        // where pmem recorded its ranges.
+        let covered = MemoryMap::normalized(entries.iter().map(|e| e.range).collect());
+        let map = match pmem("ranges").map(|r| parse_ranges(&r)) {
+            Some(Some(recorded))
+                if recorded.total_bytes() == covered.total_bytes()
+                    && recorded
+                        .ranges()
+                        .iter()
+                        .all(|r| covered.covers(r.start, r.len())) =>
+            {
+                recorded
+            }
+            Some(_) => {
+                return Err(corrupt(
+                    turtle_at,
+                    "pmem:ranges disagrees with the map's entries".into(),
+                ))
+            }
+            None => covered,
         };
         let metadata_json = pmem("metadata");
         let vmcoreinfo = pmem("vmcoreinfo").map(String::into_bytes);
@@ -709,6 +840,15 @@ impl Aff4Reader {
     /// The volume URN (the ZIP comment).
     pub fn volume(&self) -> &str {
         &self.zip.comment
+    }
+
+    /// Memory the map points at aff4:UnreadableData (read as zeros).
+    pub fn unreadable(&self) -> Vec<Range> {
+        self.entries
+            .iter()
+            .filter(|e| e.unreadable)
+            .map(|e| e.range)
+            .collect()
     }
 
     fn fatal(&self, addr: u64, reason: String) -> ReadError {
@@ -879,5 +1019,8 @@ impl ImageReader for Aff4Reader {
     }
     fn direct_map_offset(&self) -> Option<u64> {
         self.direct_map_offset
+    }
+    fn unreadable(&self) -> Vec<Range> {
+        Aff4Reader::unreadable(self)
     }
 }
