@@ -456,3 +456,52 @@ impl pmem_core::ImageWriter for LaidOutWriter {
         finish_sink(self.sink, &self.cursor)
     }
 }
+
+/// The exact length in bytes of the image `format`'s writer produces for
+/// `plan`, known before the first byte: `Some` for the formats whose length
+/// depends only on the plan (lime, raw, elf, dmp, macho), `None` for those
+/// whose length depends on the memory's content (avml, aff4: compressed).
+/// A destination that must declare its length up front (one HTTP PUT with
+/// a Content-Length) needs `Some`.
+///
+/// The length is measured, not restated: the format's own writer is run
+/// over the plan with every range given as one zero chunk into a sink that
+/// only counts, so it cannot drift from what the writer really emits.
+pub fn image_size(format: Format, plan: &Plan) -> Result<Option<u64>, WriteError> {
+    match format {
+        Format::Lime | Format::Raw | Format::Elf | Format::Dmp | Format::Macho => {}
+        Format::Avml | Format::Aff4 => return Ok(None),
+    }
+    let mut writer = writer(format, Box::new(CountingSink(0)));
+    writer.begin(plan)?;
+    for range in plan.ranges.ranges() {
+        writer.write_chunk(range.start, Chunk::Zero(range.end - range.start))?;
+    }
+    Ok(Some(writer.finish()?.bytes))
+}
+
+/// A sink that keeps nothing but its length (for [`image_size`]).
+struct CountingSink(u64);
+
+impl ByteSink for CountingSink {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0 += buf.len() as u64;
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, len: u64) -> io::Result<()> {
+        self.0 += len;
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.0
+    }
+
+    fn finish(self: Box<Self>) -> io::Result<SinkSummary> {
+        Ok(SinkSummary {
+            bytes: self.0,
+            sha256: [0; 32],
+        })
+    }
+}

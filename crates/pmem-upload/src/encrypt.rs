@@ -68,12 +68,26 @@ impl Recipients {
 /// Where an [`EncryptSink`] leaves the destination's summary on finish.
 pub type CiphertextSlot = Arc<Mutex<Option<SinkSummary>>>;
 
-/// Adapts the destination sink to `io::Write` for age's stream writer.
-struct SinkWriter(Box<dyn ByteSink>);
+/// Plaintext bytes per age STREAM chunk, and the tag added to each.
+const CHUNK: u64 = 64 * 1024;
+const TAG: u64 = 16;
+
+/// The length of age's payload for `plaintext` bytes: ChaCha20-Poly1305
+/// chunks of 64 KiB, a 16-byte tag each, at least one chunk (the last,
+/// marked final, is never empty unless the plaintext is). The file is the
+/// header (with its 16-byte nonce) followed by this.
+pub fn payload_len(plaintext: u64) -> u64 {
+    plaintext + plaintext.div_ceil(CHUNK).max(1) * TAG
+}
+
+/// Adapts the destination sink to `io::Write` for age's stream writer,
+/// counting what passes (so the header's length is known).
+struct SinkWriter(Box<dyn ByteSink>, u64);
 
 impl Write for SinkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write_all(buf)?;
+        self.1 += buf.len() as u64;
         Ok(buf.len())
     }
 
@@ -86,10 +100,13 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// A [`ByteSink`] that encrypts everything into `inner`.
 pub struct EncryptSink {
-    stream: age::stream::StreamWriter<SinkWriter>,
+    stream: age::stream::StreamWriter<CountHeader>,
     hasher: Sha256,
     position: u64,
     slot: CiphertextSlot,
+    /// Bytes of the age header and nonce (random "grease" stanzas make it
+    /// vary from file to file), written when the sink is made.
+    header_len: u64,
 }
 
 impl EncryptSink {
@@ -99,7 +116,12 @@ impl EncryptSink {
         inner: Box<dyn ByteSink>,
         recipients: &Recipients,
     ) -> Result<(EncryptSink, CiphertextSlot), UploadError> {
-        let stream = recipients.encryptor()?.wrap_output(SinkWriter(inner))?;
+        let header_len = Arc::new(Mutex::new(0));
+        let counted = CountHeader(SinkWriter(inner, 0), header_len.clone());
+        let stream = recipients.encryptor()?.wrap_output(counted)?;
+        let header_len = *header_len
+            .lock()
+            .map_err(|_| UploadError::Age("lock".into()))?;
         let slot = CiphertextSlot::default();
         Ok((
             EncryptSink {
@@ -107,9 +129,35 @@ impl EncryptSink {
                 hasher: Sha256::new(),
                 position: 0,
                 slot: slot.clone(),
+                header_len,
             },
             slot,
         ))
+    }
+
+    /// The exact length of the ciphertext this sink produces for an image
+    /// of `plaintext` bytes (for a destination that declares its length up
+    /// front).
+    pub fn ciphertext_len(&self, plaintext: u64) -> u64 {
+        self.header_len + payload_len(plaintext)
+    }
+}
+
+/// Records in the shared cell how many bytes age wrote so far: at the end
+/// of `wrap_output`, the header and the nonce.
+struct CountHeader(SinkWriter, Arc<Mutex<u64>>);
+
+impl Write for CountHeader {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        if let Ok(mut count) = self.1.lock() {
+            *count = self.0 .1;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -139,7 +187,7 @@ impl ByteSink for EncryptSink {
         let this = *self;
         // The last (short) chunk and its tag are written here: without
         // this, age -d reports a truncated file.
-        let SinkWriter(inner) = this.stream.finish()?;
+        let CountHeader(SinkWriter(inner, _), _) = this.stream.finish()?;
         let ciphertext = inner.finish()?;
         if let Ok(mut slot) = this.slot.lock() {
             *slot = Some(ciphertext);
@@ -249,5 +297,31 @@ mod tests {
         assert!(other.decrypt(&sealed[..]).is_err());
         assert!(Recipients::parse(&["ssh-ed25519 AAAA"]).is_err());
         assert!(Recipients::parse::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn the_ciphertext_length_is_known_up_front() {
+        let (a, _) = keypair();
+        let (b, _) = keypair();
+        for keys in [vec![a.clone()], vec![a, b]] {
+            let recipients = Recipients::parse(&keys).unwrap();
+            for plain in [0u64, 1, 65_535, 65_536, 65_537, 3 * 65_536, 200_000] {
+                // Several files: the grease stanza changes the header length.
+                for _ in 0..3 {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("c.age");
+                    let inner = Box::new(HashingSink::stream(Box::new(
+                        std::fs::File::create(&path).unwrap(),
+                    )));
+                    let (sink, _) = EncryptSink::new(inner, &recipients).unwrap();
+                    let expected = sink.ciphertext_len(plain);
+                    let mut sink: Box<dyn ByteSink> = Box::new(sink);
+                    sink.write_zeros(plain).unwrap();
+                    sink.finish().unwrap();
+                    let got = std::fs::metadata(&path).unwrap().len();
+                    assert_eq!(got, expected, "{plain} bytes, {} recipient(s)", keys.len());
+                }
+            }
+        }
     }
 }

@@ -11,12 +11,14 @@
 //! - [`tls`]: a TLS stream to `pmem receive`, with an explicit trailer.
 //! - [`s3`]: S3 multipart upload with bounded memory and per-part retries.
 //! - [`azure`]: Azure Blob with a SAS URL (Put Block, Put Block List).
+//! - [`put`]: one PUT of the whole image to a pre-signed https:// URL.
 //! - [`redact`]: the one helper that makes URLs safe to print or store.
 
 pub mod azure;
 pub mod encrypt;
 pub mod http;
 pub mod parts;
+pub mod put;
 pub mod redact;
 pub mod remote;
 pub mod retry;

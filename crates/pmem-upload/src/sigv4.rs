@@ -134,13 +134,7 @@ pub fn sign(
         "AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical_request.as_bytes()))
     );
-    let key = hmac(
-        format!("AWS4{}", creds.secret_key).as_bytes(),
-        date.as_bytes(),
-    );
-    let key = hmac(&key, region.as_bytes());
-    let key = hmac(&key, b"s3");
-    let key = hmac(&key, b"aws4_request");
+    let key = signing_key(&creds.secret_key, date, region);
     let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
     headers.retain(|(k, _)| k != "host");
     headers.push((
@@ -151,6 +145,66 @@ pub fn sign(
         ),
     ));
     headers
+}
+
+/// A pre-signed URL (SigV4 query-string authentication, `UNSIGNED-PAYLOAD`)
+/// for `method` on `base` (`scheme://host[:port]`) + `path` (URI-encoded),
+/// valid for `expires_secs`: what `aws s3 presign` makes, for handing a
+/// one-object upload right to a machine that must not hold credentials.
+pub fn presign(
+    method: &str,
+    base: &str,
+    path: &str,
+    creds: &Credentials,
+    region: &str,
+    now: SystemTime,
+    expires_secs: u64,
+) -> String {
+    let host = base.split_once("://").map_or(base, |(_, h)| h);
+    let date_time = amz_date(now);
+    let date = &date_time[..8];
+    let scope = format!("{date}/{region}/s3/aws4_request");
+    let mut query: Vec<(String, String)> = vec![
+        ("X-Amz-Algorithm".into(), "AWS4-HMAC-SHA256".into()),
+        (
+            "X-Amz-Credential".into(),
+            format!("{}/{scope}", creds.access_key),
+        ),
+        ("X-Amz-Date".into(), date_time.clone()),
+        ("X-Amz-Expires".into(), expires_secs.to_string()),
+        ("X-Amz-SignedHeaders".into(), "host".into()),
+    ];
+    if let Some(token) = &creds.session_token {
+        query.push(("X-Amz-Security-Token".into(), token.clone()));
+    }
+    let mut encoded: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
+        .collect();
+    encoded.sort();
+    let canonical_query = encoded
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let canonical_request =
+        format!("{method}\n{path}\n{canonical_query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD");
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+    );
+    let signature = hex::encode(hmac(
+        &signing_key(&creds.secret_key, date, region),
+        string_to_sign.as_bytes(),
+    ));
+    format!("{base}{path}?{canonical_query}&X-Amz-Signature={signature}")
+}
+
+fn signing_key(secret: &str, date: &str, region: &str) -> [u8; 32] {
+    let key = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let key = hmac(&key, region.as_bytes());
+    let key = hmac(&key, b"s3");
+    hmac(&key, b"aws4_request")
 }
 
 #[cfg(test)]
@@ -200,5 +254,32 @@ mod tests {
         ));
         assert_eq!(uri_encode("a b/c+d", true), "a%20b/c%2Bd");
         assert_eq!(uri_encode("a/b", false), "a%2Fb");
+    }
+
+    /// AWS's documented pre-signed URL example (S3 "Authenticating
+    /// Requests: Using Query Parameters", GET examplebucket/test.txt).
+    #[test]
+    fn presign_matches_the_aws_documentation_example() {
+        let creds = Credentials {
+            access_key: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            session_token: None,
+        };
+        let url = presign(
+            "GET",
+            "https://examplebucket.s3.amazonaws.com",
+            "/test.txt",
+            &creds,
+            "us-east-1",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_369_353_600),
+            86_400,
+        );
+        assert_eq!(
+            url,
+            "https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request\
+             &X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
+        );
     }
 }

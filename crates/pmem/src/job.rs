@@ -227,6 +227,7 @@ fn copy_once(
     options: &CopyOptions,
     args: &compress::CompressArgs,
 ) -> Result<CopyReport> {
+    crate::upload::declare_size(encoding.format, encoding.zstd, plan);
     let sink = crate::upload::wrap(output.open(overwrite, args)?)?;
     let writer = encoding.writer(sink);
     copy_memory(source, writer, plan, options, &mut |done| {

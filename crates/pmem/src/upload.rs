@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Options shared by `acquire` and `convert`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -49,6 +49,10 @@ pub struct UploadArgs {
     /// retried (then the upload fails).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub net_timeout: u64,
+    /// Pre-signed https:// PUT destinations: a second pre-signed PUT URL
+    /// that receives the manifest (a pre-signed URL covers one object).
+    #[arg(long, value_name = "URL")]
+    pub manifest_url: Option<String>,
 }
 
 struct Settings {
@@ -59,6 +63,34 @@ struct Settings {
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// The image length the next output must declare (pre-signed PUT): the
+/// plaintext length, or why it is not known up front.
+static PLANNED_SIZE: Mutex<Option<Result<u64, String>>> = Mutex::new(None);
+
+/// A pre-signed PUT opened with encryption on: its length cell and the
+/// plaintext length, until `wrap` knows the age header's length.
+type PendingLength = (Arc<OnceLock<u64>>, u64);
+static PENDING_LENGTH: Mutex<Option<PendingLength>> = Mutex::new(None);
+
+/// States the exact length of the image about to be written (call before
+/// opening the output): what `format`'s writer produces for `plan`, or
+/// nothing when it depends on the content (compression).
+pub fn declare_size(format: pmem_formats::Format, zstd: bool, plan: &pmem_core::Plan) {
+    let size = if zstd {
+        Err(format!("{format} --compress zstd"))
+    } else {
+        match pmem_formats::image_size(format, plan) {
+            Ok(Some(size)) => Ok(size),
+            Ok(None) => Err(format!("{format} (compressed)")),
+            // The writer refuses the plan itself; it says why when it runs.
+            Err(err) => Err(format!("{format} ({err})")),
+        }
+    };
+    if let Ok(mut planned) = PLANNED_SIZE.lock() {
+        *planned = Some(size);
+    }
+}
 
 /// Records the job's upload and encryption options. Call once, before the
 /// job; later calls keep the first settings.
@@ -89,6 +121,9 @@ pub fn wrap(sink: Box<dyn ByteSink>) -> Result<Box<dyn ByteSink>> {
         return Ok(sink);
     };
     let (sink, slot) = EncryptSink::new(sink, recipients).context("starting age encryption")?;
+    if let Some((length, plaintext)) = PENDING_LENGTH.lock().ok().and_then(|mut p| p.take()) {
+        let _ = length.set(sink.ciphertext_len(plaintext));
+    }
     if let Ok(mut current) = settings.ciphertext.lock() {
         *current = Some(slot);
     }
@@ -276,11 +311,7 @@ impl Remote {
             ))));
         }
         if self.url.starts_with("http") {
-            anyhow::bail!(
-                "{}: only Azure SAS URLs are supported over https:// yet (pre-signed PUT \
-                 URLs are not); use s3://BUCKET/KEY with credentials instead",
-                self.display()
-            );
+            return self.open_put();
         }
         if let Some(config) = self.s3_config()? {
             anyhow::ensure!(
@@ -310,6 +341,52 @@ impl Remote {
         )
     }
 
+    fn put_config(&self, url: &str) -> pmem_upload::put::PutConfig {
+        let args = settings().map(|s| s.args.clone()).unwrap_or_default();
+        pmem_upload::put::PutConfig {
+            url: url.to_string(),
+            ca_file: args.tls_ca.clone(),
+            timeout: std::time::Duration::from_secs(args.net_timeout.max(1)),
+        }
+    }
+
+    /// A pre-signed PUT URL: one request whose Content-Length is the exact
+    /// image length (plus age's overhead when encrypting).
+    fn open_put(&self) -> Result<Box<dyn ByteSink>> {
+        let planned = PLANNED_SIZE.lock().ok().and_then(|p| p.clone());
+        let size = match planned {
+            Some(Ok(size)) => size,
+            Some(Err(what)) => anyhow::bail!(
+                "{}: a pre-signed URL takes one PUT whose Content-Length must be known \
+                 before the first byte, and the length of a {what} image is not known \
+                 until it is written: use s3://BUCKET/KEY (multipart upload, any length) \
+                 or an uncompressed format (lime, raw, elf, dmp, macho)",
+                self.display()
+            ),
+            None => anyhow::bail!("{}: the image length was not declared", self.display()),
+        };
+        let (put, length) = pmem_upload::put::PutUpload::new(self.put_config(&self.url))?;
+        if settings().is_some_and(|s| s.recipients.is_some()) {
+            // wrap() sets the length once age's header is written.
+            if let Ok(mut pending) = PENDING_LENGTH.lock() {
+                *pending = Some((length, size));
+            }
+        } else {
+            let _ = length.set(size);
+        }
+        let manifest_url = settings().and_then(|s| s.args.manifest_url.clone());
+        match manifest_url {
+            Some(url) => pmem_upload::put::check_scheme(&url).context("--manifest-url")?,
+            None => eprintln!(
+                "pmem: note: a pre-signed URL covers one object: the manifest is not \
+                 uploaded (give --manifest-url URL for it, or keep it with --manifest PATH)"
+            ),
+        }
+        Ok(Box::new(pmem_upload::remote::RemoteSink::new(Box::new(
+            put,
+        ))))
+    }
+
     /// Sends the (sealed) manifest after the image: for tls:// as a second
     /// object to the same receiver.
     pub fn send_manifest(&self, manifest: &Manifest) -> Result<()> {
@@ -328,6 +405,27 @@ impl Remote {
                      use a container SAS or keep it with --manifest",
                     self.display()
                 );
+            }
+        }
+        let put_url = settings().and_then(|s| s.args.manifest_url.clone());
+        if let (Some(url), false) = (put_url, self.azure_config().is_some()) {
+            if self.url.starts_with("http") {
+                let config = self.put_config(&url);
+                pmem_upload::retry::with_retries(&Default::default(), &|| false, || {
+                    let (mut put, length) = pmem_upload::put::PutUpload::new(config.clone())?;
+                    let _ = length.set(text.len() as u64);
+                    pmem_upload::remote::Upload::write(&mut put, &text)?;
+                    pmem_upload::remote::Upload::finish(
+                        Box::new(put),
+                        &pmem_core::SinkSummary {
+                            bytes: text.len() as u64,
+                            sha256: [0; 32],
+                        },
+                    )
+                })
+                .with_context(|| {
+                    format!("uploading the manifest to {}", pmem_upload::redact(&url))
+                })?;
             }
         }
         if let Some(address) = self.tls_address() {
