@@ -1,5 +1,5 @@
-//! Live physical-memory sources of pmem on Linux: /proc/kcore, /dev/crash
-//! and /dev/mem, each bounded by the "System RAM" of /proc/iomem.
+//! Live physical-memory sources of pmem on Linux: /proc/kcore, /dev/crash,
+//! /dev/mem and pmem's own kernel module (/dev/pmem-phys), each bounded by the "System RAM" of /proc/iomem.
 //!
 //! The parsers ([`iomem`], [`kcore`]) and the logic that turns an opened
 //! file into a source are platform-neutral; only [`open`]'s device paths
@@ -12,6 +12,7 @@
 
 pub mod iomem;
 pub mod kcore;
+pub mod module;
 pub mod reader;
 // Used by the Linux opener and the tests only.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -37,16 +38,24 @@ use std::str::FromStr;
 /// Which live source to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {
-    /// kcore, then crash, then mem: the first that opens and reads.
+    /// kcore, then crash, then mem, then module: the first that opens and reads.
     Auto,
     Kcore,
     Crash,
     Mem,
+    /// pmem's own kernel module (`pmem module build`), /dev/pmem-phys.
+    Module,
 }
 
 impl SourceKind {
     /// The order `auto` tries sources in.
-    pub const AUTO_ORDER: [SourceKind; 3] = [SourceKind::Kcore, SourceKind::Crash, SourceKind::Mem];
+    /// The module comes last: the user-space sources need nothing loaded.
+    pub const AUTO_ORDER: [SourceKind; 4] = [
+        SourceKind::Kcore,
+        SourceKind::Crash,
+        SourceKind::Mem,
+        SourceKind::Module,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,6 +63,7 @@ impl SourceKind {
             SourceKind::Kcore => "kcore",
             SourceKind::Crash => "crash",
             SourceKind::Mem => "mem",
+            SourceKind::Module => "module",
         }
     }
 
@@ -64,6 +74,7 @@ impl SourceKind {
             SourceKind::Kcore => Some("/proc/kcore"),
             SourceKind::Crash => Some("/dev/crash"),
             SourceKind::Mem => Some("/dev/mem"),
+            SourceKind::Module => Some(module::DEVICE_PATH),
         }
     }
 }
@@ -89,9 +100,10 @@ impl FromStr for SourceKind {
             "kcore" => Ok(SourceKind::Kcore),
             "crash" => Ok(SourceKind::Crash),
             "mem" => Ok(SourceKind::Mem),
+            "module" => Ok(SourceKind::Module),
             _ => Err(ParseSourceError {
                 text: text.to_string(),
-                reason: "expected auto, kcore, crash or mem",
+                reason: "expected auto, kcore, crash, mem or module",
             }),
         }
     }
@@ -127,7 +139,7 @@ impl FromStr for SourceRequest {
         };
         let kind: SourceKind = kind.parse().map_err(|_| ParseSourceError {
             text: text.to_string(),
-            reason: "expected auto, kcore[:PATH], crash[:PATH] or mem[:PATH]",
+            reason: "expected auto, kcore[:PATH], crash[:PATH], mem[:PATH] or module[:PATH]",
         })?;
         let bad = |reason| ParseSourceError {
             text: text.to_string(),
@@ -173,6 +185,8 @@ pub struct SourceInfo {
     pub not_acquired: Vec<NotAcquired>,
     /// For `auto`: the sources tried before this one and why each was skipped.
     pub skipped: Vec<(SourceKind, String)>,
+    /// The version of pmem's kernel module (module source only).
+    pub module_version: Option<String>,
 }
 
 /// A source ready to copy: its memory map is page-aligned System RAM.
@@ -213,6 +227,8 @@ pub enum SourceError {
         /// Advice for the user, starting with "; " or empty.
         hint: String,
     },
+    #[error(transparent)]
+    ModuleNode(#[from] module::NodeError),
     #[error("{} is not a usable kcore: {source}", .path.display())]
     Kcore { path: PathBuf, source: KcoreError },
     #[error("{} ({kind} source) can read none of the System RAM", .path.display())]
@@ -270,6 +286,14 @@ mod tests {
         assert_eq!(r.path, Some(PathBuf::from("/tmp/x:y")));
         let r: SourceRequest = "mem".parse().unwrap();
         assert_eq!((r.kind, r.path), (SourceKind::Mem, None));
+        let r: SourceRequest = "module".parse().unwrap();
+        assert_eq!((r.kind, r.path), (SourceKind::Module, None));
+        assert_eq!(
+            SourceKind::Module.default_path(),
+            Some("/dev/pmem-phys"),
+            "never /dev/pmemN (NVDIMM)"
+        );
+        assert_eq!(SourceKind::AUTO_ORDER.last(), Some(&SourceKind::Module));
         assert_eq!(
             "auto".parse::<SourceRequest>().unwrap(),
             SourceRequest::default()
@@ -282,6 +306,7 @@ mod tests {
             SourceKind::Kcore,
             SourceKind::Crash,
             SourceKind::Mem,
+            SourceKind::Module,
         ] {
             assert_eq!(kind.to_string().parse::<SourceKind>().unwrap(), kind);
         }

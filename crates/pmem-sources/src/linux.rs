@@ -1,6 +1,7 @@
 //! Opening the live sources on Linux: procfs and device paths, `auto`.
 
 use crate::iomem::{self, Iomem};
+use crate::module;
 use crate::sources;
 use crate::{OpenedSource, SourceError, SourceKind, SourceRequest};
 use std::fs::File;
@@ -8,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 const IOMEM: &str = "/proc/iomem";
+const SYSFS: &str = "/sys";
 
 pub(crate) fn open(request: &SourceRequest) -> Result<OpenedSource, SourceError> {
     let iomem_path = request
@@ -79,18 +81,30 @@ fn open_first(
 }
 
 fn open_kind(kind: SourceKind, path: &Path, iomem: Iomem) -> Result<OpenedSource, SourceError> {
+    // The module's node is checked before it is opened: never read a file
+    // that is not the loaded module's device as physical memory.
+    let module_version = match kind {
+        SourceKind::Module => Some(module::check_node(path, Path::new(SYSFS))?),
+        _ => None,
+    };
     // Read-only; std adds O_CLOEXEC. No O_NOFOLLOW: /dev entries may be
     // symlinks, and tests point at files.
     let file = File::open(path).map_err(|source| SourceError::Open {
         kind,
         path: path.to_path_buf(),
-        hint: open_hint(kind, &source),
+        hint: match kind {
+            SourceKind::Module => module::open_hint(&source, &module::OpenContext::read()),
+            _ => open_hint(kind, &source),
+        },
         source,
     })?;
     match kind {
         SourceKind::Kcore => sources::kcore(file, path, iomem),
         SourceKind::Crash => sources::crash(file, path, iomem),
         SourceKind::Mem => sources::mem(file, path, iomem),
+        SourceKind::Module => {
+            sources::module(file, path, iomem, module_version.unwrap_or_default())
+        }
         SourceKind::Auto => Err(SourceError::PathNotAllowed { kind }),
     }
 }
@@ -205,6 +219,13 @@ mod tests {
         write_kcore(&files.path("kcore"));
         let source = open_first(&candidates("kcore", "crash", "mem"), &iomem).unwrap();
         assert_eq!(source.info.kind, SourceKind::Kcore);
+
+        // The module comes last; with no module loaded it explains itself.
+        let mut all = candidates("none", "none", "none");
+        all.push((SourceKind::Module, files.path("pmem-phys")));
+        let err = open_first(&all, &iomem).unwrap_err();
+        assert!(err.to_string().contains("module: "), "{err}");
+        assert_eq!(err.to_string().lines().count(), 5, "{err}");
 
         let err = open_first(&candidates("none", "none", "none"), &iomem).unwrap_err();
         match &err {

@@ -42,6 +42,7 @@ pub(crate) fn kcore<F: ReadAt + Send + 'static>(
         iomem,
         not_acquired,
         skipped: Vec::new(),
+        module_version: None,
     };
     finish(file, map, mapping.pieces, false, info)
 }
@@ -54,6 +55,20 @@ pub(crate) fn crash<F: ReadAt + Send + 'static>(
 ) -> Result<OpenedSource, SourceError> {
     let (map, info) = device_plan(SourceKind::Crash, path, iomem);
     finish(file, map, identity(), true, info)
+}
+
+/// pmem's module (/dev/pmem-phys): offsets are physical addresses; any
+/// length; holes answer ENXIO, unsafe RAM pages EIO (both recorded as
+/// unreadable by the pipeline, never read as made-up bytes).
+pub(crate) fn module<F: ReadAt + Send + 'static>(
+    file: F,
+    path: &Path,
+    iomem: Iomem,
+    version: String,
+) -> Result<OpenedSource, SourceError> {
+    let (map, mut info) = device_plan(SourceKind::Module, path, iomem);
+    info.module_version = Some(version);
+    finish(file, map, identity(), false, info)
 }
 
 /// /dev/mem: offsets are physical addresses. Refused when the kernel
@@ -142,6 +157,7 @@ fn device_plan(kind: SourceKind, path: &Path, iomem: Iomem) -> (MemoryMap, Sourc
         iomem,
         not_acquired,
         skipped: Vec::new(),
+        module_version: None,
     };
     (map, info)
 }
@@ -423,6 +439,48 @@ mod tests {
             read(&mut source, MIB, MIB as usize),
             pattern(MIB, MIB as usize)
         );
+    }
+
+    /// The module's device: one pread per request, its version recorded;
+    /// a page it won't read (EIO: offline, poisoned; ENXIO: not RAM) is
+    /// an unreadable page for the pipeline, never a fatal error.
+    #[test]
+    fn module_reads_ranges_and_reports_refused_pages() {
+        let ram = [r(0x1000, 0x9fc00), r(MIB, 4 * MIB)];
+        let mut device = FakeDevice::new(physical(4 * MIB));
+        device.inject = Box::new(|offset, len, _| {
+            let bad = 2 * MIB + 0x3000;
+            (offset <= bad && bad < offset + len as u64).then(|| {
+                if offset == bad {
+                    Err(errno(libc::EIO))
+                } else {
+                    // The module stops before the page it refuses.
+                    Ok((bad - offset) as usize)
+                }
+            })
+        });
+        let mut source = module(
+            device,
+            Path::new("/dev/pmem-phys"),
+            iomem_of(&ram),
+            "1.0.0".into(),
+        )
+        .unwrap();
+        assert_eq!(source.info.kind, SourceKind::Module);
+        assert_eq!(source.info.module_version.as_deref(), Some("1.0.0"));
+        assert_eq!(source.memory.read_granularity(), 1);
+        assert_eq!(
+            source.memory.memory_map().ranges(),
+            &[r(0x1000, 0x9f000), r(MIB, 4 * MIB)]
+        );
+        assert_eq!(read(&mut source, MIB, 0x12345), pattern(MIB, 0x12345));
+        let mut buf = vec![0; MIB as usize];
+        match source.memory.read_at(2 * MIB, &mut buf) {
+            Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 2 * MIB + 0x3000),
+            other => panic!("{other:?}"),
+        }
+        let enxio = io::Error::from_raw_os_error(libc::ENXIO);
+        assert!(crate::reader::is_unreadable(&enxio));
     }
 
     #[test]

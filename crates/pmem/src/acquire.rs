@@ -14,8 +14,9 @@ pub struct Args {
     /// (Windows crash dump: needs the Windows driver's metadata).
     #[arg(long, short, default_value = "lime")]
     format: Format,
-    /// Memory source: auto, kcore, crash or mem, optionally with a device
-    /// path (e.g. kcore:/proc/kcore).
+    /// Memory source: auto, kcore, crash, mem or module (pmem's kernel
+    /// module, see `pmem module`), optionally with a device path (e.g.
+    /// kcore:/proc/kcore).
     #[arg(long, default_value = "auto")]
     #[cfg_attr(windows, allow(dead_code))]
     pub(crate) source: String,
@@ -122,6 +123,9 @@ fn open_live(args: &Args, started_at: String) -> Result<Live> {
         opened.memory.memory_map().len(),
         opened.memory.memory_map().total_bytes() as f64 / (1 << 20) as f64
     );
+    if let Some(version) = &info.module_version {
+        eprintln!("pmem: through pmem's kernel module {version}");
+    }
     for gap in &info.not_acquired {
         eprintln!("pmem: not acquired: {} ({})", gap.range, gap.reason);
     }
@@ -143,6 +147,7 @@ fn open_live(args: &Args, started_at: String) -> Result<Live> {
                 .collect(),
             direct_map_offset: info.direct_map_offset.map(|o| format!("{o:#x}")),
             vmcoreinfo: info.vmcoreinfo.is_some(),
+            module_version: info.module_version.clone(),
         },
         system_ram: manifest::ranges_json(&info.system_ram),
         not_acquired: info

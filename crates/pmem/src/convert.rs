@@ -50,6 +50,8 @@ pub struct Args {
     compress: crate::compress::CompressArgs,
     #[command(flatten)]
     upload: crate::upload::UploadArgs,
+    #[command(flatten)]
+    identity: image::IdentityArgs,
     /// Input image (any format pmem reads).
     input: PathBuf,
     /// Output image, or - for standard output.
@@ -57,6 +59,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    image::set_identity(&args.identity)?;
     let mut opened = image::open(&args.input, args.input_manifest.as_deref())?;
     let reader = &opened.reader;
     // The acquisition's own record, from the image itself or its manifest.
@@ -98,6 +101,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             skipped: Vec::new(),
             direct_map_offset: reader.direct_map_offset().map(|o| format!("{o:#x}")),
             vmcoreinfo: reader.vmcoreinfo().is_some(),
+            module_version: None,
         },
         system_ram: inherited
             .as_ref()

@@ -147,6 +147,7 @@ pub fn open_live(
             skipped: Vec::new(),
             direct_map_offset: None,
             vmcoreinfo: false,
+            module_version: None,
         },
         system_ram: manifest::ranges_json(&system_ram),
         not_acquired: opened

@@ -10,6 +10,8 @@ mod info;
 mod job;
 mod macos;
 mod manifest;
+#[cfg(target_os = "linux")]
+mod module;
 mod upload;
 mod verify;
 #[cfg(windows)]
@@ -39,6 +41,10 @@ enum Command {
     Decrypt(upload::DecryptArgs),
     /// Receive an image streamed with `pmem acquire tls://HOST:PORT`.
     Receive(upload::ReceiveArgs),
+    /// pmem's read-only kernel module for Linux machines without a usable
+    /// /proc/kcore: build it for a kernel, load, unload, write its source.
+    #[cfg(target_os = "linux")]
+    Module(module::Args),
     /// Load or unload the WinPmem driver for live analysis tools, or
     /// extract the driver embedded at build time.
     #[cfg(windows)]
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Decrypt(args) => upload::decrypt(args),
         Command::Receive(args) => upload::receive(args),
+        #[cfg(target_os = "linux")]
+        Command::Module(args) => module::run(args),
         #[cfg(windows)]
         Command::Driver(args) => windows::driver(args),
     };

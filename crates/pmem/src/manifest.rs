@@ -111,6 +111,9 @@ pub struct SourceJson {
     pub direct_map_offset: Option<String>,
     #[serde(default)]
     pub vmcoreinfo: bool,
+    /// Version of pmem's kernel module when kind is "module".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

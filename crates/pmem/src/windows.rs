@@ -191,6 +191,7 @@ pub fn open_live(args: &Args, started_at: String) -> Result<Live> {
             skipped: Vec::new(),
             direct_map_offset: None,
             vmcoreinfo: false,
+            module_version: None,
         },
         system_ram: manifest::ranges_json(&info.runs),
         not_acquired: Vec::new(),

@@ -1,0 +1,361 @@
+//! `pmem module`: pmem's own read-only kernel module for Linux machines
+//! without a usable /proc/kcore. Its source (`module/` in the project)
+//! travels inside this binary, so a responder holding only pmem and the
+//! target kernel's headers can build it.
+
+use anyhow::{bail, Context, Result};
+use pmem_sources::module::{DEVICE_PATH, MODULE_NAME};
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The module's source files, embedded at build time.
+pub const SOURCES: [(&str, &str); 3] = [
+    ("pmem_phys.c", include_str!("../../../module/pmem_phys.c")),
+    ("Kbuild", include_str!("../../../module/Kbuild")),
+    ("Makefile", include_str!("../../../module/Makefile")),
+];
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Build pmem_phys.ko against kernel headers (default: the running
+    /// kernel's, /lib/modules/$(uname -r)/build). Needs make and the C
+    /// compiler the kernel was built with.
+    Build {
+        /// Kernel headers or build tree (the directory `make -C` takes).
+        #[arg(long, value_name = "DIR")]
+        headers: Option<PathBuf>,
+        /// Where to write the module.
+        #[arg(long, value_name = "FILE", default_value = "pmem_phys.ko")]
+        out: PathBuf,
+    },
+    /// Write the module's source (C, Kbuild, Makefile) into DIR, e.g. to
+    /// build or sign it elsewhere.
+    Source { dir: PathBuf },
+    /// Load the module (finit_module), explaining a refusal: unsigned
+    /// module under Secure Boot / module.sig_enforce, another kernel's build.
+    Load {
+        #[arg(default_value = "pmem_phys.ko")]
+        file: PathBuf,
+    },
+    /// Unload the module (its device node and /sys/module entry go away).
+    Unload,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    match args.command {
+        Sub::Build { headers, out } => build(headers, &out),
+        Sub::Source { dir } => {
+            write_sources(&dir)?;
+            eprintln!(
+                "pmem: module source in {}; build: make -C /lib/modules/$(uname -r)/build M=$PWD modules",
+                dir.display()
+            );
+            Ok(())
+        }
+        Sub::Load { file } => load(&file),
+        Sub::Unload => unload(),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_sources(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in SOURCES {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn running_release() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the running kernel's release (/proc/sys/kernel/osrelease)")?
+        .trim()
+        .to_string())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// A fresh private build directory. Kbuild refuses M= paths with spaces or
+/// colons, so a TMPDIR holding them is not used.
+fn build_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let base = if base.to_string_lossy().contains([' ', ':']) {
+        PathBuf::from("/tmp")
+    } else {
+        base
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = base.join(format!("pmem-module-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Text between `key=` and the next NUL in a module's .modinfo.
+pub fn modinfo(ko: &[u8], key: &str) -> Option<String> {
+    let needle = format!("{key}=");
+    let at = ko
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?;
+    let rest = &ko[at + needle.len()..];
+    let end = rest.iter().position(|&b| b == 0)?;
+    String::from_utf8(rest[..end].to_vec()).ok()
+}
+
+/// Why `make` did not produce a module, as advice.
+fn build_hint(headers: &Path, output: &str) -> String {
+    if output.contains("No such file or directory") && output.contains("Makefile") {
+        return format!("; {} is not a usable kernel build tree", headers.display());
+    }
+    if output.contains("gcc") && output.contains("not found") {
+        return "; install the C compiler the kernel was built with (see the headers' CONFIG_CC_VERSION_TEXT)".into();
+    }
+    String::new()
+}
+
+fn build(headers: Option<PathBuf>, out: &Path) -> Result<()> {
+    let headers = match headers {
+        Some(dir) => dir,
+        None => PathBuf::from(format!("/lib/modules/{}/build", running_release()?)),
+    };
+    if !headers.join("Makefile").is_file() {
+        bail!(
+            "no kernel headers at {}: install this kernel's headers (Debian/Ubuntu: linux-headers-$(uname -r); \
+             RHEL/Fedora: kernel-devel-$(uname -r)) or pass --headers DIR",
+            headers.display()
+        );
+    }
+    let headers = headers
+        .canonicalize()
+        .with_context(|| format!("resolving {}", headers.display()))?;
+    let dir = build_dir()?;
+    let result = build_in(&headers, &dir, out);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn build_in(headers: &Path, dir: &Path, out: &Path) -> Result<()> {
+    write_sources(dir)?;
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(headers)
+        .arg(format!("M={}", dir.display()))
+        .arg("modules");
+    // Module BTF (for BPF tools) needs pahole; the module works without it.
+    let config = std::fs::read_to_string(headers.join(".config")).unwrap_or_default();
+    if config.contains("CONFIG_DEBUG_INFO_BTF_MODULES=y") && !on_path("pahole") {
+        eprintln!(
+            "pmem: pahole not found: building without module BTF (CONFIG_DEBUG_INFO_BTF_MODULES=)"
+        );
+        make.arg("CONFIG_DEBUG_INFO_BTF_MODULES=");
+    }
+    eprintln!(
+        "pmem: building {MODULE_NAME}.ko against {}",
+        headers.display()
+    );
+    let output = make.output().context("running make (is it installed?)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ko = dir.join(format!("{MODULE_NAME}.ko"));
+    if !output.status.success() || !ko.is_file() {
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "make failed ({}){}:\n{}",
+            output.status,
+            build_hint(headers, &text),
+            tail.join("\n")
+        );
+    }
+    // Warnings from the compiler are worth seeing; the rest is noise.
+    for line in text.lines().filter(|l| l.contains("warning")) {
+        eprintln!("make: {line}");
+    }
+    let bytes = std::fs::read(&ko).with_context(|| format!("reading {}", ko.display()))?;
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "pmem: wrote {} ({} bytes, version {}, vermagic {})",
+        out.display(),
+        bytes.len(),
+        modinfo(&bytes, "version").unwrap_or_else(|| "?".into()),
+        modinfo(&bytes, "vermagic")
+            .unwrap_or_else(|| "?".into())
+            .trim()
+    );
+    eprintln!(
+        "pmem: load it on that kernel with `pmem module load {}`, then `pmem acquire --source module ...`",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Advice for a refused finit_module.
+pub fn load_hint(errno: i32, file_vermagic: Option<&str>, running: Option<&str>) -> String {
+    match errno {
+        libc::EKEYREJECTED => "the kernel accepts only signed modules (module.sig_enforce=1 or \
+             CONFIG_MODULE_SIG_FORCE) and this one is not signed by a key it trusts: sign it with a \
+             Machine Owner Key enrolled with mokutil (see README, \"Signing the module\")"
+            .into(),
+        libc::EPERM => "not permitted: loading needs root (CAP_SYS_MODULE); kernel lockdown \
+             (Secure Boot turns on \"integrity\") refuses unsigned modules, and \
+             kernel.modules_disabled=1 refuses all: sign it with a Machine Owner Key \
+             (see README, \"Signing the module\")"
+            .into(),
+        libc::ENOEXEC | libc::EINVAL => format!(
+            "the module was built for another kernel (module vermagic {:?}, running {:?}): \
+             build it against this kernel's headers with `pmem module build`",
+            file_vermagic.unwrap_or("?"),
+            running.unwrap_or("?")
+        ),
+        libc::EBADMSG | libc::ENOKEY => "its signature is invalid or made with an unknown key".into(),
+        _ => String::new(),
+    }
+}
+
+fn load(file: &Path) -> Result<()> {
+    let ko = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if modinfo(&bytes, "name").as_deref() != Some(MODULE_NAME) {
+        bail!("{} is not pmem's module ({MODULE_NAME})", file.display());
+    }
+    let params = CString::default();
+    // SAFETY: finit_module reads the open descriptor and a NUL-terminated
+    // parameter string that outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            ko.as_raw_fd(),
+            params.as_ptr(),
+            0 as libc::c_int,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        let errno = err.raw_os_error().unwrap_or(0);
+        if errno == libc::EEXIST {
+            eprintln!("pmem: {MODULE_NAME} is already loaded");
+            return Ok(());
+        }
+        let vermagic = modinfo(&bytes, "vermagic");
+        let running = running_release().ok();
+        let hint = load_hint(errno, vermagic.as_deref(), running.as_deref());
+        bail!(
+            "the kernel refused to load {}: {err}{}",
+            file.display(),
+            if hint.is_empty() {
+                String::new()
+            } else {
+                format!(": {hint}")
+            }
+        );
+    }
+    eprintln!(
+        "pmem: loaded {MODULE_NAME} {} ({DEVICE_PATH})",
+        modinfo(&bytes, "version").unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn unload() -> Result<()> {
+    let name = CString::new(MODULE_NAME)?;
+    // SAFETY: delete_module reads a NUL-terminated name that outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        let why = match err.raw_os_error() {
+            Some(libc::ENOENT) => "; it is not loaded",
+            Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                "; it is in use: wait for the acquisition reading it to end"
+            }
+            Some(libc::EPERM) => "; run as root (CAP_SYS_MODULE)",
+            _ => "",
+        };
+        bail!("cannot unload {MODULE_NAME}: {err}{why}");
+    }
+    eprintln!("pmem: unloaded {MODULE_NAME}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_source_is_the_module() {
+        let (_, c) = SOURCES[0];
+        assert!(c.contains("MODULE_LICENSE(\"GPL\")"));
+        assert!(c.contains(&format!("\"{}\"", pmem_sources::module::DEVICE_NAME)));
+        // Read-only: no write, mmap or ioctl entry points.
+        for op in [".write", ".mmap", ".unlocked_ioctl", ".compat_ioctl"] {
+            assert!(!c.contains(op), "{op}");
+        }
+        let (_, kbuild) = SOURCES[1];
+        assert!(kbuild.contains(&format!("obj-m := {MODULE_NAME}.o")));
+    }
+
+    #[test]
+    fn reads_modinfo() {
+        let ko = b"\x7fELF..version=1.0.0\0description=x\0vermagic=6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions \0name=pmem_phys\0";
+        assert_eq!(modinfo(ko, "version").as_deref(), Some("1.0.0"));
+        assert_eq!(modinfo(ko, "name").as_deref(), Some("pmem_phys"));
+        assert_eq!(
+            modinfo(ko, "vermagic").as_deref(),
+            Some("6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions ")
+        );
+        assert_eq!(modinfo(ko, "license"), None);
+        assert_eq!(modinfo(b"version=unterminated", "version"), None);
+    }
+
+    #[test]
+    fn load_refusals_are_explained() {
+        assert!(load_hint(libc::EKEYREJECTED, None, None).contains("Machine Owner Key"));
+        assert!(load_hint(libc::EPERM, None, None).contains("lockdown"));
+        let other = load_hint(
+            libc::ENOEXEC,
+            Some("6.1.0-56-cloud-amd64 SMP"),
+            Some("6.12.1"),
+        );
+        assert!(
+            other.contains("6.1.0-56") && other.contains("6.12.1"),
+            "{other}"
+        );
+        assert_eq!(load_hint(libc::EIO, None, None), "");
+    }
+
+    #[test]
+    fn build_refuses_missing_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build(Some(dir.path().to_path_buf()), &dir.path().join("x.ko")).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("no kernel headers at"), "{text}");
+        assert!(text.contains("--headers"), "{text}");
+    }
+
+    #[test]
+    fn writes_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        write_sources(&dir.path().join("src")).unwrap();
+        for (name, text) in SOURCES {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("src").join(name)).unwrap(),
+                text
+            );
+        }
+    }
+}
