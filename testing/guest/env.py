@@ -174,6 +174,47 @@ def ensure_kernel(kernel):
         (kernel.root / "release").write_text(release + "\n")
 
 
+def package_version(kernel):
+    """The Debian version of the unpacked kernel package (e.g. 6.1.192-2)."""
+    return (kernel.root / "package").read_text().strip().split("_")[1]
+
+
+def ensure_headers(kernel):
+    """The kernel's build headers for out-of-tree modules (pmem's module):
+    linux-headers-<release>, its -common package and linux-kbuild, all pinned
+    to the image's version, downloaded and unpacked (never installed).
+    Returns the directory to pass as `make -C`."""
+    root = kernel.root / "headers"
+    build = root / "usr" / "src" / f"linux-headers-{kernel.release()}"
+    if (root / ".complete").exists():
+        return build
+    version = package_version(kernel)
+    flavour = f"linux-headers-{kernel.release()}"
+    depends = run(["apt-cache", "show", f"{flavour}={version}"])
+    line = next(x for x in depends.splitlines() if x.startswith("Depends:"))
+    names = re.findall(r"(linux-(?:headers-[^\s,]+-common|kbuild-[^\s,]+))", line)
+    if len(names) != 2:
+        raise SystemExit(f"setup: {flavour}: unexpected Depends: {line}")
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(dir=kernel.root) as tmp:
+        for name in [flavour, *names]:
+            log(f"kernel {kernel.key}: downloading {name}={version}")
+            run(["apt-get", "download", f"{name}={version}"], cwd=tmp)
+        for deb in Path(tmp).glob("*.deb"):
+            run(["dpkg", "-x", str(deb), str(root)])
+    # The flavour's Makefile includes the -common tree by absolute path.
+    makefile = build / "Makefile"
+    text = makefile.read_text()
+    fixed = re.sub(r"(include|MAKEARGS := -C) /usr/src/", lambda m: f"{m.group(1)} {root}/usr/src/", text)
+    if fixed == text:
+        raise SystemExit(f"setup: {makefile}: no /usr/src/ include to rewrite:\n{text}")
+    makefile.write_text(fixed)
+    (root / ".complete").touch()
+    return build
+
+
 AVML_ROOT = CACHE / "avml"
 AVML_VERSION = "0.21.0"
 

@@ -29,6 +29,7 @@ import env
 import images
 import initramfs
 import markers
+import module_cases
 import vm
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +60,8 @@ class Case:
     timeout: int = 900
     machine: str = "pc"  # QEMU -machine, e.g. to move RAM above 4 GiB
     note: str = ""
+    # Extra guest steps and checks (module_cases.ModuleHook: pmem's kernel module).
+    hook: object = None
 
     @property
     def seed(self):
@@ -83,6 +86,7 @@ CASES = [
     Case("6.1-hole", "6.1", 1536, ["elf"], machine="pc,max-ram-below-4g=1G",
          note="RAM split by the PCI hole, 512 MiB above 4 GiB"),
 ]
+CASES += module_cases.cases(Case)
 DEMO = Case("demo", "6.1", 1024, ["lime"], timeout=600)
 
 
@@ -114,19 +118,21 @@ def case_script(case):
         "while [ ! -e /tmp/ready ] && kill -0 $agent 2>/dev/null; do sleep 0.1; done",
         'echo "@@pmem-guest step plant-markers $t0 $(now) $([ -e /tmp/ready ] && echo 0 || echo 1)"',
     ]
+    hook = case.hook or module_cases.NoHook()
+    lines += hook.setup_lines()
     for fmt in case.formats:
         lines.append(
-            f"step acquire-{fmt} /data/bin/pmem acquire --format {fmt} $OUT/image.{fmt} "
+            f"step acquire-{fmt} /data/bin/pmem acquire {hook.acquire_args('file')}--format {fmt} $OUT/image.{fmt} "
             f"2> $OUT/image.{fmt}.log"
         )
     for name in case.compressed:
         lines.append(
-            f"step acquire-{name} /data/bin/pmem acquire {COMPRESSED[name][0]} $OUT/image.{name} "
+            f"step acquire-{name} /data/bin/pmem acquire {hook.acquire_args('compressed')}{COMPRESSED[name][0]} $OUT/image.{name} "
             f"2> $OUT/image.{name}.log"
         )
     for fmt in case.stream:
         lines.append(
-            f'step stream-{fmt} sh -c "/data/bin/pmem acquire --format {fmt} --memory-hash '
+            f'step stream-{fmt} sh -c "/data/bin/pmem acquire {hook.acquire_args("stream")}--format {fmt} --memory-hash '
             f'--manifest $OUT/stream.{fmt}.json - > $OUT/stream.{fmt} 2> $OUT/stream.{fmt}.log"'
         )
     lines += [
@@ -137,6 +143,7 @@ def case_script(case):
         "touch /tmp/release",
         "wait $agent",
         'echo "@@pmem-guest agent $?"',
+        *hook.finish_lines(),
         "sync",
         'echo "@@pmem-guest done"',
     ]
@@ -161,6 +168,8 @@ def run_guest(case, pmem, agent, timing):
     shutil.copy2(pmem, staging / "bin" / "pmem")
     shutil.copy2(agent, staging / "bin" / "pmem-guest-agent")
     (staging / "case.sh").write_text(case_script(case))
+    if case.hook:
+        case.hook.stage(case, staging)
 
     t = time.monotonic()
     initramfs.build(kernel, work / "initrd.cpio")
@@ -169,7 +178,8 @@ def run_guest(case, pmem, agent, timing):
 
     say(f"  booting {kernel.release()} with {case.memory_mib} MiB (TCG, 1 vCPU)")
     guest = vm.Guest(kernel.vmlinuz(), work / "initrd.cpio", work / "disk.img", case.memory_mib,
-                     work, case.timeout, dump_path=work / "dump.elf", log=say, machine=case.machine)
+                     work, case.timeout, dump_path=work / "dump.elf", log=say, machine=case.machine,
+                     append=case.hook.append if case.hook else "")
     guest.run()
     timing["guest total"] = guest.seconds
     timing["guest boot"] = guest.boot_seconds or 0
@@ -587,6 +597,8 @@ def run_case(case, pmem, agent, results, timings, other_markers, vol):
                     rejected = True
                 truncated.unlink()
                 results.add(case.name, "negative", "a truncated LiME image must be rejected", rejected)
+    if case.hook:
+        case.hook.check(results, case, out)
     return marker_list, work
 
 

@@ -101,8 +101,9 @@ class Guest:
     """Runs one guest to completion; see the module docstring."""
 
     def __init__(self, kernel, initrd, disk, memory_mib, workdir, timeout, dump_path=None, log=print,
-                 machine="pc", smp=1):
+                 machine="pc", smp=1, append=""):
         self.machine = machine
+        self.append = append  # extra kernel command line (module.sig_enforce=1, ...)
         self.smp = smp  # vCPUs (the benchmark compares 1 and 2)
         self.kernel = kernel
         self.initrd = initrd
@@ -126,7 +127,7 @@ class Guest:
             "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(self.kernel), "-initrd", str(self.initrd),
             # panic=-1 + -no-reboot: a kernel panic ends QEMU instead of hanging
-            "-append", "console=ttyS0 panic=-1 loglevel=4 transparent_hugepage=never",
+            "-append", f"console=ttyS0 panic=-1 loglevel=4 transparent_hugepage=never {self.append}".strip(),
             "-drive", f"file={self.disk},if=virtio,format=raw,cache=unsafe",
             "-serial", "stdio", "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         ]
