@@ -37,7 +37,7 @@
 
 use crate::{
     check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, Format, FormatError,
-    ImageReader,
+    ImageFile, ImageReader,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
@@ -45,6 +45,7 @@ use pmem_core::{
     WriteError,
 };
 use std::collections::VecDeque;
+#[cfg(test)]
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -660,7 +661,7 @@ struct ChunkPos {
 #[derive(Debug)]
 pub struct AvmlReader {
     path: PathBuf,
-    file: File,
+    file: ImageFile,
     map: MemoryMap,
     blocks: Vec<BlockIndex>,
     pos: Option<ChunkPos>,
@@ -679,7 +680,11 @@ struct ChunkHeader {
     len: u64,
 }
 
-fn read_chunk_header(path: &Path, file: &File, offset: u64) -> Result<ChunkHeader, FormatError> {
+fn read_chunk_header(
+    path: &Path,
+    file: &ImageFile,
+    offset: u64,
+) -> Result<ChunkHeader, FormatError> {
     let mut h = [0u8; 4];
     read_exact_at(path, file, offset, &mut h)?;
     Ok(ChunkHeader {
@@ -701,7 +706,8 @@ fn snappy_len(bytes: &[u8]) -> Option<u64> {
 }
 
 impl AvmlReader {
-    pub fn open(path: &Path, file: File) -> Result<AvmlReader, FormatError> {
+    pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<AvmlReader, FormatError> {
+        let file: ImageFile = file.into();
         let len = file_len(path, &file)?;
         if len == 0 {
             return Err(FormatError::Empty { path: path.into() });

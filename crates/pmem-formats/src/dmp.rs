@@ -19,13 +19,14 @@
 
 use crate::{
     check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, write_body, Format,
-    FormatError, ImageReader, Segments,
+    FormatError, ImageFile, ImageReader, Segments,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
     Arch, ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError,
     SinkSummary, WindowsMetadata, WriteError, PAGE_SIZE,
 };
+#[cfg(test)]
 use std::fs::File;
 use std::path::Path;
 
@@ -402,7 +403,8 @@ pub struct DmpReader {
 }
 
 impl DmpReader {
-    pub fn open(path: &Path, file: File) -> Result<DmpReader, FormatError> {
+    pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<DmpReader, FormatError> {
+        let file: ImageFile = file.into();
         let len = file_len(path, &file)?;
         let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
             path: path.into(),
@@ -573,7 +575,7 @@ fn full_runs(
 /// (HeaderSize, an absolute file offset, as Volatility 3 reads it).
 fn bitmap_runs(
     path: &Path,
-    file: &File,
+    file: &ImageFile,
     len: u64,
     layout: Layout,
     corrupt: &Corrupt<'_>,

@@ -10,13 +10,16 @@
 //! 32-bit x86 plans are written as ELF64 with `EM_386`, as kexec-tools does
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
-use crate::{file_len, read_exact_at, Format, FormatError, ImageReader, LaidOutWriter, Segments};
+use crate::{
+    file_len, read_exact_at, Format, FormatError, ImageFile, ImageReader, LaidOutWriter, Segments,
+};
 use object::elf::{self as E, FileHeader64, NoteHeader64, ProgramHeader64};
 use object::read::elf::{FileHeader as _, NoteIterator, ProgramHeader as _};
 use object::{LittleEndian as LE, ReadCache, U16, U32, U64};
 use pmem_core::{
     Arch, ByteSink, MemoryMap, PhysicalMemory, Plan, Range, ReadError, WriteError, PAGE_SIZE,
 };
+#[cfg(test)]
 use std::fs::File;
 use std::mem::size_of;
 use std::path::Path;
@@ -207,7 +210,8 @@ struct Load {
 }
 
 impl ElfReader {
-    pub fn open(path: &Path, file: File) -> Result<ElfReader, FormatError> {
+    pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<ElfReader, FormatError> {
+        let file: ImageFile = file.into();
         let len = file_len(path, &file)?;
         if len == 0 {
             return Err(FormatError::Empty { path: path.into() });

@@ -209,7 +209,12 @@ pub fn writer(format: Format, sink: Box<dyn ByteSink>) -> Box<dyn pmem_core::Ima
 /// ELF, "PAGE" is a crash dump, MH_MAGIC_64 with MH_CORE is Mach-O, anything else is raw (raw images have no header to recognise).
 pub fn detect(path: &Path) -> Result<Format, FormatError> {
     let file = open(path)?;
-    detect_file(path, &file)
+    detect_file(path, &file.into())
+}
+
+/// [`detect`] for an image already opened (a decrypting stream).
+pub fn detect_image(path: &Path, file: &ImageFile) -> Result<Format, FormatError> {
+    detect_file(path, file)
 }
 
 /// Opens an image for reading. `raw_map` says where a raw image's bytes
@@ -219,7 +224,17 @@ pub fn open_image(
     path: &Path,
     raw_map: Option<MemoryMap>,
 ) -> Result<Box<dyn ImageReader>, FormatError> {
-    let file = open(path)?;
+    open_image_file(path, open(path)?.into(), raw_map)
+}
+
+/// [`open_image`] over an image already opened: a file, or the plaintext
+/// of an encrypted image (an [`ImageFile::stream`] over age's seekable
+/// decrypting reader), read in place. `path` names it in errors.
+pub fn open_image_file(
+    path: &Path,
+    file: ImageFile,
+    raw_map: Option<MemoryMap>,
+) -> Result<Box<dyn ImageReader>, FormatError> {
     Ok(match detect_file(path, &file)? {
         Format::Lime => Box::new(lime::LimeReader::open(path, file)?),
         Format::Elf => Box::new(elf::ElfReader::open(path, file)?),
@@ -227,7 +242,18 @@ pub fn open_image(
         Format::Dmp => Box::new(dmp::DmpReader::open(path, file)?),
         Format::Avml => Box::new(avml::AvmlReader::open(path, file)?),
         Format::Macho => Box::new(macho::MachoReader::open(path, file)?),
-        Format::Aff4 => Box::new(aff4::Aff4Reader::open(path, file)?),
+        Format::Aff4 => match file.source {
+            Source::File(file) => Box::new(aff4::Aff4Reader::open(path, file)?),
+            Source::Stream(_) => {
+                return Err(FormatError::Unsupported {
+                    path: path.into(),
+                    offset: 0,
+                    reason: "an AFF4 volume cannot be read inside an encrypted image yet: \
+                             decrypt it first (pmem decrypt)"
+                        .into(),
+                })
+            }
+        },
     })
 }
 
@@ -239,7 +265,7 @@ fn open(path: &Path) -> Result<File, FormatError> {
     })
 }
 
-fn detect_file(path: &Path, file: &File) -> Result<Format, FormatError> {
+fn detect_file(path: &Path, file: &ImageFile) -> Result<Format, FormatError> {
     let len = file_len(path, file)?;
     if len == 0 {
         return Err(FormatError::Empty { path: path.into() });
@@ -291,20 +317,129 @@ fn avml_unsupported(path: &Path, offset: u64) -> FormatError {
     }
 }
 
-fn file_len(path: &Path, file: &File) -> Result<u64, FormatError> {
-    file.metadata()
-        .map(|m| m.len())
-        .map_err(|source| FormatError::Io {
-            path: path.into(),
-            offset: 0,
-            source,
+/// Files and [`ImageFile`]s: what [`file_len`] measures.
+trait Length {
+    fn length(&self) -> io::Result<u64>;
+}
+
+impl Length for File {
+    fn length(&self) -> io::Result<u64> {
+        self.metadata().map(|m| m.len())
+    }
+}
+
+impl Length for ImageFile {
+    fn length(&self) -> io::Result<u64> {
+        match &self.source {
+            Source::File(f) => f.length(),
+            Source::Stream(_) => Ok(self.len),
+        }
+    }
+}
+
+fn file_len(path: &Path, file: &impl Length) -> Result<u64, FormatError> {
+    file.length().map_err(|source| FormatError::Io {
+        path: path.into(),
+        offset: 0,
+        source,
+    })
+}
+
+/// The bytes an image reader reads: a file, or any seekable source of a
+/// known length, such as the plaintext of an age-encrypted image (age's
+/// reader decrypts only the 64 KiB chunks a read touches).
+#[derive(Debug)]
+pub struct ImageFile {
+    source: Source,
+    /// The length of a stream (a file's is asked of the file).
+    len: u64,
+}
+
+/// A seekable source of image bytes.
+pub trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+enum Source {
+    File(File),
+    /// Readers take `&ImageFile`: the lock gives the stream's `&mut`.
+    Stream(std::sync::Mutex<Box<dyn ReadSeek>>),
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(file) => file.fmt(f),
+            Source::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+impl ImageFile {
+    /// A seekable stream; its length is found by seeking to its end.
+    pub fn stream(mut reader: impl ReadSeek + 'static) -> io::Result<ImageFile> {
+        let len = reader.seek(SeekFrom::End(0))?;
+        reader.seek(SeekFrom::Start(0))?;
+        Ok(ImageFile {
+            source: Source::Stream(std::sync::Mutex::new(Box::new(reader))),
+            len,
         })
+    }
+
+    /// The length in bytes (of the plaintext, for a decrypting stream).
+    pub fn size(&self) -> io::Result<u64> {
+        self.length()
+    }
+
+    fn with_stream<T>(&self, op: impl FnOnce(&mut dyn ReadSeek) -> io::Result<T>) -> io::Result<T> {
+        match &self.source {
+            Source::File(_) => unreachable!("only called for streams"),
+            Source::Stream(lock) => {
+                let mut guard = lock
+                    .lock()
+                    .map_err(|_| io::Error::other("an earlier read of the image panicked"))?;
+                op(guard.as_mut())
+            }
+        }
+    }
+}
+
+impl From<File> for ImageFile {
+    fn from(file: File) -> ImageFile {
+        ImageFile {
+            source: Source::File(file),
+            len: 0,
+        }
+    }
+}
+
+impl Read for &ImageFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.source {
+            Source::File(file) => {
+                let mut f: &File = file;
+                f.read(buf)
+            }
+            Source::Stream(_) => self.with_stream(|s| s.read(buf)),
+        }
+    }
+}
+
+impl Seek for &ImageFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        match &self.source {
+            Source::File(file) => {
+                let mut f: &File = file;
+                f.seek(pos)
+            }
+            Source::Stream(_) => self.with_stream(|s| s.seek(pos)),
+        }
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `offset` of an image being parsed.
 fn read_exact_at(
     path: &Path,
-    mut file: &File,
+    mut file: &ImageFile,
     offset: u64,
     buf: &mut [u8],
 ) -> Result<(), FormatError> {
@@ -322,7 +457,7 @@ fn read_exact_at(
 #[derive(Debug)]
 struct Segments {
     path: PathBuf,
-    file: File,
+    file: ImageFile,
     map: MemoryMap,
     /// File offset of each range's first byte, parallel to `map.ranges()`.
     offsets: Vec<u64>,
@@ -347,9 +482,9 @@ impl Segments {
             }
         };
         let offset = self.offsets[index] + (addr - self.map.ranges()[index].start);
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| self.file.read_exact(buf))
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(buf))
             .map_err(|source| ReadError::Fatal {
                 what: format!(
                     "{}: reading {len:#x} bytes at file offset {offset:#x}",

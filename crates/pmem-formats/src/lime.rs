@@ -5,13 +5,14 @@
 
 use crate::{
     avml_unsupported, check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all,
-    write_body, Format, FormatError, ImageReader, Segments,
+    write_body, Format, FormatError, ImageFile, ImageReader, Segments,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
     ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError, SinkSummary,
     WriteError,
 };
+#[cfg(test)]
 use std::fs::File;
 use std::path::Path;
 
@@ -80,7 +81,8 @@ pub struct LimeReader {
 impl LimeReader {
     /// Walks the record headers (seeking over the data) and checks that
     /// they describe ascending, disjoint ranges that fit in the file.
-    pub fn open(path: &Path, file: File) -> Result<LimeReader, FormatError> {
+    pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<LimeReader, FormatError> {
+        let file: ImageFile = file.into();
         let len = file_len(path, &file)?;
         if len == 0 {
             return Err(FormatError::Empty { path: path.into() });

@@ -12,10 +12,13 @@
 //! stored the EFI type in the segment flags; the reader accepts all of that:
 //! memory is what the segments with file data describe.
 
-use crate::{file_len, read_exact_at, Format, FormatError, ImageReader, LaidOutWriter, Segments};
+use crate::{
+    file_len, read_exact_at, Format, FormatError, ImageFile, ImageReader, LaidOutWriter, Segments,
+};
 use pmem_core::{
     Arch, ByteSink, MemoryMap, PhysicalMemory, Plan, Range, ReadError, WriteError, PAGE_SIZE,
 };
+#[cfg(test)]
 use std::fs::File;
 use std::path::Path;
 
@@ -193,7 +196,8 @@ struct Load {
 }
 
 impl MachoReader {
-    pub fn open(path: &Path, file: File) -> Result<MachoReader, FormatError> {
+    pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<MachoReader, FormatError> {
+        let file: ImageFile = file.into();
         let len = file_len(path, &file)?;
         if len == 0 {
             return Err(FormatError::Empty { path: path.into() });

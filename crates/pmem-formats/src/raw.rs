@@ -5,13 +5,14 @@
 
 use crate::{
     check_plan_nonempty, file_len, finish_sink, write_body, write_zeros, Format, FormatError,
-    ImageReader, Segments,
+    ImageFile, ImageReader, Segments,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
     ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError, SinkSummary,
     WriteError,
 };
+#[cfg(test)]
 use std::fs::File;
 use std::path::Path;
 
@@ -58,7 +59,12 @@ pub struct RawReader {
 impl RawReader {
     /// `map` says which addresses hold memory; `None` means the whole file
     /// `[0, len)`. Every range must lie inside the file.
-    pub fn open(path: &Path, file: File, map: Option<MemoryMap>) -> Result<RawReader, FormatError> {
+    pub fn open(
+        path: &Path,
+        file: impl Into<ImageFile>,
+        map: Option<MemoryMap>,
+    ) -> Result<RawReader, FormatError> {
+        let file: ImageFile = file.into();
         let len = file_len(path, &file)?;
         let map = match map {
             Some(map) => map,

@@ -15,6 +15,8 @@ pub struct Args {
     /// Manifest to use for a raw image's ranges (default: IMAGE.json if present).
     #[arg(long)]
     manifest: Option<PathBuf>,
+    #[command(flatten)]
+    identity: image::IdentityArgs,
     /// The image file.
     image: PathBuf,
 }
@@ -38,6 +40,7 @@ struct InfoJson {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    image::set_identity(&args.identity)?;
     let opened = image::open(&args.image, args.manifest.as_deref())?;
     let reader = &opened.reader;
     let map = reader.memory_map();
@@ -55,7 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         arch: reader.arch().map(|a| a.name()),
         ranges: manifest::ranges_json(map),
         total_bytes: map.total_bytes(),
-        image_bytes: std::fs::metadata(&args.image)?.len(),
+        image_bytes: image::image_len(&args.image)?,
         metadata,
         vmcoreinfo_bytes: reader.vmcoreinfo().map(<[u8]>::len),
         direct_map_offset: reader.direct_map_offset().map(|o| format!("{o:#x}")),

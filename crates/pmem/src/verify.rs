@@ -16,6 +16,8 @@ pub struct Args {
     /// Manifest to check against (default: IMAGE.json).
     #[arg(long)]
     manifest: Option<PathBuf>,
+    #[command(flatten)]
+    identity: image::IdentityArgs,
     /// The image file.
     image: PathBuf,
 }
@@ -25,7 +27,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .manifest
         .clone()
         .unwrap_or_else(|| manifest::default_path(&args.image));
-    let manifest = manifest::read(&manifest_path)?;
+    image::set_identity(&args.identity)?;
+    let manifest = image::read_manifest(&manifest_path)?;
     let mut opened = image::open(&args.image, Some(&manifest_path))?;
     let mut failures = 0;
     let mut check = |name: &str, ok: bool, detail: String| {
@@ -102,8 +105,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // The plaintext of an encrypted image: the manifest's hash is of it.
+    let mut file = image::plain_reader(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
