@@ -229,6 +229,25 @@ fn check_aff4_independently(path: &Path, plan: &Plan, mem: &Memory) {
     assert!(has("#chunksInSegment", "1024"));
     assert!(has("#compressionMethod", "snappy"));
     assert!(has("aff4#metadata", "hostname"));
+    // The Standard's (and pyaff4's) layout: an aff4:Image subject whose
+    // aff4:dataStream is the Map; the Map itself is no aff4:Image (readers
+    // delegate an Image to its dataStream).
+    let typed = |class: &str| -> Vec<String> {
+        triples
+            .iter()
+            .filter(|t| t.predicate.as_str().ends_with("#type") && t.object.to_string() == class)
+            .map(|t| t.subject.to_string())
+            .collect()
+    };
+    let (images, maps) = (
+        typed("<http://aff4.org/Schema#Image>"),
+        typed("<http://aff4.org/Schema#Map>"),
+    );
+    assert_eq!((images.len(), maps.len()), (1, 1), "{images:?} {maps:?}");
+    assert_ne!(images, maps);
+    assert!(triples.iter().any(|t| t.subject.to_string() == images[0]
+        && t.predicate.as_str().ends_with("#dataStream")
+        && t.object.to_string() == maps[0]));
     zip.clear();
 }
 

@@ -67,7 +67,8 @@ impl Compression {
         match self {
             Compression::Snappy => "http://code.google.com/p/snappy/",
             Compression::Lz4 => "https://code.google.com/p/lz4/",
-            Compression::Deflate => "https://tools.ietf.org/html/rfc1950",
+            // pyaff4's and c-aff4's zlib IRI: readers match the IRI exactly.
+            Compression::Deflate => "https://www.ietf.org/rfc/rfc1950.txt",
             Compression::Stored => "http://aff4.org/Schema#NullCompressor",
         }
     }
@@ -202,6 +203,8 @@ pub struct Aff4Writer {
     volume: String,
     stream: String,
     map: String,
+    /// The `aff4:Image` whose `aff4:dataStream` is the map.
+    image: String,
     plan: Option<Plan>,
     /// Bytes of the chunk being filled.
     chunk: Vec<u8>,
@@ -234,6 +237,7 @@ impl Aff4Writer {
             volume: String::new(),
             stream: String::new(),
             map: String::new(),
+            image: String::new(),
             plan: None,
             chunk: Vec::with_capacity(CHUNK_SIZE as usize),
             stream_len: 0,
@@ -364,13 +368,25 @@ impl Aff4Writer {
             "@prefix aff4: <{AFF4}> .\n@prefix rdf: <http://www.w3.org/1999/02/22-rdf-syntax-ns#> .\n@prefix xsd: <http://www.w3.org/2001/XMLSchema#> .\n@prefix pmem: <{PMEM_NS}> .\n\n"
         ));
         t.push_str(&format!(
-            "<{v}>\n    a aff4:ZipVolume ;\n    aff4:contains <{m}>, <{s}> ;\n    aff4:interface aff4:volume .\n\n",
+            "<{v}>\n    a aff4:ZipVolume ;\n    aff4:contains <{i}>, <{m}>, <{s}> ;\n    aff4:interface aff4:volume .\n\n",
             v = self.volume,
+            i = self.image,
             m = self.map,
             s = self.stream
         ));
+        // The image is its own subject whose aff4:dataStream is the map, as
+        // the Standard has it: pyaff4 opens a physical image through that
+        // link, and c-aff4 delegates an aff4:Image to its dataStream (were
+        // the map itself an aff4:Image pointing at the stream, both would
+        // read the stream at the wrong addresses or not at all).
         t.push_str(&format!(
-            "<{m}>\n    a aff4:Map, aff4:Image ;\n    aff4:category <{CATEGORY_PHYSICAL}> ;\n    aff4:dependentStream <{s}> ;\n    aff4:dataStream <{s}> ;\n    aff4:size {end} ;\n    aff4:stored <{v}> .\n\n",
+            "<{i}>\n    a aff4:Image, aff4:MemoryImage ;\n    aff4:dataStream <{m}> ;\n    aff4:size {end} ;\n    aff4:stored <{v}> .\n\n",
+            i = self.image,
+            m = self.map,
+            v = self.volume
+        ));
+        t.push_str(&format!(
+            "<{m}>\n    a aff4:Map ;\n    aff4:category <{CATEGORY_PHYSICAL}> ;\n    aff4:dependentStream <{s}> ;\n    aff4:size {end} ;\n    aff4:stored <{v}> .\n\n",
             m = self.map,
             s = self.stream,
             v = self.volume
@@ -427,6 +443,7 @@ impl ImageWriter for Aff4Writer {
         self.volume = format!("aff4://{}", uuid(&seed, 1));
         self.map = format!("aff4://{}", uuid(&seed, 2));
         self.stream = format!("aff4://{}", uuid(&seed, 3));
+        self.image = format!("aff4://{}", uuid(&seed, 4));
         self.cursor = ChunkCursor::new(&plan.ranges);
         self.plan = Some(plan.clone());
         self.targets = vec![self.stream.clone()];
@@ -546,6 +563,37 @@ fn parse_turtle(text: &[u8]) -> Result<Graph, String> {
     Ok(graph)
 }
 
+/// The member-name prefix of the object `urn` in `zip`: the URN %-escaped
+/// (pmem), its bare path, or its path relative to the volume (pyaff4 and
+/// c-aff4 name members of objects inside the volume so: `<volume>/x/data` is
+/// `x/data/00000000`). The volume is the zip comment or any `aff4:stored`.
+fn member_base(zip: &ZipIndex, graph: &Graph, urn: &str) -> String {
+    let mut candidates = vec![
+        member_name(urn),
+        urn.strip_prefix("aff4://").unwrap_or(urn).to_string(),
+    ];
+    let stored = format!("{AFF4}stored");
+    let volumes = graph
+        .values()
+        .filter_map(|p| p.get(&stored))
+        .flatten()
+        .map(String::as_str)
+        .chain([zip.comment.trim_end_matches('\0').trim()]);
+    for v in volumes.filter(|v| !v.is_empty()) {
+        if let Some(rest) = urn.strip_prefix(v).and_then(|r| r.strip_prefix('/')) {
+            candidates.push(rest.to_string());
+        }
+    }
+    candidates
+        .iter()
+        .find(|c| {
+            let dir = format!("{c}/");
+            zip.members.iter().any(|m| m.name.starts_with(&dir))
+        })
+        .unwrap_or(&candidates[0])
+        .clone()
+}
+
 fn has(graph: &Graph, subject: &str, predicate: &str, object: &str) -> bool {
     graph
         .get(subject)
@@ -631,10 +679,22 @@ impl Aff4Reader {
             .find(|s| has(&graph, s, &a("category"), CATEGORY_PHYSICAL))
             .or(maps.first())
             .map(|s| s.to_string());
+        // The map's stream: aff4:dependentStream (pmem, the Standard), else
+        // aff4:dataStream, else the first of the targets its idx member lists
+        // that is an ImageStream (pyaff4 and c-aff4 name targets only there).
         let stream_of = |m: &str| {
             first(&graph, m, &a("dependentStream"))
                 .or_else(|| first(&graph, m, &a("dataStream")))
                 .map(str::to_string)
+                .or_else(|| {
+                    let idx = zip.find(&format!("{}/idx", member_base(&zip, &graph, m)))?;
+                    let idx = zip::read_member(&file, len, idx, MAX_META).ok()?;
+                    String::from_utf8_lossy(&idx)
+                        .lines()
+                        .map(str::trim)
+                        .find(|t| is(t, "ImageStream"))
+                        .map(str::to_string)
+                })
         };
         let stream_urn = match &map_urn {
             Some(m) => stream_of(m),
@@ -678,25 +738,12 @@ impl Aff4Reader {
                 reason: format!("AFF4 compression method {iri} is not supported"),
             })?,
         };
-        let stream_member = member_name(&stream_urn);
-        // Members may also be named by the bare URN path.
-        let stream_member = if zip
-            .members
-            .iter()
-            .any(|m| m.name.starts_with(&format!("{stream_member}/")))
-        {
-            stream_member
-        } else {
-            stream_urn
-                .strip_prefix("aff4://")
-                .unwrap_or(&stream_urn)
-                .to_string()
-        };
+        let stream_member = member_base(&zip, &graph, &stream_urn);
 
         let mut entries = Vec::new();
         match &map_urn {
             Some(m) => {
-                let base = member_name(m);
+                let base = member_base(&zip, &graph, m);
                 let find = |suffix: &str| {
                     zip.find(&format!("{base}/{suffix}")).ok_or_else(|| {
                         corrupt(turtle_at, format!("the map {m} has no {suffix} member"))
