@@ -16,8 +16,10 @@ need_apt=()
 # pmem.exe's link step and its run under Wine (testing/windows/wine-test.sh).
 # age: decrypts --encrypt-to output in the CLI tests; clang: compiles ring's C
 # for the macOS lint below; musl-tools: ring's C for the static musl build.
+# make, gcc-12: `pmem module build` of pmem's kernel module against the Debian
+# guest kernels' headers (built with gcc-12) in the guest suite.
 for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
-    wine64 gcc-mingw-w64-x86-64 age clang musl-tools; do
+    wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -72,6 +74,9 @@ cargo test --workspace --all-features
 
 step "compressed formats against Volatility 3 (AVML layer, time-limited)"
 testing/compress/check.sh
+
+step "AFF4 against pyaff4 0.34 (reads pmem's images byte-exact, and pmem reads its)"
+testing/aff4/pyaff4-check.sh
 
 step "pmem.exe: cross-build, image tools under Wine (byte-identical to Linux)"
 cargo build --release -p pmem
