@@ -242,18 +242,7 @@ pub fn open_image_file(
         Format::Dmp => Box::new(dmp::DmpReader::open(path, file)?),
         Format::Avml => Box::new(avml::AvmlReader::open(path, file)?),
         Format::Macho => Box::new(macho::MachoReader::open(path, file)?),
-        Format::Aff4 => match file.source {
-            Source::File(file) => Box::new(aff4::Aff4Reader::open(path, file)?),
-            Source::Stream(_) => {
-                return Err(FormatError::Unsupported {
-                    path: path.into(),
-                    offset: 0,
-                    reason: "an AFF4 volume cannot be read inside an encrypted image yet: \
-                             decrypt it first (pmem decrypt)"
-                        .into(),
-                })
-            }
-        },
+        Format::Aff4 => Box::new(aff4::Aff4Reader::open(path, file)?),
     })
 }
 

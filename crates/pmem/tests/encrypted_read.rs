@@ -115,7 +115,7 @@ fn info_verify_convert_read_encrypted_images_in_place() {
     }
     let m = machine();
     let (identity, public) = keygen(m.dir.path(), "id.key");
-    for format in ["lime", "raw", "elf"] {
+    for format in ["lime", "raw", "elf", "macho", "aff4"] {
         let plain = m.path(&format!("plain.{format}"));
         let sealed = m.path(&format!("sealed.{format}.age"));
         m.acquire(format, &plain, &[]);

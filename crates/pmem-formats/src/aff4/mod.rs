@@ -32,7 +32,7 @@ use pmem_core::{
     WriteError,
 };
 use std::collections::BTreeMap;
-use std::fs::File;
+use crate::ImageFile;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use zip::{ZipIndex, ZipWriter};
@@ -633,7 +633,7 @@ struct Bevy {
 #[derive(Debug)]
 pub struct Aff4Reader {
     path: PathBuf,
-    file: File,
+    file: ImageFile,
     len: u64,
     zip: ZipIndex,
     map: MemoryMap,
@@ -652,7 +652,7 @@ pub struct Aff4Reader {
 }
 
 impl Aff4Reader {
-    pub fn open(path: &Path, file: File) -> Result<Aff4Reader, FormatError> {
+    pub fn open(path: &Path, file: ImageFile) -> Result<Aff4Reader, FormatError> {
         let len = file_len(path, &file)?;
         if len == 0 {
             return Err(FormatError::Empty { path: path.into() });

@@ -7,7 +7,7 @@
 //! Members are stored (method 0); AFF4 compresses chunks itself.
 
 use pmem_core::{ByteSink, WriteError};
-use std::fs::File;
+use crate::ImageFile;
 use std::io::{self, Read};
 
 const LOCAL_SIG: u32 = 0x0403_4b50;
@@ -226,7 +226,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-pub fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> Result<(), ZipError> {
+pub fn read_at(file: &ImageFile, offset: u64, buf: &mut [u8]) -> Result<(), ZipError> {
     use std::io::{Seek, SeekFrom};
     let mut f = file;
     f.seek(SeekFrom::Start(offset))
@@ -235,7 +235,7 @@ pub fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> Result<(), ZipError>
 }
 
 impl ZipIndex {
-    pub fn open(file: &File, len: u64) -> Result<ZipIndex, ZipError> {
+    pub fn open(file: &ImageFile, len: u64) -> Result<ZipIndex, ZipError> {
         // The end record is within the last 22 + 65535 bytes.
         let tail_len = len.min(22 + 65535);
         let tail_start = len - tail_len;
@@ -337,7 +337,7 @@ impl ZipIndex {
 }
 
 /// Offset of a member's data: after its local header, name and extra.
-pub fn data_offset(file: &File, len: u64, m: &Member) -> Result<u64, ZipError> {
+pub fn data_offset(file: &ImageFile, len: u64, m: &Member) -> Result<u64, ZipError> {
     if m.header.checked_add(30).is_none_or(|end| end > len) {
         return Err(bad(
             m.header,
@@ -363,7 +363,7 @@ pub fn data_offset(file: &File, len: u64, m: &Member) -> Result<u64, ZipError> {
 }
 
 /// A whole small member, inflated if it was deflated; at most `limit` bytes.
-pub fn read_member(file: &File, len: u64, m: &Member, limit: u64) -> Result<Vec<u8>, ZipError> {
+pub fn read_member(file: &ImageFile, len: u64, m: &Member, limit: u64) -> Result<Vec<u8>, ZipError> {
     if m.size > limit || m.compressed > limit {
         return Err(bad(
             m.header,
@@ -403,7 +403,7 @@ pub fn read_member(file: &File, len: u64, m: &Member, limit: u64) -> Result<Vec<
 }
 
 /// Where `name`'s stored bytes are, for positional reads of large members.
-pub fn stored_span(file: &File, len: u64, m: &Member) -> Result<u64, ZipError> {
+pub fn stored_span(file: &ImageFile, len: u64, m: &Member) -> Result<u64, ZipError> {
     if m.method != 0 {
         return Err(bad(
             m.header,
