@@ -25,6 +25,7 @@
 
 mod zip;
 
+use crate::ImageFile;
 use crate::{check_plan_nonempty, file_len, finish_sink, Format, FormatError, ImageReader};
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
@@ -32,7 +33,6 @@ use pmem_core::{
     WriteError,
 };
 use std::collections::BTreeMap;
-use crate::ImageFile;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use zip::{ZipIndex, ZipWriter};

@@ -6,8 +6,8 @@
 //! `Seek` for ZIP64 (or buffers members), and pmem's sinks only go forward.
 //! Members are stored (method 0); AFF4 compresses chunks itself.
 
-use pmem_core::{ByteSink, WriteError};
 use crate::ImageFile;
+use pmem_core::{ByteSink, WriteError};
 use std::io::{self, Read};
 
 const LOCAL_SIG: u32 = 0x0403_4b50;
@@ -363,7 +363,12 @@ pub fn data_offset(file: &ImageFile, len: u64, m: &Member) -> Result<u64, ZipErr
 }
 
 /// A whole small member, inflated if it was deflated; at most `limit` bytes.
-pub fn read_member(file: &ImageFile, len: u64, m: &Member, limit: u64) -> Result<Vec<u8>, ZipError> {
+pub fn read_member(
+    file: &ImageFile,
+    len: u64,
+    m: &Member,
+    limit: u64,
+) -> Result<Vec<u8>, ZipError> {
     if m.size > limit || m.compressed > limit {
         return Err(bad(
             m.header,
