@@ -84,8 +84,9 @@ pub fn check_node(device: &Path, sysfs: &Path) -> Result<String, NodeError> {
     Ok(version)
 }
 
-/// The device number of a character device node.
-#[cfg(unix)]
+/// The device number of a character device node (Linux's dev_t split;
+/// the module exists on Linux only).
+#[cfg(target_os = "linux")]
 fn node_number(path: &Path) -> io::Result<(u32, u32)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta = std::fs::metadata(path)?;
@@ -99,11 +100,11 @@ fn node_number(path: &Path) -> io::Result<(u32, u32)> {
     Ok((libc::major(rdev), libc::minor(rdev)))
 }
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 fn node_number(_path: &Path) -> io::Result<(u32, u32)> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
-        "device nodes exist on Unix only",
+        "pmem's kernel module exists on Linux only",
     ))
 }
 
