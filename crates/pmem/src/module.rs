@@ -224,6 +224,11 @@ pub fn load_hint(errno: i32, file_vermagic: Option<&str>, running: Option<&str>)
             running.unwrap_or("?")
         ),
         libc::EBADMSG | libc::ENOKEY => "its signature is invalid or made with an unknown key".into(),
+        libc::ENOSYS => "this kernel was built without loadable module support (CONFIG_MODULES \
+             unset): no module can be loaded, and with no /proc/kcore, /dev/crash or unrestricted \
+             /dev/mem its memory can't be read from inside; acquire it from outside (hypervisor \
+             memory dump)"
+            .into(),
         _ => String::new(),
     }
 }
@@ -335,6 +340,7 @@ mod tests {
             other.contains("6.1.0-56") && other.contains("6.12.1"),
             "{other}"
         );
+        assert!(load_hint(libc::ENOSYS, None, None).contains("CONFIG_MODULES"));
         assert_eq!(load_hint(libc::EIO, None, None), "");
     }
 
