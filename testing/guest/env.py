@@ -5,12 +5,14 @@ only downloaded and unpacked into the cache directory. Each step first checks
 whether its result is already there, so a second run costs a few seconds.
 """
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -179,6 +181,20 @@ def package_version(kernel):
     return (kernel.root / "package").read_text().strip().split("_")[1]
 
 
+# The suite runs cases on threads: downloads and builds into the cache go
+# one at a time.
+_CACHE_LOCK = threading.RLock()
+
+
+def serialized(function):
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        with _CACHE_LOCK:
+            return function(*args, **kwargs)
+    return locked
+
+
+@serialized
 def ensure_headers(kernel):
     """The kernel's build headers for out-of-tree modules (pmem's module):
     linux-headers-<release>, its -common package and linux-kbuild, all pinned
@@ -219,6 +235,7 @@ AVML_ROOT = CACHE / "avml"
 AVML_VERSION = "0.21.0"
 
 
+@serialized
 def ensure_avml():
     """AVML from crates.io (musl, with `avml convert`), into the cache, once:
     the guest suite reads pmem's AVML images with it, the benchmark races it."""

@@ -214,11 +214,57 @@ class RawImage(Image):
         return True
 
 
+MH_MAGIC_64 = 0xFEEDFACF
+MH_CORE = 4
+LC_SEGMENT_64 = 0x19
+CPU_TYPE_X86_64 = 0x01000007
+
+
+class MachoImage(Image):
+    """Mach-O 64-bit core as OSXPMem wrote it: one LC_SEGMENT_64 per range,
+    vmaddr = physical address; segments with filesize 0 hold no bytes."""
+
+    kind = "macho"
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            header = f.read(32)
+            if len(header) < 32:
+                raise ImageError(f"{path}: shorter than a Mach-O header")
+            magic, cputype, _, filetype, ncmds, sizeofcmds, _, _ = struct.unpack("<IiiIIIII", header)
+            if magic != MH_MAGIC_64:
+                raise ImageError(f"{path}: magic {magic:#x}, expected MH_MAGIC_64")
+            if filetype != MH_CORE:
+                raise ImageError(f"{path}: file type {filetype}, expected MH_CORE")
+            if cputype != CPU_TYPE_X86_64:
+                raise ImageError(f"{path}: cputype {cputype:#x}, expected CPU_TYPE_X86_64")
+            commands = f.read(sizeofcmds)
+            if len(commands) != sizeofcmds:
+                raise ImageError(f"{path}: load commands truncated")
+        segments, at = [], 0
+        for i in range(ncmds):
+            if at + 8 > len(commands):
+                raise ImageError(f"{path}: load command {i} runs past sizeofcmds")
+            cmd, cmdsize = struct.unpack_from("<II", commands, at)
+            if cmdsize < 8 or at + cmdsize > len(commands):
+                raise ImageError(f"{path}: load command {i} has size {cmdsize}")
+            if cmd == LC_SEGMENT_64:
+                _, vmaddr, vmsize, fileoff, filesize = struct.unpack_from("<16sQQQQ", commands, at + 8)
+                if filesize and filesize != vmsize:
+                    raise ImageError(f"{path}: segment at {vmaddr:#x}: filesize {filesize:#x} != vmsize {vmsize:#x}")
+                if filesize:
+                    segments.append(Segment(vmaddr, filesize, fileoff))
+            at += cmdsize
+        super().__init__(path, segments)
+
+
 def open_image(path, fmt, manifest=None):
     if fmt == "lime":
         return LimeImage(path)
     if fmt == "elf":
         return ElfImage(path)
+    if fmt == "macho":
+        return MachoImage(path)
     if fmt == "raw":
         if manifest is None:
             raise ImageError(f"{path}: a raw image needs its manifest for ranges")
