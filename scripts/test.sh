@@ -17,9 +17,11 @@ need_apt=()
 # age: decrypts --encrypt-to output in the CLI tests; clang: compiles ring's C
 # for the macOS lint below; musl-tools: ring's C for the static musl build.
 # make, gcc-12: `pmem module build` of pmem's kernel module against the Debian
-# guest kernels' headers (built with gcc-12) in the guest suite.
+# guest kernels' headers (built with gcc-12) in the guest suite. llvm: llvm-ar
+# archives ring's C for aarch64 (clang compiles it, .cargo/config.toml);
+# qemu-system-arm: the arm64 guests (testing/guest/arm64.py).
 for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
-    wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12; do
+    wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12 llvm qemu-system-arm; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -44,7 +46,7 @@ if ! grep -qs '"version": "3.37.0"' "$azurite_dir/node_modules/azurite/package.j
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add x86_64-unknown-linux-musl x86_64-pc-windows-gnu x86_64-apple-darwin \
-    aarch64-apple-darwin >/dev/null
+    aarch64-apple-darwin aarch64-unknown-linux-musl >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -52,14 +54,14 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "clippy for Windows and macOS (formats, pipeline and image tools build everywhere)"
+step "clippy for Windows, macOS and arm64 Linux (formats, pipeline and image tools build everywhere)"
 # ring (rustls' crypto) compiles C: for macOS with clang and the stand-in SDK
 # headers in testing/cross/include (lint only, nothing is linked).
 export CC_x86_64_apple_darwin=clang
 export CFLAGS_x86_64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
 export CC_aarch64_apple_darwin=clang
 export CFLAGS_aarch64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
-for target in x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-apple-darwin; do
+for target in x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-apple-darwin aarch64-unknown-linux-musl; do
     cargo clippy -p pmem -p pmem-core -p pmem-formats -p pmem-sources -p pmem-upload \
         --all-targets --target "$target" -- -D warnings
 done
@@ -68,6 +70,11 @@ step "static musl build"
 cargo build --release --target x86_64-unknown-linux-musl -p pmem
 file_out=$(file -b target/x86_64-unknown-linux-musl/release/pmem 2>/dev/null || true)
 echo "pmem (musl): $(stat -c %s target/x86_64-unknown-linux-musl/release/pmem) bytes ${file_out:+- $file_out}"
+# arm64: rust-lld links, clang compiles ring's C (.cargo/config.toml); the guest
+# suite's arm64 cases run this binary.
+cargo build --release --target aarch64-unknown-linux-musl -p pmem -p pmem-guest-agent
+file_out=$(file -b target/aarch64-unknown-linux-musl/release/pmem 2>/dev/null || true)
+echo "pmem (aarch64 musl): $(stat -c %s target/aarch64-unknown-linux-musl/release/pmem) bytes ${file_out:+- $file_out}"
 
 step "unit, property and CLI tests"
 cargo test --workspace --all-features

@@ -26,6 +26,9 @@ struct InfoJson {
     path: String,
     format: String,
     arch: Option<String>,
+    /// Where `arch` comes from: "image" (ELF e_machine, Mach-O cputype,
+    /// crash dump header) or "manifest" (its host.arch: LiME, raw, AVML).
+    arch_from: Option<String>,
     ranges: Vec<RangeJson>,
     total_bytes: u64,
     image_bytes: u64,
@@ -52,10 +55,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (pmem_formats::Format::Raw, None) => "file length (no manifest)",
         _ => "image",
     };
+    // Formats without a machine field (LiME, raw, AVML) get it from the
+    // manifest, which names the acquired machine's architecture.
+    let (arch, arch_from) = match (reader.arch(), &opened.manifest) {
+        (Some(arch), _) => (Some(arch.name()), Some("image")),
+        (None, Some(m)) if !m.origin.host.arch.is_empty() => {
+            (Some(m.origin.host.arch.clone()), Some("manifest"))
+        }
+        _ => (None, None),
+    };
     let info = InfoJson {
         path: args.image.display().to_string(),
         format: reader.format().name().to_string(),
-        arch: reader.arch().map(|a| a.name()),
+        arch,
+        arch_from: arch_from.map(str::to_string),
         ranges: manifest::ranges_json(map),
         total_bytes: map.total_bytes(),
         image_bytes: image::image_len(&args.image)?,
@@ -71,10 +84,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     println!("image:        {}", info.path);
     println!("format:       {}", info.format);
-    println!(
-        "architecture: {}",
-        info.arch.as_deref().unwrap_or("not recorded")
-    );
+    match (&info.arch, &info.arch_from) {
+        (Some(arch), Some(from)) if from == "manifest" => {
+            println!("architecture: {arch} (from the manifest)")
+        }
+        (Some(arch), _) => println!("architecture: {arch}"),
+        _ => println!("architecture: not recorded"),
+    }
     println!("image bytes:  {}", info.image_bytes);
     println!(
         "memory:       {} bytes ({:.1} MiB) in {} range(s), ranges from {}",

@@ -621,3 +621,120 @@ fn every_format_pair_converts_with_the_same_memory() {
         .failure()
         .stderr(predicates::str::contains("use them with --format aff4"));
 }
+
+/// An arm64 machine as QEMU's virt board lays it out: RAM from 1 GiB, split
+/// by a firmware reservation (as under UEFI), "Kernel code" and "Kernel data"
+/// under System RAM, a kernel-image segment aliasing RAM.
+const IOMEM_ARM64: &str = "\
+09000000-09000fff : pl011@9000000
+  09000000-09000fff : 9000000.pl011 pl011@9000000
+40000000-407fffff : System RAM
+  40210000-4030ffff : Kernel code
+  40310000-4033ffff : reserved
+  40340000-403fffff : Kernel data
+40800000-408fffff : reserved
+40900000-40bfffff : System RAM
+";
+
+#[test]
+fn aarch64_kcore_gives_aarch64_images_manifests_and_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kcore, iomem) = (dir.path().join("kcore"), dir.path().join("iomem"));
+    std::fs::write(&iomem, IOMEM_ARM64).unwrap();
+    let ram = [
+        Range::new(0x4000_0000, 0x4080_0000).unwrap(),
+        Range::new(0x4090_0000, 0x40c0_0000).unwrap(),
+    ];
+    let mut builder = KcoreBuilder::new(Arch::Aarch64)
+        .vmcoreinfo(b"OSRELEASE=6.1.0-test-arm64\nPAGESIZE=4096\n")
+        // The kernel image mapping (arm64's vmalloc-area kimage), aliasing RAM.
+        .segment(Segment {
+            vaddr: 0xffff_8000_0821_0000,
+            ..Segment::ram(0x4021_0000, 0x10_0000)
+        })
+        .segment(Segment::not_ram(0xffff_8000_0000_0000, 0x800_0000));
+    for range in &ram {
+        builder = builder.segment(Segment::ram(range.start, range.len()));
+    }
+    builder.write(&kcore).unwrap();
+    let acquire = |format: &str| {
+        let out = dir.path().join(format!("arm64.{format}"));
+        pmem()
+            .args(["acquire", "--quiet", "--format", format])
+            .arg(format!("--source=kcore:{}", kcore.display()))
+            .arg("--iomem")
+            .arg(&iomem)
+            .arg(&out)
+            .assert()
+            .success();
+        let man = manifest(&out);
+        assert_eq!(man["host"]["arch"], "aarch64", "{format} manifest");
+        let ranges: Vec<Value> = ram.iter().map(range_json).collect();
+        assert_eq!(man["ranges"], Value::Array(ranges), "{format} ranges");
+        let info: Value = serde_json::from_slice(
+            &pmem()
+                .args(["info", "--json"])
+                .arg(&out)
+                .assert()
+                .success()
+                .get_output()
+                .stdout,
+        )
+        .unwrap();
+        assert_eq!(info["arch"], "aarch64", "{format} info");
+        (out, info)
+    };
+
+    // ELF: EM_AARCH64 in the header, read back from the image itself.
+    let (elf, info) = acquire("elf");
+    let bytes = std::fs::read(&elf).unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 183);
+    assert_eq!(info["arch_from"], "image");
+    // Mach-O: CPU_TYPE_ARM64.
+    let (macho, info) = acquire("macho");
+    let bytes = std::fs::read(&macho).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+        0x0100_000c
+    );
+    assert_eq!(info["arch_from"], "image");
+    // LiME has no machine field: the manifest names it, and `pmem info` says so.
+    let (lime, info) = acquire("lime");
+    assert_eq!(info["arch_from"], "manifest");
+    let lime_bytes = std::fs::read(&lime).unwrap();
+    let records = parse_lime(&lime_bytes);
+    assert_eq!(records.len(), ram.len());
+    for ((start, end, data), range) in records.iter().zip(&ram) {
+        assert_eq!((*start, *end), (range.start, range.last()));
+        assert!(
+            data == &pattern(range.start, range.len() as usize),
+            "{range}"
+        );
+    }
+    pmem()
+        .arg("info")
+        .arg(&lime)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(
+            "architecture: aarch64 (from the manifest)",
+        ));
+    // Without its manifest LiME records no architecture, and info says that.
+    std::fs::remove_file(dir.path().join("arm64.lime.json")).unwrap();
+    pmem()
+        .arg("info")
+        .arg(&lime)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("architecture: not recorded"));
+    // Converting keeps it: the ELF made from the Mach-O is aarch64 too.
+    let converted = dir.path().join("from-macho.elf");
+    pmem()
+        .args(["convert", "-q", "-f", "elf"])
+        .arg(&macho)
+        .arg(&converted)
+        .assert()
+        .success();
+    let bytes = std::fs::read(&converted).unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 183);
+}
