@@ -40,6 +40,13 @@ DEB_TOOLS = {
 class Kernel:
     """A Debian cloud kernel: which package, and where it is unpacked."""
 
+    # What differs between architectures (arm64.py's Arm64Kernel overrides it):
+    target = MUSL  # the Rust target pmem and the agent are built for, for this guest
+    busybox = Path("/bin/busybox")  # the initramfs's busybox
+    kernel_ranges = ("Kernel code", "Kernel rodata")  # /proc/iomem names compared with QEMU's dump
+    qemu = None  # None: vm.Guest's x86-64 command line; else qemu(guest, qmp_socket) -> argv
+    ensure = None  # None: ensure_kernel() downloads it; else ensure() does
+
     def __init__(self, key, pattern, preferred=None):
         self.key = key  # short name used on the command line: "6.1", "6.12"
         self.pattern = re.compile(pattern)
@@ -153,6 +160,8 @@ def resolve_package(kernel):
 
 def ensure_kernel(kernel):
     """Downloads and unpacks one kernel package (never installs it)."""
+    if kernel.ensure:
+        return kernel.ensure()
     if (kernel.root / "release").exists():
         return
     package = resolve_package(kernel)
@@ -247,17 +256,17 @@ def ensure_avml():
     return avml
 
 
-def build_pmem():
+def build_pmem(target=MUSL):
     """Static musl builds of pmem and the agent: they run in the guest as-is,
-    and the same pmem binary serves `info`/`verify` on the host."""
-    log("cargo build --release (musl): pmem, pmem-guest-agent")
+    and the same pmem binary (x86-64) serves `info`/`verify` on the host."""
+    log(f"cargo build --release ({target}): pmem, pmem-guest-agent")
     result = subprocess.run(
-        ["cargo", "build", "--release", "--target", MUSL, "-p", "pmem", "-p", "pmem-guest-agent"],
+        ["cargo", "build", "--release", "--target", target, "-p", "pmem", "-p", "pmem-guest-agent"],
         cwd=REPO, capture_output=True, text=True,
     )
     if result.returncode != 0:
         raise SystemExit(f"setup: building pmem failed:\n{result.stderr[-4000:]}")
-    out = REPO / "target" / MUSL / "release"
+    out = REPO / "target" / target / "release"
     return out / "pmem", out / "pmem-guest-agent"
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import env
 import aff4check
+import arm64  # arm64 guests: registers their kernel, cases(Case)
 import images
 import initramfs
 import markers
@@ -89,6 +90,7 @@ CASES = [
          note="RAM split by the PCI hole, 512 MiB above 4 GiB; elf and AFF4"),
 ]
 CASES += module_cases.cases(Case)
+CASES += arm64.cases(Case)
 DEMO = Case("demo", "6.1", 1024, ["lime"], timeout=600)
 
 
@@ -162,6 +164,8 @@ def disk_gib(case):
 def run_guest(case, pmem, agent, timing):
     """Boots `case`, returns its work dir with out/ extracted and dump.elf."""
     kernel = env.KERNELS[case.kernel]
+    if kernel.target != env.MUSL:  # another architecture's guest (arm64.py): its own build
+        pmem, agent = env.build_pmem(kernel.target)
     work = WORK / case.name
     vm.cleanup([work])
     staging = work / "staging"
@@ -181,7 +185,7 @@ def run_guest(case, pmem, agent, timing):
     say(f"  booting {kernel.release()} with {case.memory_mib} MiB (TCG, 1 vCPU)")
     guest = vm.Guest(kernel.vmlinuz(), work / "initrd.cpio", work / "disk.img", case.memory_mib,
                      work, case.timeout, dump_path=work / "dump.elf", log=say, machine=case.machine,
-                     append=case.hook.append if case.hook else "")
+                     append=case.hook.append if case.hook else "", qemu=kernel.qemu)
     guest.run()
     timing["guest total"] = guest.seconds
     timing["guest boot"] = guest.boot_seconds or 0
@@ -223,8 +227,9 @@ class Results:
         return sum(1 for r in self.rows if not r[3])
 
 
-def parse_iomem(path):
-    """Top-level "System RAM" ranges and the kernel's code/rodata ranges."""
+def parse_iomem(path, kernel_names=("Kernel code", "Kernel rodata")):
+    """Top-level "System RAM" ranges and the kernel's code/rodata ranges
+    (arm64 has "Kernel code" only: text and rodata, see arm64.py)."""
     ram, kernel = [], {}
     for line in Path(path).read_text().splitlines():
         m = re.match(r"^(\s*)([0-9a-f]+)-([0-9a-f]+) : (.*)$", line)
@@ -233,9 +238,9 @@ def parse_iomem(path):
         start, last, name = int(m.group(2), 16), int(m.group(3), 16), m.group(4)
         if not m.group(1) and name == "System RAM":
             ram.append((start, last))
-        elif name in ("Kernel code", "Kernel rodata"):
+        elif name in kernel_names:
             kernel[name] = (start, last)
-    if not ram or len(kernel) != 2 or all(s == 0 for s, _ in ram[1:]):
+    if not ram or len(kernel) != len(kernel_names) or all(last == 0 for _, last in ram):
         raise SystemExit(f"{path}: no usable System RAM / kernel ranges (was it read as root?)")
     return ram, kernel
 
@@ -564,7 +569,7 @@ def run_case(case, pmem, agent, results, timings, other_markers, vol):
                 " ".join(report.split()))
 
     t = time.monotonic()
-    ram, kernel_ranges = parse_iomem(out / "iomem.txt")
+    ram, kernel_ranges = parse_iomem(out / "iomem.txt", env.KERNELS[case.kernel].kernel_ranges)
     release = (out / "version.txt").read_text().split()[2]
     marker_list = markers.MarkerList.load(out / "markers.txt")
     expected = list(marker_list.expected_pages())
@@ -763,6 +768,7 @@ def cmd_boot(args):
     env.setup(kernels=[args.kernel], volatility=False)
     pmem, agent = env.build_pmem()
     kernel = env.KERNELS[args.kernel]
+    pmem, agent = env.build_pmem(kernel.target)
     work = WORK / "boot"
     vm.cleanup([work])
     (work / "staging" / "bin").mkdir(parents=True)
@@ -776,7 +782,8 @@ def cmd_boot(args):
     )
     initramfs.build(kernel, work / "initrd.cpio")
     vm.make_data_disk(work / "staging", work / "disk.img", args.disk_gib)
-    guest = vm.Guest(kernel.vmlinuz(), work / "initrd.cpio", work / "disk.img", args.memory, work, 0)
+    guest = vm.Guest(kernel.vmlinuz(), work / "initrd.cpio", work / "disk.img", args.memory, work, 0,
+                     machine=args.machine or ("virt" if kernel.qemu else "pc"), qemu=kernel.qemu)
     command = guest.command(work / "qmp.sock")
     say("$ " + " ".join(command))
     return subprocess.run(command).returncode
@@ -798,6 +805,7 @@ def main():
     boot.add_argument("--kernel", default="6.1", choices=sorted(env.KERNELS))
     boot.add_argument("--memory", type=int, default=1024, help="MiB")
     boot.add_argument("--disk-gib", type=int, default=8)
+    boot.add_argument("--machine", help="QEMU -machine (arm64: virt, or virt+uefi through the firmware)")
     suite = sub.add_parser("suite", help="run the end-to-end proofs")
     suite.add_argument("--case", action="append", help="only this case (repeatable)")
     suite.add_argument("--kernel", action="append", choices=sorted(env.KERNELS), help="only cases on this kernel")

@@ -21,6 +21,7 @@ LIME_HEADER = struct.Struct("<IIQQ8s")  # magic, version, start, last (inclusive
 PT_LOAD = 1
 PN_XNUM = 0xFFFF
 EM_X86_64 = 62
+EM_AARCH64 = 183  # arm64 guests (arm64.py)
 ET_CORE = 4
 
 
@@ -155,8 +156,8 @@ class ElfImage(Image):
             e_phentsize, e_phnum = struct.unpack_from("<HH", ident, 54)
             if e_type != ET_CORE:
                 raise ImageError(f"{path}: ELF type {e_type}, expected ET_CORE")
-            if e_machine != EM_X86_64:
-                raise ImageError(f"{path}: ELF machine {e_machine}, expected x86-64")
+            if e_machine not in (EM_X86_64, EM_AARCH64):
+                raise ImageError(f"{path}: ELF machine {e_machine}, expected x86-64 or aarch64")
             if e_phentsize != 56:
                 raise ImageError(f"{path}: program header size {e_phentsize}")
             if e_phnum == PN_XNUM:

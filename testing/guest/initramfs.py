@@ -81,7 +81,7 @@ def build(kernel, out_path):
     archive = Cpio()
     for d in ("bin", "dev", "proc", "sys", "data", "tmp", "modules"):
         archive.dir(d)
-    archive.file("bin/busybox", Path("/bin/busybox").read_bytes())
+    archive.file("bin/busybox", Path(kernel.busybox).read_bytes())  # the guest's architecture
     names = []
     for i, rel in enumerate(module_load_order(modules_dir)):
         data = (modules_dir / rel).read_bytes()

@@ -101,8 +101,9 @@ class Guest:
     """Runs one guest to completion; see the module docstring."""
 
     def __init__(self, kernel, initrd, disk, memory_mib, workdir, timeout, dump_path=None, log=print,
-                 machine="pc", smp=1, append=""):
+                 machine="pc", smp=1, append="", qemu=None):
         self.machine = machine
+        self.qemu = qemu  # another architecture's command line (env.Kernel.qemu), or None
         self.append = append  # extra kernel command line (module.sig_enforce=1, ...)
         self.smp = smp  # vCPUs (the benchmark compares 1 and 2)
         self.kernel = kernel
@@ -121,6 +122,8 @@ class Guest:
         self.agent_rc = None
 
     def command(self, qmp_socket):
+        if self.qemu:
+            return self.qemu(self, qmp_socket)
         return [
             "qemu-system-x86_64", "-accel", "tcg", "-machine", self.machine, "-cpu", CPU,
             "-m", str(self.memory_mib), "-smp", str(self.smp),
