@@ -510,10 +510,10 @@ def check_compressed(results, case, name, path, ctx, timing, vol):
                 f"compression={manifest.get('compression')} warnings={manifest.get('warnings')}")
     sha = images.file_sha256(path)
     results.add(case.name, name, "image_sha256", sha == manifest.get("image_sha256"))
-    if name != "raw.zst":  # pmem has no .zst reader yet (README, Compression)
-        verify = subprocess.run([str(pmem), "verify", str(path)], capture_output=True, text=True)
-        results.add(case.name, name, "pmem verify", verify.returncode == 0,
-                    "" if verify.returncode == 0 else (verify.stdout + verify.stderr).strip()[-300:])
+    # pmem reads AVML and .zst images in place.
+    verify = subprocess.run([str(pmem), "verify", str(path)], capture_output=True, text=True)
+    results.add(case.name, name, "pmem verify", verify.returncode == 0,
+                "" if verify.returncode == 0 else (verify.stdout + verify.stderr).strip()[-300:])
     plain = Path(str(path) + ".plain")
     if name == "avml":
         avml = env.ensure_avml()

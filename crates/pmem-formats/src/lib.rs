@@ -217,6 +217,28 @@ pub fn detect_image(path: &Path, file: &ImageFile) -> Result<Format, FormatError
     detect_file(path, file)
 }
 
+/// An image compressed with `--compress zstd` (or by `zstd` itself) as the
+/// image it holds, decompressed where it is read; other files as they are.
+/// The flag says whether it was zstd.
+pub fn unwrap_zstd(path: &Path, file: ImageFile) -> Result<(ImageFile, bool), FormatError> {
+    let len = file_len(path, &file)?;
+    let mut magic = [0u8; 4];
+    if len < 4 {
+        return Ok((file, false));
+    }
+    read_exact_at(path, &file, 0, &mut magic)?;
+    if magic != zstd::MAGIC {
+        return Ok((file, false));
+    }
+    let io_error = |source| FormatError::Io {
+        path: path.into(),
+        offset: 0,
+        source,
+    };
+    let reader = zstd::ZstdReader::new(file, len).map_err(io_error)?;
+    Ok((ImageFile::stream(reader).map_err(io_error)?, true))
+}
+
 /// Opens an image for reading. `raw_map` says where a raw image's bytes
 /// belong (a raw file cannot tell); without it a raw image is one range
 /// `[0, file length)`. Other formats carry their own map and ignore it.
@@ -224,7 +246,8 @@ pub fn open_image(
     path: &Path,
     raw_map: Option<MemoryMap>,
 ) -> Result<Box<dyn ImageReader>, FormatError> {
-    open_image_file(path, open(path)?.into(), raw_map)
+    let (file, _) = unwrap_zstd(path, open(path)?.into())?;
+    open_image_file(path, file, raw_map)
 }
 
 /// [`open_image`] over an image already opened: a file, or the plaintext
@@ -398,6 +421,18 @@ impl From<File> for ImageFile {
             source: Source::File(file),
             len: 0,
         }
+    }
+}
+
+impl Read for ImageFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Seek for ImageFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        (&*self).seek(pos)
     }
 }
 

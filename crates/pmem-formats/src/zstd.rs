@@ -7,20 +7,34 @@
 //! (the zstd format allows concatenated frames; `zstd -d` writes their
 //! contents one after the other), so memory stays bounded and frames can be
 //! compressed on several threads.
+//!
+//! After the last frame comes a seek table in zstd's seekable format (a
+//! skippable frame that `zstd -d` ignores): each frame's compressed and
+//! uncompressed size, so that [`ZstdReader`] finds any offset of the image
+//! by decompressing one frame. `.zst` files without one (from `zstd`
+//! itself) are indexed by decompressing each frame once when opened.
 
 use pmem_core::{ByteSink, SinkSummary};
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 
 /// The zstd frame magic number, as it appears on disk.
 pub const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Uncompressed bytes per zstd frame.
 pub const FRAME_INPUT: usize = 4 << 20;
+/// The skippable frame that holds the seek table.
+const SEEK_TABLE_FRAME_MAGIC: u32 = 0x184D_2A5E;
+/// The seek table footer's magic (its last four bytes).
+const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
+/// Number of frames (u32), descriptor (u8), magic (u32).
+const FOOTER_LEN: u64 = 9;
 
 /// Compresses everything written to it into `inner`.
 pub struct ZstdSink {
     inner: Box<dyn ByteSink>,
     buffer: Vec<u8>,
     position: u64,
+    /// (compressed, uncompressed) size of each frame written: the seek table.
+    frames: Vec<(u32, u32)>,
 }
 
 impl ZstdSink {
@@ -29,6 +43,7 @@ impl ZstdSink {
             inner,
             buffer: Vec::with_capacity(FRAME_INPUT),
             position: 0,
+            frames: Vec::new(),
         }
     }
 
@@ -40,8 +55,27 @@ impl ZstdSink {
             &self.buffer[..],
             ruzstd::encoding::CompressionLevel::Fastest,
         );
+        // FRAME_INPUT bytes compress to far less than 4 GiB.
+        self.frames
+            .push((frame.len() as u32, self.buffer.len() as u32));
         self.buffer.clear();
         self.inner.write_all(&frame)
+    }
+
+    /// The seekable format's seek table, as one skippable frame.
+    fn seek_table(&self) -> Vec<u8> {
+        let entries = self.frames.len() * 8;
+        let mut table = Vec::with_capacity(8 + entries + FOOTER_LEN as usize);
+        table.extend_from_slice(&SEEK_TABLE_FRAME_MAGIC.to_le_bytes());
+        table.extend_from_slice(&((entries as u64 + FOOTER_LEN) as u32).to_le_bytes());
+        for &(compressed, plain) in &self.frames {
+            table.extend_from_slice(&compressed.to_le_bytes());
+            table.extend_from_slice(&plain.to_le_bytes());
+        }
+        table.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
+        table.push(0); // no per-frame checksums
+        table.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+        table
     }
 }
 
@@ -80,6 +114,371 @@ impl ByteSink for ZstdSink {
     /// Summary of the compressed bytes, as written.
     fn finish(mut self: Box<Self>) -> io::Result<SinkSummary> {
         self.flush_frame()?;
+        let table = self.seek_table();
+        self.inner.write_all(&table)?;
         self.inner.finish()
+    }
+}
+
+/// Where one frame lies: compressed in the file, uncompressed in the image.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    file_offset: u64,
+    compressed: u64,
+    image_offset: u64,
+    len: u64,
+}
+
+/// A `.zst` file read as the image it holds: seekable. A read decompresses
+/// its frame from the frame's start up to the offset asked for and keeps
+/// the decoder there, so reading in order decompresses everything once and
+/// memory stays at one decoder's window whatever the frame's size.
+pub struct ZstdReader<R: Read + Seek> {
+    frames: Vec<Frame>,
+    len: u64,
+    position: u64,
+    decoding: Decoding<R>,
+}
+
+/// The source, idle or inside a decoder positioned in one frame.
+enum Decoding<R: Read + Seek> {
+    Idle(R),
+    Frame {
+        index: usize,
+        /// Uncompressed bytes of the frame the decoder has produced.
+        at: u64,
+        decoder:
+            Box<ruzstd::decoding::StreamingDecoder<FrameBytes<R>, ruzstd::decoding::FrameDecoder>>,
+    },
+    /// Only while switching frames (a failed switch leaves it: later reads fail).
+    Gone,
+}
+
+/// The compressed bytes [pos, end) of one frame, read from the source.
+struct FrameBytes<R> {
+    inner: R,
+    pos: u64,
+    end: u64,
+}
+
+impl<R: Read + Seek> Read for FrameBytes<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.end - self.pos) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.inner.seek(SeekFrom::Start(self.pos))?;
+        let got = self.inner.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+fn invalid(offset: u64, reason: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("zstd at file offset {offset:#x}: {reason}"),
+    )
+}
+
+fn read_at<R: Read + Seek>(source: &mut R, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    source.seek(SeekFrom::Start(offset))?;
+    source.read_exact(buf)
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// A decoder at the start of the frame `f`, over `source`.
+fn start_frame<R: Read + Seek>(
+    source: R,
+    f: &Frame,
+) -> io::Result<ruzstd::decoding::StreamingDecoder<FrameBytes<R>, ruzstd::decoding::FrameDecoder>> {
+    let bytes = FrameBytes {
+        inner: source,
+        pos: f.file_offset,
+        end: f.file_offset + f.compressed,
+    };
+    ruzstd::decoding::StreamingDecoder::new(bytes).map_err(|e| invalid(f.file_offset, e))
+}
+
+/// Reads and drops `n` bytes of `reader`; the count it could give.
+fn skip(reader: &mut impl Read, mut n: u64) -> io::Result<u64> {
+    let mut scratch = vec![0u8; 64 << 10];
+    let mut done = 0;
+    while n > 0 {
+        let want = n.min(scratch.len() as u64) as usize;
+        let k = reader.read(&mut scratch[..want])?;
+        if k == 0 {
+            break;
+        }
+        n -= k as u64;
+        done += k as u64;
+    }
+    Ok(done)
+}
+
+impl<R: Read + Seek> ZstdReader<R> {
+    /// Indexes the frames of `source` (`file_len` bytes): from the seek
+    /// table when there is one, else by walking the frames (their sizes from
+    /// their headers, or by decompressing them once).
+    pub fn new(mut source: R, file_len: u64) -> io::Result<ZstdReader<R>> {
+        let frames = match seek_table(&mut source, file_len)? {
+            Some(frames) => frames,
+            None => walk_frames(source.by_ref(), file_len)?,
+        };
+        let len = frames.last().map_or(0, |f| f.image_offset + f.len);
+        Ok(ZstdReader {
+            frames,
+            len,
+            position: 0,
+            decoding: Decoding::Idle(source),
+        })
+    }
+
+    /// A decoder in frame `index` at uncompressed offset `within`.
+    fn seek_decoder(&mut self, index: usize, within: u64) -> io::Result<()> {
+        if let Decoding::Frame { index: i, at, .. } = &self.decoding {
+            if *i == index && *at <= within {
+                let (at, decoder) = match &mut self.decoding {
+                    Decoding::Frame { at, decoder, .. } => (at, decoder),
+                    _ => unreachable!("matched above"),
+                };
+                *at += skip(decoder.as_mut(), within - *at)?;
+                return self.check_reached(index, within);
+            }
+        }
+        let source = match std::mem::replace(&mut self.decoding, Decoding::Gone) {
+            Decoding::Idle(source) => source,
+            Decoding::Frame { decoder, .. } => decoder.into_inner().inner,
+            Decoding::Gone => return Err(io::Error::other("an earlier zstd read failed")),
+        };
+        let f = self.frames[index];
+        let mut decoder = Box::new(start_frame(source, &f)?);
+        let at = skip(decoder.as_mut(), within)?;
+        self.decoding = Decoding::Frame { index, at, decoder };
+        self.check_reached(index, within)
+    }
+
+    fn check_reached(&self, index: usize, within: u64) -> io::Result<()> {
+        match &self.decoding {
+            Decoding::Frame { at, .. } if *at == within => Ok(()),
+            _ => {
+                let f = self.frames[index];
+                Err(invalid(
+                    f.file_offset,
+                    format!("frame ends before its {} bytes", f.len),
+                ))
+            }
+        }
+    }
+}
+
+/// The frames listed by a seek table at the end of the file, checked
+/// against the file's length; `None` without one.
+fn seek_table<R: Read + Seek>(source: &mut R, file_len: u64) -> io::Result<Option<Vec<Frame>>> {
+    if file_len < 8 + FOOTER_LEN {
+        return Ok(None);
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    read_at(source, file_len - FOOTER_LEN, &mut footer)?;
+    if le32(&footer, 5) != SEEKABLE_MAGIC {
+        return Ok(None);
+    }
+    let at = file_len - FOOTER_LEN;
+    let count = u64::from(le32(&footer, 0));
+    let descriptor = footer[4];
+    if descriptor & 0x7c != 0 {
+        return Err(invalid(at, "seek table descriptor has reserved bits set"));
+    }
+    let entry = if descriptor & 0x80 != 0 { 12 } else { 8 };
+    let table_len = count * entry;
+    let frame_start = file_len
+        .checked_sub(FOOTER_LEN + table_len + 8)
+        .ok_or_else(|| {
+            invalid(
+                at,
+                format!("seek table of {count} frames is longer than the file"),
+            )
+        })?;
+    let mut table = vec![0u8; (8 + table_len) as usize];
+    read_at(source, frame_start, &mut table)?;
+    if le32(&table, 0) != SEEK_TABLE_FRAME_MAGIC
+        || u64::from(le32(&table, 4)) != table_len + FOOTER_LEN
+    {
+        return Err(invalid(
+            frame_start,
+            "seek table frame header does not match its footer",
+        ));
+    }
+    let mut frames = Vec::with_capacity(count as usize);
+    let (mut file_offset, mut image_offset) = (0u64, 0u64);
+    for i in 0..count as usize {
+        let e = 8 + i * entry as usize;
+        let compressed = u64::from(le32(&table, e));
+        let len = u64::from(le32(&table, e + 4));
+        frames.push(Frame {
+            file_offset,
+            compressed,
+            image_offset,
+            len,
+        });
+        file_offset += compressed;
+        image_offset += len;
+    }
+    if file_offset != frame_start {
+        return Err(invalid(
+            frame_start,
+            format!("the seek table's frames end at {file_offset:#x}, not where the table starts"),
+        ));
+    }
+    Ok(Some(frames))
+}
+
+/// Frames of a `.zst` without seek table: each frame's compressed length
+/// from its block headers, its content size from its header or by
+/// decompressing it once. Skippable frames are stepped over.
+fn walk_frames<R: Read + Seek>(mut source: &mut R, file_len: u64) -> io::Result<Vec<Frame>> {
+    let mut frames = Vec::new();
+    let (mut at, mut image_offset) = (0u64, 0u64);
+    while at < file_len {
+        let mut head = [0u8; 8];
+        let n = head.len().min((file_len - at) as usize);
+        read_at(source, at, &mut head[..n])?;
+        if n >= 8 && le32(&head, 0) & 0xffff_fff0 == 0x184D_2A50 {
+            at += 8 + u64::from(le32(&head, 4));
+            continue;
+        }
+        if n < 4 || head[..4] != MAGIC {
+            return Err(invalid(at, "not a zstd frame"));
+        }
+        let (compressed, content) = frame_layout(source, at, file_len)?;
+        let mut frame = Frame {
+            file_offset: at,
+            compressed,
+            image_offset,
+            len: 0,
+        };
+        frame.len = match content {
+            Some(len) => len,
+            None => {
+                let mut decoder = start_frame(&mut source, &frame)?;
+                skip(&mut decoder, u64::MAX)?
+            }
+        };
+        frames.push(frame);
+        at += compressed;
+        image_offset += frame.len;
+    }
+    if at != file_len {
+        return Err(invalid(
+            at,
+            "a skippable frame runs past the end of the file",
+        ));
+    }
+    Ok(frames)
+}
+
+/// The compressed length of the frame at `start` (header, blocks, checksum)
+/// and its content size when the header has one.
+fn frame_layout<R: Read + Seek>(
+    source: &mut R,
+    start: u64,
+    file_len: u64,
+) -> io::Result<(u64, Option<u64>)> {
+    let mut header = [0u8; 18];
+    let n = header.len().min((file_len - start) as usize);
+    read_at(source, start, &mut header[..n])?;
+    let d = header[4];
+    let single_segment = d & 0x20 != 0;
+    let checksum = d & 0x04 != 0;
+    let dict_id = [0usize, 1, 2, 4][(d & 3) as usize];
+    let fcs_len = match d >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let fcs_at = 5 + usize::from(!single_segment) + dict_id;
+    if fcs_at + fcs_len > n {
+        return Err(invalid(start, "frame header is cut short"));
+    }
+    let mut fcs = [0u8; 8];
+    fcs[..fcs_len].copy_from_slice(&header[fcs_at..fcs_at + fcs_len]);
+    let content = match fcs_len {
+        0 => None,
+        2 => Some(u64::from_le_bytes(fcs) + 256),
+        _ => Some(u64::from_le_bytes(fcs)),
+    };
+    let mut at = start + (fcs_at + fcs_len) as u64;
+    loop {
+        let mut block = [0u8; 3];
+        if at + 3 > file_len {
+            return Err(invalid(at, "frame is cut short"));
+        }
+        read_at(source, at, &mut block)?;
+        let header = u32::from(block[0]) | u32::from(block[1]) << 8 | u32::from(block[2]) << 16;
+        let last = header & 1 != 0;
+        let size = u64::from(header >> 3);
+        at += 3 + match (header >> 1) & 3 {
+            1 => 1, // RLE: one byte, repeated `size` times
+            3 => return Err(invalid(at, "reserved block type")),
+            _ => size,
+        };
+        if last {
+            break;
+        }
+    }
+    at += if checksum { 4 } else { 0 };
+    if at > file_len {
+        return Err(invalid(start, "frame is cut short"));
+    }
+    Ok((at - start, content))
+}
+
+impl<R: Read + Seek> Read for ZstdReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.position >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let position = self.position;
+        let index = self
+            .frames
+            .partition_point(|f| f.image_offset + f.len <= position);
+        let f = self.frames[index];
+        let within = position - f.image_offset;
+        self.seek_decoder(index, within)?;
+        let n = (buf.len() as u64).min(f.len - within) as usize;
+        let Decoding::Frame { at, decoder, .. } = &mut self.decoding else {
+            unreachable!("seek_decoder leaves a decoder");
+        };
+        let got = decoder.read(&mut buf[..n])?;
+        if got == 0 {
+            return Err(invalid(
+                f.file_offset,
+                format!("frame ends before its {} bytes", f.len),
+            ));
+        }
+        *at += got as u64;
+        self.position += got as u64;
+        Ok(got)
+    }
+}
+
+impl<R: Read + Seek> Seek for ZstdReader<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.position.checked_add_signed(d),
+        };
+        self.position = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the image",
+            )
+        })?;
+        Ok(self.position)
     }
 }

@@ -124,6 +124,7 @@ pub fn open(path: &Path, manifest_path: Option<&Path>) -> Result<OpenedImage> {
         None => None,
     };
     let (file, _) = open_file(path)?;
+    let (file, _) = pmem_formats::unwrap_zstd(path, file)?;
     let format = pmem_formats::detect_image(path, &file)?;
     let raw_map = match (&format, &manifest) {
         (Format::Raw, Some(m)) => Some(
