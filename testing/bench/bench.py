@@ -4,9 +4,13 @@
     python3 testing/bench/bench.py                      # 6.1, 1 GiB, 1 vCPU, 3 repetitions
     python3 testing/bench/bench.py --config 6.1:1024:2 --config 6.1:2048:1 --reps 3
     python3 testing/bench/bench.py --convert-only       # the offline 4 GiB convert comparison
+    python3 testing/bench/bench.py --config 6.1-arm64:1024:1 --steps file,pipe --no-convert
+                                                        # arm64 (KPTI on), aarch64 builds of both
 
 Reuses testing/guest (kernels, initramfs, QEMU, data disk). AVML is built
-from crates.io into ${PMEM_GUEST_CACHE:-~/.cache/pmem-guest}/avml, once.
+from crates.io into ${PMEM_GUEST_CACHE:-~/.cache/pmem-guest}/avml, once
+(for arm64 guests: avml-arm64, aarch64-unknown-linux-musl, see
+testing/guest/arm64.py).
 In the guest, for every repetition (tool order alternates: A B, B A, ...;
 caches dropped before each step; one warm-up acquisition first):
   file        uncompressed LiME to the guest's disk
@@ -31,6 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "guest"))
+import arm64  # noqa: E402  (registers the arm64 kernel)
 import env  # noqa: E402
 import initramfs  # noqa: E402
 import vm  # noqa: E402
@@ -60,7 +65,7 @@ TOOLS = {
 PMEMS = ("pmem", "pmem-nohash")
 
 
-def guest_script(reps, memory):
+def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
     m = "/data/bin/pmem-guest-agent measure"
     lines = [
         "export OUT=/data/out",
@@ -76,7 +81,7 @@ def guest_script(reps, memory):
     ]
     for rep in range(reps):
         order = ["pmem", "avml", "pmem-nohash"] if rep % 2 == 0 else ["pmem-nohash", "avml", "pmem"]
-        for step in ("file", "pipe", "compressed"):
+        for step in steps:
             for tool in order:
                 cmd = TOOLS[step][tool]
                 lines.append("drop")
@@ -100,21 +105,26 @@ def guest_script(reps, memory):
     return "\n".join(lines) + "\n"
 
 
-def run_config(kernel_key, memory, smp, reps, pmem, agent):
+def run_config(kernel_key, memory, smp, reps, pmem, agent, steps):
     kernel = env.KERNELS[kernel_key]
+    avml = AVML
+    if kernel.target != env.MUSL:  # arm64: both tools built for the guest's architecture
+        pmem, agent = env.build_pmem(kernel.target)
+        avml = arm64.ensure_avml()
     work = WORK / f"{kernel_key}-{memory}m-{smp}cpu"
     vm.cleanup([work])
     staging = work / "staging"
     (staging / "bin").mkdir(parents=True)
     (staging / "out").mkdir()
-    for src, name in ((pmem, "pmem"), (agent, "pmem-guest-agent"), (AVML, "avml")):
+    for src, name in ((pmem, "pmem"), (agent, "pmem-guest-agent"), (avml, "avml")):
         shutil.copy2(src, staging / "bin" / name)
-    (staging / "case.sh").write_text(guest_script(reps, memory))
+    (staging / "case.sh").write_text(guest_script(reps, memory, steps))
     initramfs.build(kernel, work / "initrd.cpio")
     vm.make_data_disk(staging, work / "disk.img", int(memory / 1024 * 2) + 2)
     say(f"[bench] booting {kernel.release()}, {memory} MiB, {smp} vCPU(s); {reps} repetitions")
     guest = vm.Guest(kernel.vmlinuz(), work / "initrd.cpio", work / "disk.img", memory, work,
-                     timeout=7200, log=say, smp=smp)
+                     timeout=7200, log=say, smp=smp, qemu=kernel.qemu,
+                     machine="virt" if kernel.qemu else "pc")
     guest.run()
     out = vm.extract(work / "disk.img", "/out", work)
     vm.cleanup([work / "disk.img", staging])
@@ -235,6 +245,8 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--convert-only", action="store_true")
     parser.add_argument("--no-convert", action="store_true")
+    parser.add_argument("--steps", default="file,pipe,compressed",
+                        help="comma-separated guest steps (default file,pipe,compressed)")
     args = parser.parse_args()
     busy = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout.strip()
     if busy:
@@ -247,7 +259,8 @@ def main():
     keep = None
     if not args.convert_only:
         for kernel, memory, smp in configs:
-            rows, out, release = run_config(kernel, int(memory), int(smp), args.reps, pmem, agent)
+            rows, out, release = run_config(kernel, int(memory), int(smp), args.reps, pmem, agent,
+                                            [s for s in args.steps.split(",") if s])
             table(rows, int(memory), f"{release}, {memory} MiB, {smp} vCPU(s), {args.reps} repetitions")
             if (out / "keep.lime").exists():
                 keep = out / "keep.lime"
