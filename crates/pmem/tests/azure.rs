@@ -12,10 +12,12 @@ use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
 
 const HELPER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -48,23 +50,6 @@ fn azurite() -> Option<PathBuf> {
         panic!("Azurite is not installed (scripts/test.sh installs it); PMEM_SKIP_AZURE=1 skips locally");
     }
     found
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn helper(args: &[&str]) -> std::process::Output {

@@ -3,12 +3,13 @@
 //! the synthetic kcore was filled with, using readers written here (not
 //! pmem's own) for LiME and raw.
 
-use assert_cmd::Command;
 use pmem_core::{Arch, Range};
 use pmem_sources::testing::{pattern, KcoreBuilder, Segment, DIRECT_MAP};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+
+mod common;
+use common::*;
 
 const KERNEL_TEXT: u64 = 0xffff_ffff_8100_0000;
 
@@ -91,23 +92,6 @@ impl Machine {
             .arg(output)
             .assert()
     }
-}
-
-fn pmem() -> Command {
-    Command::cargo_bin("pmem").unwrap()
-}
-
-fn manifest(image: &Path) -> Value {
-    let mut path = image.as_os_str().to_owned();
-    path.push(".json");
-    serde_json::from_slice(&std::fs::read(PathBuf::from(path)).unwrap()).unwrap()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// An independent LiME reader: (start, inclusive end, data) per record.

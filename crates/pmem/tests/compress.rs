@@ -2,19 +2,11 @@
 //! through the `pmem` binary. Readers here are independent of pmem's: LiME
 //! parsed by hand, zstd decoded by the `zstd` tool.
 
-use assert_cmd::Command;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn pmem() -> Command {
-    Command::cargo_bin("pmem").unwrap()
-}
-
-fn manifest(image: &Path) -> Value {
-    let mut path = image.as_os_str().to_owned();
-    path.push(".json");
-    serde_json::from_slice(&std::fs::read(PathBuf::from(path)).unwrap()).unwrap()
-}
+mod common;
+use common::*;
 
 fn lime_record(start: u64, data: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();

@@ -3,30 +3,12 @@
 //! exactly the image an unencrypted run writes, the manifest is encrypted
 //! too and records the hashes of both.
 
-use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-fn pmem() -> Command {
-    Command::cargo_bin("pmem").unwrap()
-}
-
-/// `age`/`age-keygen` on PATH. In CI their absence is a failure; a local
-/// run may skip with PMEM_SKIP_AGE=1.
-fn have_age() -> bool {
-    let found = std::process::Command::new("age-keygen")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var_os("PMEM_SKIP_AGE").is_none() {
-        panic!("age is not installed (apt-get install age); PMEM_SKIP_AGE=1 skips locally");
-    }
-    found
-}
+mod common;
+use common::*;
 
 struct Keys {
     identity: PathBuf,

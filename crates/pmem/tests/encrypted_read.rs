@@ -3,52 +3,19 @@
 //! the unencrypted image of the same memory, and clear errors for a wrong
 //! or missing identity. The source is a synthetic /proc/kcore.
 
-use assert_cmd::Command;
 use pmem_core::{Arch, Range};
 use pmem_sources::testing::{KcoreBuilder, Segment};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+
+mod common;
+use common::*;
 
 const IOMEM: &str = "\
 00001000-0009efff : System RAM
 000a0000-000bffff : PCI Bus 0000:00
 00100000-004fffff : System RAM
 ";
-
-fn pmem() -> Command {
-    Command::cargo_bin("pmem").unwrap()
-}
-
-fn have_age() -> bool {
-    let found = std::process::Command::new("age-keygen")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var_os("PMEM_SKIP_AGE").is_none() {
-        panic!("age is not installed (apt-get install age); PMEM_SKIP_AGE=1 skips locally");
-    }
-    found
-}
-
-/// An age identity file and its public key.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let identity = dir.join(name);
-    let out = std::process::Command::new("age-keygen")
-        .arg("-o")
-        .arg(&identity)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let public = std::fs::read_to_string(&identity)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
-        .unwrap();
-    (identity, public)
-}
 
 struct Machine {
     dir: tempfile::TempDir,

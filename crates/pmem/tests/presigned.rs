@@ -15,55 +15,15 @@ use assert_cmd::Command;
 use pmem_upload::sigv4::{presign, Credentials};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
+
+mod common;
+use common::*;
 
 const KEY: &str = "PMEMTESTKEY";
 const SECRET: &str = "pmem-test-secret-0123456789";
-
-fn have(tool: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var_os("PMEM_SKIP_S3").is_none() {
-        panic!(
-            "{tool} is not installed (scripts/test.sh installs it); PMEM_SKIP_S3=1 skips locally"
-        );
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A test CA and a certificate for 127.0.0.1 signed by it.
 fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -339,7 +299,7 @@ fn put_and_check(server: &Server, input: &Path, key: &str, format: &str) -> Valu
 
 #[test]
 fn presigned_put_to_seaweedfs_and_rclone_serve_s3() {
-    if !have("weed") || !have("rclone") {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -360,7 +320,7 @@ fn presigned_put_to_seaweedfs_and_rclone_serve_s3() {
 
 #[test]
 fn https_endpoints_with_a_private_ca() {
-    if !have("weed") || !have("rclone") {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -441,7 +401,7 @@ fn lengths_not_known_up_front_and_plain_http_are_refused() {
 
 #[test]
 fn killing_the_server_mid_put_fails_and_leaves_no_object() {
-    if !have("weed") || !have("rclone") {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -491,7 +451,7 @@ fn age_decrypt(identity: &Path, data: &[u8], dir: &Path) -> Vec<u8> {
 
 #[test]
 fn encrypted_presigned_put_declares_the_ciphertext_length() {
-    if !have("rclone") {
+    if !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

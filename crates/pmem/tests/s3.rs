@@ -14,10 +14,12 @@ use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
 
 const PROXY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -25,39 +27,6 @@ const PROXY: &str = concat!(
 );
 const KEY: &str = "PMEMTESTKEY";
 const SECRET: &str = "pmem-test-secret-0123456789";
-
-fn have(tool: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var_os("PMEM_SKIP_S3").is_none() {
-        panic!(
-            "{tool} is not installed (scripts/test.sh installs it); PMEM_SKIP_S3=1 skips locally"
-        );
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// rclone as an S3 client of `endpoint`, configured by environment only.
 fn rclone(endpoint: &str, args: &[&str]) -> std::process::Output {
@@ -234,7 +203,7 @@ fn no_pending_uploads(endpoint: &str) {
 
 #[test]
 fn seaweedfs_multipart_round_trip_and_bad_credentials() {
-    if !have("weed") || !have("rclone") {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -285,7 +254,7 @@ fn seaweedfs_multipart_round_trip_and_bad_credentials() {
 
 #[test]
 fn rclone_serve_s3_round_trip() {
-    if !have("rclone") {
+    if !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -339,7 +308,7 @@ fn proxy(upstream: u16, mode: &str) -> (Proc, u16) {
 
 #[test]
 fn a_failing_part_is_retried_then_the_upload_is_aborted() {
-    if !have("weed") || !have("rclone") {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -367,7 +336,7 @@ fn a_failing_part_is_retried_then_the_upload_is_aborted() {
 
 #[test]
 fn a_stalled_server_times_out_and_is_aborted() {
-    if !have("weed") || !have("rclone") {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -389,7 +358,7 @@ fn a_stalled_server_times_out_and_is_aborted() {
 
 #[test]
 fn killing_the_server_mid_upload_fails_and_leaves_no_object() {
-    if !have("weed") || !have("rclone") {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,6 @@
 //! sender cut before its trailer, and a wrong pin. Every received image is
 //! hashed and compared with the manifest that travelled with it.
 
-use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -12,23 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::*;
+
 const PEER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../testing/upload/tls_peer.py"
 );
-
-fn pmem() -> Command {
-    Command::cargo_bin("pmem").unwrap()
-}
-
-fn run(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA and a certificate for localhost/127.0.0.1 signed by it.
 struct Pki {

@@ -1,0 +1,107 @@
+//! Helpers shared by the `pmem` binary's integration tests (each test file
+//! uses the part it needs).
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+/// The `pmem` binary under test.
+pub fn pmem() -> Command {
+    Command::cargo_bin("pmem").unwrap()
+}
+
+/// The manifest beside `image` (IMAGE.json).
+pub fn manifest(image: &Path) -> Value {
+    let mut path = image.as_os_str().to_owned();
+    path.push(".json");
+    serde_json::from_slice(&std::fs::read(PathBuf::from(path)).unwrap()).unwrap()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs `cmd`, which must succeed.
+pub fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `tool` runs (`tool version`). In CI its absence is a failure;
+/// a local run may skip the object-store tests with PMEM_SKIP_S3=1.
+pub fn have_server_tool(tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found && std::env::var_os("PMEM_SKIP_S3").is_none() {
+        panic!(
+            "{tool} is not installed (scripts/test.sh installs it); PMEM_SKIP_S3=1 skips locally"
+        );
+    }
+    found
+}
+
+/// `age`/`age-keygen` on PATH. In CI their absence is a failure; a local
+/// run may skip with PMEM_SKIP_AGE=1.
+pub fn have_age() -> bool {
+    let found = std::process::Command::new("age-keygen")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found && std::env::var_os("PMEM_SKIP_AGE").is_none() {
+        panic!("age is not installed (apt-get install age); PMEM_SKIP_AGE=1 skips locally");
+    }
+    found
+}
+
+/// A new age identity file `dir/name` and its public key.
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let identity = dir.join(name);
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(&identity)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
+        .unwrap();
+    (identity, public)
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
