@@ -51,6 +51,7 @@ APT = ROOT / "apt"
 BUSYBOX = ROOT / "busybox" / "bin" / "busybox"
 FIRMWARE = ROOT / "firmware" / "QEMU_EFI.fd"
 EM_AARCH64 = 183
+CPU_TYPE_ARM64 = 0x0100000C
 # Only Debian's own archive: the host's other sources (amd64-only ones) would
 # fail or mislead with APT::Architecture=arm64.
 SOURCES = """\
@@ -89,6 +90,7 @@ def apt_update():
 
 def download(package, dest):
     """Downloads one arm64 package (never installs it), unpacks it into dest."""
+    ROOT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         env.run(["apt-get", *apt_options(), "download", package], cwd=tmp)
         deb = next(Path(tmp).glob("*.deb"))
@@ -111,18 +113,18 @@ class Arm64Kernel(env.Kernel):
             env.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "qemu-system-arm"],
                     env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         ROOT.mkdir(parents=True, exist_ok=True)
-        if not BUSYBOX.exists():
+        # Only the one file of each is kept (the firmware package also holds
+        # 4 x 64 MiB of AAVMF flash images).
+        for path, package, inside in ((BUSYBOX, "busybox-static:arm64", "bin/busybox"),
+                                      (FIRMWARE, "qemu-efi-aarch64", "usr/share/qemu-efi-aarch64/QEMU_EFI.fd")):
+            if path.exists():
+                continue
             apt_update()
-            env.log("arm64: busybox-static:arm64")
-            download("busybox-static:arm64", BUSYBOX.parent.parent / "tree")
-            BUSYBOX.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(BUSYBOX.parent.parent / "tree" / "bin" / "busybox", BUSYBOX)
-        if not FIRMWARE.exists():
-            apt_update()
-            env.log("arm64: qemu-efi-aarch64 (firmware, unpacked)")
-            tree = FIRMWARE.parent / "tree"
-            download("qemu-efi-aarch64", tree)
-            shutil.copy2(tree / "usr" / "share" / "qemu-efi-aarch64" / "QEMU_EFI.fd", FIRMWARE)
+            env.log(f"arm64: {package} (unpacked, {inside} kept)")
+            with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+                download(package, Path(tmp) / "tree")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(tmp) / "tree" / inside, path)
         if (self.root / "release").exists():
             return
         apt_update()
@@ -221,6 +223,11 @@ class Arm64Hook(module_cases.NoHook):
                 machine = elf_machine(image)
                 results.add(case.name, fmt, "ELF e_machine EM_AARCH64", machine == EM_AARCH64,
                             f"e_machine {machine}")
+            if fmt == "macho":
+                with open(image, "rb") as f:
+                    cputype = struct.unpack("<I", f.read(8)[4:8])[0]
+                results.add(case.name, fmt, "Mach-O cputype CPU_TYPE_ARM64", cputype == CPU_TYPE_ARM64,
+                            f"cputype {cputype:#x}")
             proc = subprocess.run([str(host_pmem), "info", str(image)], capture_output=True, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("architecture:")), "")
             results.add(case.name, fmt, "pmem info reports aarch64", re.search(r":\s+aarch64\b", line),
@@ -235,8 +242,9 @@ def cases(Case):
              timeout=900, hook=Arm64Hook(kpti=True),
              note="arm64 direct boot (virt, cortex-a57, KPTI on): lime, elf, AVML"),
         # raw here: its zero padding then also fills the firmware's reserved gaps.
-        Case("6.1-arm64-uefi", KERNEL.key, 768, ["raw", "elf"], machine="virt+uefi", timeout=900,
-             hook=Arm64Hook(), note="arm64 through UEFI firmware: System RAM split by its reservations; raw, elf"),
+        Case("6.1-arm64-uefi", KERNEL.key, 768, ["raw", "elf", "macho"], machine="virt+uefi", timeout=900,
+             hook=Arm64Hook(),
+             note="arm64 through UEFI firmware: System RAM split by its reservations; raw, elf, Mach-O"),
     ]
 
 

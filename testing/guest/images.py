@@ -219,6 +219,7 @@ MH_MAGIC_64 = 0xFEEDFACF
 MH_CORE = 4
 LC_SEGMENT_64 = 0x19
 CPU_TYPE_X86_64 = 0x01000007
+CPU_TYPE_ARM64 = 0x0100000C  # arm64 guests (arm64.py)
 
 
 class MachoImage(Image):
@@ -237,8 +238,8 @@ class MachoImage(Image):
                 raise ImageError(f"{path}: magic {magic:#x}, expected MH_MAGIC_64")
             if filetype != MH_CORE:
                 raise ImageError(f"{path}: file type {filetype}, expected MH_CORE")
-            if cputype != CPU_TYPE_X86_64:
-                raise ImageError(f"{path}: cputype {cputype:#x}, expected CPU_TYPE_X86_64")
+            if cputype not in (CPU_TYPE_X86_64, CPU_TYPE_ARM64):
+                raise ImageError(f"{path}: cputype {cputype:#x}, expected CPU_TYPE_X86_64 or CPU_TYPE_ARM64")
             commands = f.read(sizeofcmds)
             if len(commands) != sizeofcmds:
                 raise ImageError(f"{path}: load commands truncated")
