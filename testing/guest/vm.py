@@ -120,6 +120,7 @@ class Guest:
         self.dump_seconds = None
         self.boot_seconds = None
         self.agent_rc = None
+        self.agent_report = ""  # the agent's report as the guest printed it
 
     def command(self, qmp_socket):
         if self.qemu:
@@ -199,6 +200,8 @@ class Guest:
                     proc.stdin.flush()
                 elif event == "agent":
                     self.agent_rc = int(words[1])
+                elif event == "agent-report":
+                    self.agent_report = " ".join(words[1:])
                 elif event == "done":
                     done = True
                 elif event == "error":
