@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,10 +308,30 @@ class Volatility:
     def __init__(self, results, timings):
         self.results, self.timings = results, timings
         self.jobs = queue.Queue()
+        self.lock = threading.Lock()
+        self.pending = {}  # case -> checks not yet done
+        self.after = {}  # case -> what to run once they are
         threading.Thread(target=self._work, daemon=True).start()
 
     def submit(self, case, subject, fmt, path, release):
+        with self.lock:
+            self.pending[case] = self.pending.get(case, 0) + 1
         self.jobs.put((case, subject, fmt, path, release))
+
+    def when_done(self, case, action):
+        """Runs `action` once the case's checks are done (now if they are)."""
+        with self.lock:
+            if self.pending.get(case, 0):
+                self.after[case] = action
+                return
+        action()
+
+    def _finished(self, case):
+        with self.lock:
+            self.pending[case] -= 1
+            action = self.after.pop(case, None) if self.pending[case] == 0 else None
+        if action:
+            action()
 
     def wait(self):
         self.jobs.join()
@@ -323,6 +344,7 @@ class Volatility:
             except Exception as e:  # report, never lose the worker
                 self.results.add(job[0], job[1], "volatility3", False, f"harness error: {e!r}")
             finally:
+                self._finished(job[0])
                 self.jobs.task_done()
 
     def _check(self, case, subject, fmt, path, release):
@@ -710,11 +732,27 @@ def cmd_suite(args):
     results, timings = Results(), {}
     vol = None if args.no_volatility else Volatility(results, timings)
     works = []
+    if args.jobs is None:
+        WORK.mkdir(parents=True, exist_ok=True)
+        free_gib = shutil.disk_usage(WORK).free / 2**30
+        args.jobs = min(2, os.cpu_count() or 1) if free_gib >= 40 else 1
+        say(f"{args.jobs} case(s) at a time ({os.cpu_count()} CPUs, {free_gib:.0f} GiB free under {WORK})")
 
     def run(case, previous=None):
-        done = run_case(case, pmem, agent, results, timings, previous, vol)
+        try:
+            done = run_case(case, pmem, agent, results, timings, previous, vol)
+        except Exception as e:  # one case's harness error must not stop the others
+            traceback.print_exc()
+            results.add(case.name, "harness", "checks ran to the end", False, repr(e)[:300])
+            return None
         if done and not args.keep:
-            vm.cleanup([done[1] / "dump.elf"])
+            # Images are GiBs each: a case's go as soon as its checks are done.
+            work = done[1]
+            vm.cleanup([work / "dump.elf"])
+            if vol:
+                vol.when_done(case.name, lambda: clean_images(work))
+            else:
+                clean_images(work)
         return done
 
     if args.jobs <= 1:
@@ -817,8 +855,8 @@ def main():
     suite.add_argument("--format", action="append", help="only these formats (repeatable)")
     suite.add_argument("--no-volatility", action="store_true", help="skip the Volatility 3 checks")
     suite.add_argument("--keep", action="store_true", help="keep images and dumps under testing/guest/work")
-    suite.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                       help="cases run at the same time (default: 2 on 2+ cores)")
+    suite.add_argument("--jobs", type=int, default=None,
+                       help="cases run at the same time (default: 2 on 2+ cores with 40 GiB free, else 1)")
     args = parser.parse_args()
     handler = {"setup": cmd_setup, "demo": cmd_demo, "list": cmd_list, "suite": cmd_suite, "boot": cmd_boot}[args.command]
     sys.exit(handler(args) or 0)
