@@ -242,9 +242,9 @@ def cases(Case):
              timeout=900, hook=Arm64Hook(kpti=True),
              note="arm64 direct boot (virt, cortex-a57, KPTI on): lime, elf, AVML"),
         # raw here: its zero padding then also fills the firmware's reserved gaps.
-        Case("6.1-arm64-uefi", KERNEL.key, 768, ["raw", "elf", "macho"], machine="virt+uefi", timeout=900,
-             hook=Arm64Hook(),
-             note="arm64 through UEFI firmware: System RAM split by its reservations; raw, elf, Mach-O"),
+        Case("6.1-arm64-uefi", KERNEL.key, 768, ["raw", "elf", "macho", "aff4"], machine="virt+uefi",
+             timeout=900, hook=Arm64Hook(),
+             note="arm64 through UEFI firmware: System RAM split by its reservations; raw, elf, Mach-O, AFF4"),
     ]
 
 
