@@ -43,11 +43,11 @@ with data_store.MemoryDataStore() as resolver:
             data = req.read()
             for i in range(0, len(data), 16):
                 address, length = struct.unpack_from("<QQ", data, i)
-                # One page at a time: pyaff4 0.34's ImageStream.Read repeats
-                # the first chunk's bevy when a read crosses into the next
-                # bevy (its loop never advances chunk_id), so a long read
-                # returns wrong bytes for any image; a page never crosses a
-                # chunk (pmem's stream offsets are page-aligned).
+                # One page at a time, each read inside one chunk (pmem's
+                # stream offsets are page-aligned): the first mismatch seen
+                # here (really aff4-snappy, see above) was chased this way,
+                # and it keeps pyaff4's multi-chunk read path out of the
+                # proof.
                 got = b""
                 while len(got) < length:
                     at = address + len(got)
