@@ -36,8 +36,8 @@
 //! the fact that they were read and found zero.
 
 use crate::{
-    check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, Format, FormatError,
-    ImageFile, ImageReader,
+    check_plan_nonempty, corrupt_in, finish_sink, nonempty_len, read_exact_at, write_all, Format,
+    FormatError, ImageFile, ImageReader,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
@@ -708,16 +708,8 @@ fn snappy_len(bytes: &[u8]) -> Option<u64> {
 impl AvmlReader {
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<AvmlReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = file_len(path, &file)?;
-        if len == 0 {
-            return Err(FormatError::Empty { path: path.into() });
-        }
-        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
-            path: path.into(),
-            offset,
-            format: Format::Avml,
-            reason,
-        };
+        let len = nonempty_len(path, &file)?;
+        let corrupt = corrupt_in(path, Format::Avml);
         let mut blocks: Vec<BlockIndex> = Vec::new();
         let mut offset = 0u64;
         while offset < len {

@@ -18,8 +18,8 @@
 //! Zero pages are holes on file sinks, as in the other formats.
 
 use crate::{
-    check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all, write_body, Format,
-    FormatError, ImageFile, ImageReader, Segments,
+    check_plan_nonempty, corrupt_in, file_len, finish_sink, read_exact_at, write_all, write_body,
+    Format, FormatError, ImageFile, ImageReader, Segments,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
@@ -406,12 +406,7 @@ impl DmpReader {
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<DmpReader, FormatError> {
         let file: ImageFile = file.into();
         let len = file_len(path, &file)?;
-        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
-            path: path.into(),
-            offset,
-            format: Format::Dmp,
-            reason,
-        };
+        let corrupt = corrupt_in(path, Format::Dmp);
         if len < 8 {
             return Err(corrupt(0, format!("truncated: {len} bytes")));
         }

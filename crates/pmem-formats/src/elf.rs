@@ -11,7 +11,8 @@
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
 use crate::{
-    file_len, read_exact_at, Format, FormatError, ImageFile, ImageReader, LaidOutWriter, Segments,
+    corrupt_in, nonempty_len, read_exact_at, Format, FormatError, ImageFile, ImageReader,
+    LaidOutWriter, Segments,
 };
 use object::elf::{self as E, FileHeader64, NoteHeader64, ProgramHeader64};
 use object::read::elf::{FileHeader as _, NoteIterator, ProgramHeader as _};
@@ -212,16 +213,8 @@ struct Load {
 impl ElfReader {
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<ElfReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = file_len(path, &file)?;
-        if len == 0 {
-            return Err(FormatError::Empty { path: path.into() });
-        }
-        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
-            path: path.into(),
-            offset,
-            format: Format::Elf,
-            reason,
-        };
+        let len = nonempty_len(path, &file)?;
+        let corrupt = corrupt_in(path, Format::Elf);
         let unsupported = |offset: u64, reason: &str| FormatError::Unsupported {
             path: path.into(),
             offset,

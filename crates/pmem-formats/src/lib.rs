@@ -278,10 +278,7 @@ fn open(path: &Path) -> Result<File, FormatError> {
 }
 
 fn detect_file(path: &Path, file: &ImageFile) -> Result<Format, FormatError> {
-    let len = file_len(path, file)?;
-    if len == 0 {
-        return Err(FormatError::Empty { path: path.into() });
-    }
+    let len = nonempty_len(path, file)?;
     let mut magic = [0u8; 4];
     if len < 4 {
         // Too short for any header: only raw can be this small.
@@ -355,6 +352,24 @@ fn file_len(path: &Path, file: &impl Length) -> Result<u64, FormatError> {
         offset: 0,
         source,
     })
+}
+
+/// The length of an image about to be parsed; an empty file is an error.
+fn nonempty_len(path: &Path, file: &impl Length) -> Result<u64, FormatError> {
+    match file_len(path, file)? {
+        0 => Err(FormatError::Empty { path: path.into() }),
+        len => Ok(len),
+    }
+}
+
+/// The reader's "invalid `format` image at `offset`: reason" for `path`.
+fn corrupt_in(path: &Path, format: Format) -> impl Fn(u64, String) -> FormatError + '_ {
+    move |offset, reason| FormatError::Corrupt {
+        path: path.into(),
+        offset,
+        format,
+        reason,
+    }
 }
 
 /// The bytes an image reader reads: a file, or any seekable source of a

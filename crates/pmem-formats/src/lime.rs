@@ -4,8 +4,8 @@
 //! which Volatility's LiME layer relies on.
 
 use crate::{
-    avml_unsupported, check_plan_nonempty, file_len, finish_sink, read_exact_at, write_all,
-    write_body, Format, FormatError, ImageFile, ImageReader, Segments,
+    avml_unsupported, check_plan_nonempty, corrupt_in, finish_sink, nonempty_len, read_exact_at,
+    write_all, write_body, Format, FormatError, ImageFile, ImageReader, Segments,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
@@ -83,16 +83,8 @@ impl LimeReader {
     /// they describe ascending, disjoint ranges that fit in the file.
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<LimeReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = file_len(path, &file)?;
-        if len == 0 {
-            return Err(FormatError::Empty { path: path.into() });
-        }
-        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
-            path: path.into(),
-            offset,
-            format: Format::Lime,
-            reason,
-        };
+        let len = nonempty_len(path, &file)?;
+        let corrupt = corrupt_in(path, Format::Lime);
         let mut ranges: Vec<Range> = Vec::new();
         let mut offsets = Vec::new();
         let mut offset = 0u64;

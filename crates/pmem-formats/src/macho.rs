@@ -13,7 +13,8 @@
 //! memory is what the segments with file data describe.
 
 use crate::{
-    file_len, read_exact_at, Format, FormatError, ImageFile, ImageReader, LaidOutWriter, Segments,
+    corrupt_in, nonempty_len, read_exact_at, Format, FormatError, ImageFile, ImageReader,
+    LaidOutWriter, Segments,
 };
 use pmem_core::{
     Arch, ByteSink, MemoryMap, PhysicalMemory, Plan, Range, ReadError, WriteError, PAGE_SIZE,
@@ -198,16 +199,8 @@ struct Load {
 impl MachoReader {
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<MachoReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = file_len(path, &file)?;
-        if len == 0 {
-            return Err(FormatError::Empty { path: path.into() });
-        }
-        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
-            path: path.into(),
-            offset,
-            format: Format::Macho,
-            reason,
-        };
+        let len = nonempty_len(path, &file)?;
+        let corrupt = corrupt_in(path, Format::Macho);
         if len < HEADER_LEN {
             return Err(corrupt(0, format!("truncated Mach-O header: the file has {len} bytes, the header needs {HEADER_LEN}")));
         }

@@ -4,8 +4,8 @@
 //! takes a map from the caller (the manifest) or assumes one range.
 
 use crate::{
-    check_plan_nonempty, file_len, finish_sink, write_body, write_zeros, Format, FormatError,
-    ImageFile, ImageReader, Segments,
+    check_plan_nonempty, corrupt_in, file_len, finish_sink, write_body, write_zeros, Format,
+    FormatError, ImageFile, ImageReader, Segments,
 };
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
@@ -74,12 +74,7 @@ impl RawReader {
                 MemoryMap::new(vec![whole]).expect("a single range is a valid map")
             }
         };
-        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
-            path: path.into(),
-            offset,
-            format: Format::Raw,
-            reason,
-        };
+        let corrupt = corrupt_in(path, Format::Raw);
         if map.is_empty() {
             return Err(corrupt(
                 0,

@@ -205,6 +205,9 @@ fn start_frame<R: Read + Seek>(
 
 /// Reads and drops `n` bytes of `reader`; the count it could give.
 fn skip(reader: &mut impl Read, mut n: u64) -> io::Result<u64> {
+    if n == 0 {
+        return Ok(0); // reading on in order: nothing to drop, nothing to allocate
+    }
     let mut scratch = vec![0u8; 64 << 10];
     let mut done = 0;
     while n > 0 {

@@ -26,7 +26,9 @@
 mod zip;
 
 use crate::ImageFile;
-use crate::{check_plan_nonempty, file_len, finish_sink, Format, FormatError, ImageReader};
+use crate::{
+    check_plan_nonempty, corrupt_in, finish_sink, nonempty_len, Format, FormatError, ImageReader,
+};
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
     ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError, SinkSummary,
@@ -653,16 +655,8 @@ pub struct Aff4Reader {
 
 impl Aff4Reader {
     pub fn open(path: &Path, file: ImageFile) -> Result<Aff4Reader, FormatError> {
-        let len = file_len(path, &file)?;
-        if len == 0 {
-            return Err(FormatError::Empty { path: path.into() });
-        }
-        let corrupt = |offset: u64, reason: String| FormatError::Corrupt {
-            path: path.into(),
-            offset,
-            format: Format::Aff4,
-            reason,
-        };
+        let len = nonempty_len(path, &file)?;
+        let corrupt = corrupt_in(path, Format::Aff4);
         let zerr = |e: zip::ZipError| corrupt(e.offset, e.reason);
         let zip = ZipIndex::open(&file, len).map_err(zerr)?;
         let turtle_member = zip
