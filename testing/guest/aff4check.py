@@ -43,19 +43,8 @@ with data_store.MemoryDataStore() as resolver:
             data = req.read()
             for i in range(0, len(data), 16):
                 address, length = struct.unpack_from("<QQ", data, i)
-                # One page at a time, each read inside one chunk (pmem's
-                # stream offsets are page-aligned): the first mismatch seen
-                # here (really aff4-snappy, see above) was chased this way,
-                # and it keeps pyaff4's multi-chunk read path out of the
-                # proof.
-                got = b""
-                while len(got) < length:
-                    at = address + len(got)
-                    stream.SeekRead(at)
-                    piece = stream.Read(min(length - len(got), 4096 - at % 4096))
-                    if not piece:
-                        break
-                    got += piece
+                stream.SeekRead(address)
+                got = stream.Read(length)
                 if len(got) != length:
                     sys.exit(f"pyaff4 read {len(got)} of {length} bytes at {address:#x}")
                 out.write(got)

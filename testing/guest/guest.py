@@ -465,6 +465,23 @@ def check_image(results, case, subject, fmt, path, manifest_path, ctx, timing, v
     return image
 
 
+def check_container(results, case, name, path, pmem, want_format):
+    """A container pmem's readers read but the harness does not (AVML, .zst,
+    AFF4): its manifest says complete and the format, its image_sha256 is
+    the file's, and `pmem verify` passes."""
+    manifest_path = Path(str(path) + ".json")
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    ok = manifest.get("complete") is True and manifest.get("format") == want_format
+    results.add(case.name, name, "manifest", ok,
+                f"complete={manifest.get('complete')} format={manifest.get('format')} "
+                f"compression={manifest.get('compression')} warnings={manifest.get('warnings')}")
+    results.add(case.name, name, "image_sha256", images.file_sha256(path) == manifest.get("image_sha256"))
+    verify = subprocess.run([str(pmem), "verify", str(path)], capture_output=True, text=True)
+    results.add(case.name, name, "pmem verify", verify.returncode == 0,
+                "" if verify.returncode == 0 else (verify.stdout + verify.stderr).strip()[-300:])
+    return manifest
+
+
 def check_aff4(results, case, path, ctx, timing):
     """AFF4: its manifest, hash and `pmem verify`; then pmem's own reader
     (`pmem convert` to raw, checked like any raw image) and an independent
@@ -472,15 +489,7 @@ def check_aff4(results, case, path, ctx, timing):
     and the kernel byte-exact."""
     pmem, ram, kernel_ranges, dump, marker_list, expected, release = ctx
     t = time.monotonic()
-    manifest_path = Path(str(path) + ".json")
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    results.add(case.name, "aff4", "manifest", manifest.get("complete") is True and manifest.get("format") == "aff4",
-                f"complete={manifest.get('complete')} format={manifest.get('format')} "
-                f"compression={manifest.get('compression')}")
-    results.add(case.name, "aff4", "image_sha256", images.file_sha256(path) == manifest.get("image_sha256"))
-    verify = subprocess.run([str(pmem), "verify", str(path)], capture_output=True, text=True)
-    results.add(case.name, "aff4", "pmem verify", verify.returncode == 0,
-                "" if verify.returncode == 0 else (verify.stdout + verify.stderr).strip()[-300:])
+    check_container(results, case, "aff4", path, pmem, "aff4")
     timing["checks aff4"] = time.monotonic() - t
     raw = Path(str(path) + ".raw")
     convert = subprocess.run([str(pmem), "convert", "-q", "-f", "raw", str(path), str(raw)],
@@ -526,19 +535,7 @@ def check_compressed(results, case, name, path, ctx, timing, vol):
     must stack its AVML layer on the AVML image itself."""
     pmem, ram, kernel_ranges, dump, marker_list, expected, release = ctx
     t = time.monotonic()
-    manifest_path = Path(str(path) + ".json")
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    want_format = COMPRESSED[name][1]
-    ok = manifest.get("complete") is True and manifest.get("format") == want_format
-    results.add(case.name, name, "manifest", ok,
-                f"complete={manifest.get('complete')} format={manifest.get('format')} "
-                f"compression={manifest.get('compression')} warnings={manifest.get('warnings')}")
-    sha = images.file_sha256(path)
-    results.add(case.name, name, "image_sha256", sha == manifest.get("image_sha256"))
-    # pmem reads AVML and .zst images in place.
-    verify = subprocess.run([str(pmem), "verify", str(path)], capture_output=True, text=True)
-    results.add(case.name, name, "pmem verify", verify.returncode == 0,
-                "" if verify.returncode == 0 else (verify.stdout + verify.stderr).strip()[-300:])
+    manifest = check_container(results, case, name, path, pmem, COMPRESSED[name][1])
     plain = Path(str(path) + ".plain")
     if name == "avml":
         avml = env.ensure_avml()
@@ -763,8 +760,8 @@ def cmd_suite(args):
                 previous = done[0]
                 works.append(done[1])
     else:
-        # Each guest is one TCG thread: on N cores, N guests at once nearly
-        # divide the suite's time by N. The negative marker test then uses
+        # Each guest is one TCG thread: N guests at once keep N cores busy.
+        # The negative marker test then uses
         # the same frames with another seed instead of the previous case's list.
         say(f"running {args.jobs} cases at a time")
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
