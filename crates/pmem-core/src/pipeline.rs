@@ -7,9 +7,11 @@
 //! bytes, and a writer thread classifies, frames (and, for compressed
 //! formats, hands frames to compression workers) and writes. The pool is the
 //! pipeline's whole memory: reads wait for a free buffer, so memory stays
-//! flat whatever the RAM size. The image hash runs on the sink's own thread;
-//! the memory hash, when asked for, on the writer thread: neither stalls the
-//! reads.
+//! flat whatever the RAM size. The image hash runs on the sink's own thread
+//! and the memory hash, when asked for, on a thread of its own that takes
+//! each buffer after the writer is done with it: neither stalls the reads or
+//! the writes (on one CPU they take turns; offline, or with a second CPU,
+//! they run side by side).
 
 use crate::sink::SinkSummary;
 use crate::source::{PhysicalMemory, ReadError};
@@ -131,19 +133,53 @@ pub fn copy_memory(
         // The channel has room for every buffer; the receiver is alive.
         let _ = to_reader.send(Vec::new());
     }
-    let memory_hash = options.memory_hash;
     std::thread::scope(|scope| {
+        // With a memory hash, buffers go reader -> writer -> hasher ->
+        // reader; without, straight back from the writer.
+        let (after_writer, hashed) = if options.memory_hash {
+            let (to_hasher, from_writer) = mpsc::sync_channel::<Filled>(buffers);
+            // Moved, not cloned: when the writer fails, the hasher ends and
+            // the reader's free list closes, which stops the reader.
+            let back = to_reader;
+            let spawned = std::thread::Builder::new()
+                .name("pmem-memory-hash".into())
+                .spawn_scoped(scope, move || {
+                    let mut hasher = Sha256::new();
+                    for filled in from_writer {
+                        // Unreadable pieces are zero-filled: hashed as zeros.
+                        hasher.update(&filled.buf[..filled.len]);
+                        let _ = back.send(filled.buf);
+                    }
+                    <[u8; 32]>::from(hasher.finalize())
+                });
+            match spawned {
+                Ok(handle) => (AfterWriter::Hasher(to_hasher), Some(handle)),
+                Err(e) => {
+                    return Err(CopyError::Write(WriteError::Io {
+                        offset: 0,
+                        source: e,
+                    }))
+                }
+            }
+        } else {
+            (AfterWriter::Reader(to_reader), None)
+        };
         let written = std::thread::Builder::new()
             .name("pmem-write".into())
             .spawn_scoped(scope, move || {
-                let mut out = Output {
-                    memory_hasher: memory_hash.then(Sha256::new),
-                    zero_bytes: 0,
-                };
+                let mut out = Output { zero_bytes: 0 };
                 for filled in from_reader {
                     out.emit(writer.as_mut(), &filled)?;
-                    // The reader may have stopped; then the buffer is dropped.
-                    let _ = to_reader.send(filled.buf);
+                    // The reader (or hasher) may have stopped; then the
+                    // buffer is dropped.
+                    match &after_writer {
+                        AfterWriter::Hasher(to) => {
+                            let _ = to.send(filled);
+                        }
+                        AfterWriter::Reader(to) => {
+                            let _ = to.send(filled.buf);
+                        }
+                    }
                 }
                 Ok::<_, WriteError>((out, writer))
             });
@@ -173,12 +209,23 @@ pub fn copy_memory(
         // A write error stops the reader too; report the write error then.
         let (out, writer) = joined?;
         read_result?;
+        // The writer has gone, so the hasher's queue is closed: it ends.
+        let memory_sha256 = match hashed.map(|h| h.join()) {
+            Some(Ok(digest)) => Some(digest),
+            Some(Err(_)) => {
+                return Err(CopyError::Write(WriteError::Io {
+                    offset: 0,
+                    source: std::io::Error::other("the memory hashing thread failed"),
+                }))
+            }
+            None => None,
+        };
         let image = writer.finish()?;
         Ok(CopyReport {
             bytes: reader.done,
             zero_bytes: out.zero_bytes,
             unreadable: reader.unreadable,
-            memory_sha256: out.memory_hasher.map(|h| h.finalize().into()),
+            memory_sha256,
             image,
         })
     })
@@ -289,9 +336,16 @@ impl Reader {
     }
 }
 
+/// Where the writer thread passes a buffer it is done with.
+enum AfterWriter {
+    /// To the memory hasher, which then gives it back to the reader.
+    Hasher(mpsc::SyncSender<Filled>),
+    /// Back to the reader.
+    Reader(mpsc::SyncSender<Vec<u8>>),
+}
+
 /// The writing side's state.
 struct Output {
-    memory_hasher: Option<Sha256>,
     zero_bytes: u64,
 }
 
@@ -300,9 +354,6 @@ impl Output {
     /// unreadable pieces through `write_unreadable`.
     fn emit(&mut self, writer: &mut dyn ImageWriter, filled: &Filled) -> Result<(), WriteError> {
         let data = &filled.buf[..filled.len];
-        if let Some(h) = &mut self.memory_hasher {
-            h.update(data);
-        }
         let mut at = 0usize;
         for &(bad_at, bad_len) in filled.bad.iter().chain([(filled.len, 0)].iter()) {
             if bad_at > at {
@@ -534,6 +585,67 @@ mod tests {
         );
         // Large reads first: the first range is read in 0x8000-byte requests.
         assert_eq!(mem.reads[0], (0x1000, 0x8000));
+    }
+
+    /// Fails on its third chunk, slowly.
+    struct FailingWriter {
+        chunks: usize,
+    }
+
+    impl ImageWriter for FailingWriter {
+        fn begin(&mut self, _plan: &Plan) -> Result<(), WriteError> {
+            Ok(())
+        }
+        fn write_chunk(&mut self, _addr: u64, _chunk: Chunk<'_>) -> Result<(), WriteError> {
+            self.chunks += 1;
+            if self.chunks == 3 {
+                // Time for the reader to queue every buffer: the failure
+                // then takes them all with it, and only a closed free list
+                // can stop the reader.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                return Err(WriteError::Io {
+                    offset: 0x2000,
+                    source: io::Error::other("disk gone"),
+                });
+            }
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
+            unreachable!("a failed copy is never finished")
+        }
+    }
+
+    #[test]
+    fn a_write_error_stops_the_reader_with_or_without_memory_hash() {
+        for memory_hash in [false, true] {
+            // On a thread: a reader left waiting for buffers would hang.
+            let (done, result) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut mem = PatternMemory {
+                    map: map(&[(0, 0x100000)]),
+                    bad_pages: vec![],
+                    zero_pages: vec![],
+                    granularity: 1,
+                    reads: Vec::new(),
+                };
+                let plan = Plan::new(mem.map.clone(), Arch::X86_64);
+                let options = CopyOptions {
+                    chunk_size: 0x1000,
+                    buffers: 2,
+                    memory_hash,
+                };
+                let writer = Box::new(FailingWriter { chunks: 0 });
+                let report = copy_memory(&mut mem, writer, &plan, &options, &mut |_| {});
+                let _ = done.send(report.err().map(|e| e.to_string()));
+            });
+            let error = result
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("copy_memory returned");
+            assert!(
+                error.as_deref().is_some_and(|e| e.contains("disk gone")),
+                "memory_hash {memory_hash}: {error:?}"
+            );
+        }
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub(crate) fn hash_zeros(hasher: &mut Sha256, mut len: u64) {
 /// Bytes buffered before a write system call, and per hasher read.
 pub const BUFFER: usize = 1 << 20;
 
+/// Writes at least this large skip the sink's buffer when nothing needs a
+/// copy of their bytes.
+const DIRECT: usize = 64 * 1024;
+
 /// A limit on the disk space an image may take (`--max-disk-usage`),
 /// checked before the first byte and every [`DiskLimit::CHECK_EVERY`]
 /// bytes while writing.
@@ -462,7 +466,16 @@ impl HashingSink {
     /// A stream sink on standard output.
     pub fn stdout() -> HashingSink {
         #[cfg(unix)]
-        widen_pipe(1);
+        {
+            widen_pipe(1);
+            // Standard output's own handle is line-buffered: image bytes
+            // full of newlines would go out in odd pieces. A handle of our
+            // own on the same descriptor writes each piece whole.
+            use std::os::fd::AsFd;
+            if let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() {
+                return HashingSink::stream(Box::new(File::from(fd)));
+            }
+        }
         HashingSink::stream(Box::new(io::stdout()))
     }
 
@@ -508,24 +521,10 @@ impl HashingSink {
             return Ok(());
         }
         let len = self.buf.len() as u64;
-        match &mut self.target {
-            Target::File(file) => {
-                if let Some(limit) = &self.limit {
-                    // A byte limit costs nothing to check; the filesystem's
-                    // usage costs a system call: every CHECK_EVERY bytes.
-                    let every = matches!(limit, DiskLimit::Bytes(_));
-                    if every || self.flushed + len >= self.next_check {
-                        if let Err(e) = limit.check(file, self.flushed + len) {
-                            self.stopped = true;
-                            return Err(e);
-                        }
-                        self.next_check = self.flushed + len + DiskLimit::CHECK_EVERY;
-                    }
-                }
-                write_at(file, &self.buf, self.flushed)?;
-            }
-            Target::Stream(w) => w.write_all(&self.buf)?,
-        }
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.write_out(&buf);
+        self.buf = buf;
+        written?;
         if self.by_reading || matches!(self.hasher, Hasher::Off) {
             self.buf.clear();
         } else {
@@ -544,6 +543,37 @@ impl HashingSink {
         Ok(())
     }
 
+    /// Whether written bytes reach the hash without a copy of their own:
+    /// read back from the file, or not hashed at all.
+    fn hash_needs_no_copy(&self) -> bool {
+        self.by_reading || matches!(self.hasher, Hasher::Off)
+    }
+
+    /// Writes `bytes` at image offset `flushed` (checking the disk limit),
+    /// not moving `flushed`.
+    fn write_out(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let len = bytes.len() as u64;
+        match &mut self.target {
+            Target::File(file) => {
+                if let Some(limit) = &self.limit {
+                    // A byte limit costs nothing to check; the filesystem's
+                    // usage costs a system call: every CHECK_EVERY bytes.
+                    let every = matches!(limit, DiskLimit::Bytes(_));
+                    if every || self.flushed + len >= self.next_check {
+                        if let Err(e) = limit.check(file, self.flushed + len) {
+                            self.stopped = true;
+                            return Err(e);
+                        }
+                        self.next_check = self.flushed + len + DiskLimit::CHECK_EVERY;
+                    }
+                }
+                write_at(file, bytes, self.flushed)?;
+            }
+            Target::Stream(w) => w.write_all(bytes)?,
+        }
+        Ok(())
+    }
+
     /// File mode: lets the hasher read what is written and not held.
     fn release_to_hasher(&mut self) {
         if self.by_reading {
@@ -558,6 +588,17 @@ impl HashingSink {
 
 impl ByteSink for HashingSink {
     fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        if buf.len() >= DIRECT && self.hash_needs_no_copy() {
+            // Large pieces go out from the caller's buffer: a copy of every
+            // byte saved (the dearest cost left when nothing is hashed, or
+            // when the hash reads the file back).
+            self.flush_buffer()?;
+            self.write_out(buf)?;
+            self.position += buf.len() as u64;
+            self.flushed += buf.len() as u64;
+            self.release_to_hasher();
+            return Ok(());
+        }
         self.position += buf.len() as u64;
         while !buf.is_empty() {
             let n = (BUFFER - self.buf.len()).min(buf.len());
@@ -756,6 +797,66 @@ mod tests {
         let written = std::fs::read(&path).unwrap();
         assert!(written == expected);
         assert_eq!(summary.sha256, sha(&expected));
+    }
+
+    /// A stream whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn large_and_small_writes_keep_order_and_hash_in_every_mode() {
+        // Pieces below and above the direct-write size, and zeros between.
+        let pieces: Vec<Vec<u8>> = [100, DIRECT, 3, 2 * BUFFER + 7, DIRECT - 1, 70_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (j * 31 + i * 7) as u8 | 1).collect())
+            .collect();
+        let mut expected = Vec::new();
+        for piece in &pieces {
+            expected.extend_from_slice(piece);
+            expected.resize(expected.len() + 5000, 0);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, hashed) in [
+            ("file", true),
+            ("file", false),
+            ("stream", true),
+            ("stream", false),
+        ] {
+            let path = dir.path().join(format!("{mode}-{hashed}"));
+            let stream = Shared::default();
+            let mut sink = match mode {
+                "file" => HashingSink::file(create_image_file(&path, false).unwrap()),
+                _ => HashingSink::stream(Box::new(stream.clone())),
+            };
+            if !hashed {
+                sink = sink.without_hash();
+            }
+            let mut sink = Box::new(sink);
+            for piece in &pieces {
+                sink.write_all(piece).unwrap();
+                sink.write_zeros(5000).unwrap();
+            }
+            let summary = sink.finish().unwrap();
+            let written = match mode {
+                "file" => std::fs::read(&path).unwrap(),
+                _ => stream.0.lock().unwrap().clone(),
+            };
+            assert!(written == expected, "{mode} hashed={hashed}: bytes differ");
+            assert_eq!(summary.bytes, expected.len() as u64);
+            let want = if hashed { sha(&expected) } else { [0; 32] };
+            assert_eq!(summary.sha256, want, "{mode} hashed={hashed}");
+        }
     }
 
     #[test]

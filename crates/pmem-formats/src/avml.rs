@@ -99,34 +99,43 @@ pub fn header(range: Range) -> [u8; HEADER_LEN as usize] {
     h
 }
 
-/// Appends one framing-format data chunk for `raw` to `out`: compressed
-/// when that is shorter, stored otherwise. Returns the chunk's length.
-pub fn encode_frame(encoder: &mut snap::raw::Encoder, raw: &[u8], out: &mut Vec<u8>) -> usize {
-    debug_assert!(!raw.is_empty() && raw.len() <= FRAME);
-    let at = out.len();
-    out.extend_from_slice(&[0; CHUNK_OVERHEAD]);
-    out.resize(
-        at + CHUNK_OVERHEAD + snap::raw::max_compress_len(raw.len()),
-        0,
-    );
-    let kind = match encoder.compress(raw, &mut out[at + CHUNK_OVERHEAD..]) {
-        Ok(n) if n < raw.len() => {
-            out.truncate(at + CHUNK_OVERHEAD + n);
-            TYPE_COMPRESSED
+/// Encodes framing-format data chunks. Keeps the encoder's tables and an
+/// output buffer from frame to frame: a fresh, zeroed output for every
+/// 64 KiB frame would cost as much as copying the frame again.
+pub struct FrameEncoder {
+    snappy: snap::raw::Encoder,
+    scratch: Vec<u8>,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        FrameEncoder {
+            snappy: snap::raw::Encoder::new(),
+            scratch: vec![0; snap::raw::max_compress_len(FRAME)],
         }
-        // Incompressible (or, never seen, an encoder error): store as is.
-        _ => {
-            out.truncate(at + CHUNK_OVERHEAD);
-            out.extend_from_slice(raw);
-            TYPE_STORED
-        }
-    };
-    let len = out.len() - at;
-    let body = (len - 4) as u32;
-    out[at] = kind;
-    out[at + 1..at + 4].copy_from_slice(&body.to_le_bytes()[..3]);
-    out[at + 4..at + 8].copy_from_slice(&masked_crc(raw).to_le_bytes());
-    len
+    }
+}
+
+impl FrameEncoder {
+    /// Appends one data chunk for `raw` (at most [`FRAME`] bytes) to `out`:
+    /// compressed when that is shorter, stored otherwise. Returns the
+    /// chunk's length.
+    pub fn encode(&mut self, raw: &[u8], out: &mut Vec<u8>) -> usize {
+        debug_assert!(!raw.is_empty() && raw.len() <= FRAME);
+        let (kind, body) = match self.snappy.compress(raw, &mut self.scratch) {
+            Ok(n) if n < raw.len() => (TYPE_COMPRESSED, &self.scratch[..n]),
+            // Incompressible (or, never seen, an encoder error): store as is.
+            _ => (TYPE_STORED, raw),
+        };
+        let len = CHUNK_OVERHEAD + body.len();
+        let mut head = [0u8; CHUNK_OVERHEAD];
+        head[0] = kind;
+        head[1..4].copy_from_slice(&((len - 4) as u32).to_le_bytes()[..3]);
+        head[4..8].copy_from_slice(&masked_crc(raw).to_le_bytes());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(body);
+        len
+    }
 }
 
 /// One frame of a batch: where it is and whether it is all zero.
@@ -153,7 +162,7 @@ struct Encoded {
     lens: Vec<u32>,
 }
 
-fn encode_batch(encoder: &mut snap::raw::Encoder, batch: Batch, mut chunks: Vec<u8>) -> Encoded {
+fn encode_batch(encoder: &mut FrameEncoder, batch: Batch, mut chunks: Vec<u8>) -> Encoded {
     chunks.clear();
     let mut lens = Vec::with_capacity(batch.frames.len());
     let mut at = 0usize;
@@ -163,7 +172,7 @@ fn encode_batch(encoder: &mut snap::raw::Encoder, batch: Batch, mut chunks: Vec<
             continue;
         }
         let raw = &batch.raw[at..at + f.len as usize];
-        lens.push(encode_frame(encoder, raw, &mut chunks) as u32);
+        lens.push(encoder.encode(raw, &mut chunks) as u32);
         at += f.len as usize;
     }
     Encoded {
@@ -196,7 +205,7 @@ impl Workers {
             let spawned = std::thread::Builder::new()
                 .name(format!("pmem-snappy-{i}"))
                 .spawn(move || {
-                    let mut encoder = snap::raw::Encoder::new();
+                    let mut encoder = FrameEncoder::default();
                     loop {
                         // The lock is held only to take one job.
                         let job = match rx.lock() {
@@ -263,7 +272,7 @@ pub struct AvmlWriter {
     sink: Box<dyn ByteSink>,
     cursor: ChunkCursor,
     /// Inline compression when there are no workers.
-    encoder: snap::raw::Encoder,
+    encoder: FrameEncoder,
     workers: Workers,
     in_flight: VecDeque<Pending>,
     max_in_flight: usize,
@@ -295,9 +304,9 @@ impl AvmlWriter {
 
     /// A writer compressing on `threads` worker threads (0: inline).
     pub fn with_threads(sink: Box<dyn ByteSink>, threads: usize) -> AvmlWriter {
-        let mut encoder = snap::raw::Encoder::new();
+        let mut encoder = FrameEncoder::default();
         let mut zero_chunk = Vec::new();
-        encode_frame(&mut encoder, &[0; FRAME], &mut zero_chunk);
+        encoder.encode(&[0; FRAME], &mut zero_chunk);
         let direct = sink.can_patch();
         AvmlWriter {
             sink,
@@ -463,7 +472,7 @@ impl AvmlWriter {
             result
         } else {
             let mut chunk = Vec::new();
-            encode_frame(&mut self.encoder, &vec![0; len], &mut chunk);
+            self.encoder.encode(&vec![0; len], &mut chunk);
             self.push(addr, len as u64, &chunk)
         }
     }

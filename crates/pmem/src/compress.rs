@@ -33,9 +33,10 @@ pub struct CompressArgs {
     /// Checked before writing and every 16 MiB while writing.
     #[arg(long, value_name = "MiB|N%", value_parser = parse_disk_limit)]
     pub max_disk_usage: Option<DiskLimit>,
-    /// Do not hash the image while writing it (the manifest then records
-    /// no image_sha256): for when every second of smear counts more than a
-    /// hash made at acquisition time (hash the file afterwards).
+    /// Do not hash while writing (the manifest then records no image_sha256,
+    /// and `convert` no memory_sha256): for when every second of smear
+    /// counts more than a hash made at acquisition time (hash the file
+    /// afterwards; `pmem verify` computes both).
     #[arg(long)]
     pub no_hash: bool,
 }
