@@ -169,9 +169,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         overwrite: args.force,
         quiet: args.quiet,
         compress: args.compress.clone(),
-        // Offline the memory hash is cheap next to the format work, and it
-        // ties the output to the input whatever the formats.
-        memory_hash: true,
+        // The memory hash ties the output to the input whatever the
+        // formats: recorded unless --no-hash asks for no hashes at all.
+        memory_hash: !args.compress.no_hash,
     })?;
     eprintln!("{}", job::summary_line(&manifest, &output));
     Ok(ExitCode::SUCCESS)

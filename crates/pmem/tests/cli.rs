@@ -536,6 +536,22 @@ fn no_hash_writes_the_same_image_and_verify_accepts_it() {
     m.acquire_with("lime", &avml, &["--no-hash", "--compress", "snappy"])
         .success();
     pmem().arg("verify").arg(&avml).assert().success();
+    // convert --no-hash: the same bytes as a hashed conversion, no hashes.
+    let (converted, converted_plain) = (m.path("c.raw"), m.path("cn.raw"));
+    for (out, extra) in [(&converted, None), (&converted_plain, Some("--no-hash"))] {
+        pmem()
+            .args(["convert", "-q", "--format", "raw"])
+            .args(extra)
+            .arg(&avml)
+            .arg(out)
+            .assert()
+            .success();
+    }
+    assert!(std::fs::read(&converted).unwrap() == std::fs::read(&converted_plain).unwrap());
+    let (with, without) = (manifest(&converted), manifest(&converted_plain));
+    assert!(with["memory_sha256"].is_string() && with["image_sha256"].is_string());
+    assert_eq!(without["memory_sha256"], Value::Null);
+    assert_eq!(without["image_sha256"], Value::Null);
 }
 
 /// Every format pmem writes converts into every other with the same memory
