@@ -17,9 +17,19 @@ caches dropped before each step; one warm-up acquisition first):
   pipe        LiME into a named pipe read by `dd of=/dev/null bs=1M`
   compressed  pmem --compress snappy vs avml acquire --compress, to disk
   dd          the read limit: the kcore System RAM segments in 16 MiB reads
+  dd-file     the disk floor: the same reads written to a file on the same
+              disk and synced (with the file step)
+  dd-pipe     the pipe floor: the same reads written into the pipe step's
+              pipe and reader (with the pipe step)
+  snappy      the compression floor on one CPU: the same reads through
+              pmem's AVML chunk encoder, nothing written (with the
+              compressed step)
   sha256      the hash floor: pmem's SHA-256 code over as many bytes as RAM
 Times and peak RSS (VmHWM, from wait4) come from `pmem-guest-agent
-measure`. Prints medians with the spread (min-max) and the ratios.
+measure`. Prints medians with the spread (min-max) and the ratios:
+pmem/AVML speed, pmem/dd (the read limit) and pmem/floor (the disk floor
+for the file step, the pipe floor for the pipe step, the one-CPU
+compression floor for the compressed step).
 Not a test: numbers depend on the host; run it with no other guest up.
 """
 
@@ -96,6 +106,24 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
         lines.append("drop")
         lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent read-kcore")
         lines.append(f"res {rep} dd dd")
+        if "file" in steps:
+            # The disk floor: the same reads written to a file on the same
+            # disk (and synced, as pmem syncs its image), nothing else.
+            lines += ["drop", f"{m} /tmp/m -- sh -c '/data/bin/pmem-guest-agent read-kcore --to-stdout"
+                      " > $OUT/img 2>/dev/null && sync'",
+                      f"res {rep} dd-file dd", "rm -f $OUT/img"]
+        if "pipe" in steps:
+            # The pipe floor: the same reads written into the same pipe and
+            # reader, nothing else done to them.
+            lines += ["drop", "dd if=/tmp/fifo of=/dev/null bs=1M 2>/dev/null & reader=$!",
+                      f"{m} /tmp/m -- sh -c '/data/bin/pmem-guest-agent read-kcore --to-stdout"
+                      " > /tmp/fifo 2>/dev/null'",
+                      "wait $reader", f"res {rep} dd-pipe dd"]
+        if "compressed" in steps:
+            # The compression floor on one CPU: the reads through pmem's
+            # AVML chunk encoder, no writing.
+            lines += ["drop", f"{m} /tmp/m -- /data/bin/pmem-guest-agent read-kcore --snappy",
+                      f"res {rep} snappy snappy"]
         # The hash floor: pmem's SHA-256 code alone over as many bytes as RAM.
         lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent hash-speed {memory}")
         lines.append(f"res {rep} sha256 sha256")
@@ -148,30 +176,44 @@ def spread(values):
 def table(rows, memory, title):
     mib = memory  # acquired bytes are ~ the guest's RAM
     say(f"\n### {title}\n")
-    say("| step | tool | seconds (median, min-max) | MiB/s | peak RSS MiB | output MiB | pmem/AVML speed | pmem/dd |")
-    say("|---|---|---|---|---|---|---|---|")
+    say("| step | tool | seconds (median, min-max) | MiB/s | peak RSS MiB | output MiB "
+        "| pmem/AVML speed | pmem/dd | pmem/floor |")
+    say("|---|---|---|---|---|---|---|---|---|")
     by = {}
     for r in rows:
         by.setdefault((r["step"], r["tool"]), []).append(r)
-    dd = med([r["secs"] for r in by.get(("dd", "dd"), [])])
-    for step in ("file", "pipe", "compressed", "dd", "sha256"):
-        for tool in (("pmem", "pmem-nohash", "avml") if step not in ("dd", "sha256") else (step,)):
+
+    def median_of(step, tool):
+        return med([r["secs"] for r in by.get((step, tool), [])])
+
+    dd = median_of("dd", "dd")
+    # What each step cannot go below on this guest (nan: not measured).
+    floors = {"file": median_of("dd-file", "dd"), "pipe": median_of("dd-pipe", "dd"),
+              "compressed": median_of("snappy", "snappy")}
+    steps = [("file", ("pmem", "pmem-nohash", "avml")), ("pipe", ("pmem", "pmem-nohash", "avml")),
+             ("compressed", ("pmem", "pmem-nohash", "avml")), ("dd", ("dd",)), ("dd-file", ("dd",)),
+             ("dd-pipe", ("dd",)),
+             ("snappy", ("snappy",)), ("sha256", ("sha256",))]
+    for step, tools in steps:
+        for tool in tools:
             rs = by.get((step, tool), [])
             if not rs:
                 continue
             secs = [r["secs"] for r in rs]
             failed = sum(1 for r in rs if r["rc"] != 0)
-            speed = ratio = vs_dd = ""
+            speed = vs_dd = vs_floor = ""
             if tool in PMEMS:
                 avml = [r["secs"] for r in by.get((step, "avml"), [])]
                 if avml:
                     speed = f"{med(avml) / med(secs):.2f}x"
                 vs_dd = f"{dd / med(secs):.2f}" if dd == dd else ""
+                floor = floors.get(step, float("nan"))
+                vs_floor = f"{floor / med(secs):.2f}" if floor == floor else ""
             size = med([r["size"] / 2**20 for r in rs]) if step in ("file", "compressed") else None
             say(f"| {step} | {tool}{' (' + str(failed) + ' failed)' if failed else ''} | "
                 f"{med(secs):.2f} ({spread(secs)}) | {mib / med(secs):.0f} | "
                 f"{med([r['rss'] for r in rs]):.1f} ({spread([r['rss'] for r in rs])}) | "
-                f"{'' if size is None else f'{size:.1f}'} | {speed or ratio} | {vs_dd} |")
+                f"{'' if size is None else f'{size:.1f}'} | {speed} | {vs_dd} | {vs_floor} |")
     comp = [(r["rep"], r["tool"], r["size"]) for r in rows if r["step"] == "compressed"]
     per_rep = {}
     for rep, tool, size in comp:
@@ -215,27 +257,30 @@ def convert_bench(lime, pmem_host, reps):
     make_big_lime(lime, big)
     size = big.stat().st_size
     say(f"\n### offline convert on the host: {size / 2**30:.2f} GiB LiME -> AVML compressed LiME\n")
-    rows = {"pmem": [], "avml": []}
+    tools = ("pmem", "pmem-nohash", "avml")
+    rows = {tool: [] for tool in tools}
     sizes = {}
     for rep in range(reps):
-        for tool in (["pmem", "avml"] if rep % 2 == 0 else ["avml", "pmem"]):
+        for tool in (tools if rep % 2 == 0 else tools[::-1]):
             out = work / f"out.{tool}"
             for p in (out, Path(str(out) + ".json")):
                 if p.exists():
                     p.unlink()
-            cmd = ([str(pmem_host), "convert", "-q", "--format", "lime", "--compress", "snappy", str(big), str(out)]
-                   if tool == "pmem" else
-                   [str(AVML), "convert", "--source-format", "lime", "--format", "lime_compressed", str(big), str(out)])
+            pmem_cmd = [str(pmem_host), "convert", "-q", "--format", "lime", "--compress", "snappy"]
+            cmd = {"pmem": pmem_cmd + [str(big), str(out)],
+                   "pmem-nohash": pmem_cmd + ["--no-hash", str(big), str(out)],
+                   "avml": [str(AVML), "convert", "--source-format", "lime", "--format", "lime_compressed",
+                            str(big), str(out)]}[tool]
             secs, rc = timed(cmd)
             rows[tool].append(secs)
             sizes[tool] = out.stat().st_size if out.exists() else 0
-    say("| tool | seconds (median, min-max) | MiB/s | output MiB |")
-    say("|---|---|---|---|")
-    for tool in ("pmem", "avml"):
+    say("| tool | seconds (median, min-max) | MiB/s | output MiB | pmem/AVML speed |")
+    say("|---|---|---|---|---|")
+    for tool in tools:
+        speed = f"{med(rows['avml']) / med(rows[tool]):.2f}x" if tool != "avml" else ""
         say(f"| {tool} | {med(rows[tool]):.2f} ({spread(rows[tool])}) | {size / 2**20 / med(rows[tool]):.0f} | "
-            f"{sizes[tool] / 2**20:.1f} |")
-    say(f"\npmem/AVML convert speed: {med(rows['avml']) / med(rows['pmem']):.2f}x")
-    vm.cleanup([big, work / "out.pmem", work / "out.avml"])
+            f"{sizes[tool] / 2**20:.1f} | {speed} |")
+    vm.cleanup([big] + [work / f"out.{tool}" for tool in tools])
 
 
 def main():

@@ -4,9 +4,13 @@
 //!   writes "seconds peak_rss_kib exit_code" to RESULT. The peak RSS is the
 //!   child's own high-water mark (VmHWM) from wait4's rusage: busybox
 //!   `time -v` over-reports it about 4x.
-//! * `read-kcore`: the read limit: reads the System RAM segments of
-//!   /proc/kcore in 16 MiB requests (as `dd bs=16M`) and discards them;
-//!   prints "bytes seconds".
+//! * `read-kcore [--to-stdout | --snappy]`: the read limit: reads the
+//!   System RAM segments of /proc/kcore in 16 MiB requests (as `dd bs=16M`)
+//!   and discards them; prints "bytes seconds" (on stderr with
+//!   `--to-stdout`). `--to-stdout` writes them to standard output (a pipe
+//!   widened to 1 MiB, as pmem does): the floor of any tool that streams
+//!   the bytes. `--snappy` runs pmem's AVML chunk encoder (snappy + CRC-32C)
+//!   over them on this one thread: the floor of compressing on one CPU.
 //! * `hash-speed MIB`: SHA-256 (the sha2 crate pmem uses) over MIB MiB held
 //!   in memory: the floor an acquisition that hashes its output cannot go
 //!   below on this CPU.
@@ -18,9 +22,12 @@ use std::time::Instant;
 pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("measure") => measure(&args[1..]),
-        Some("read-kcore") => read_kcore(),
+        Some("read-kcore") => read_kcore(args.get(1).map(String::as_str)),
         Some("hash-speed") => hash_speed(args.get(1).map_or("1024", String::as_str)),
-        _ => Err("usage: measure RESULT -- CMD ARGS... | read-kcore | hash-speed MIB".into()),
+        _ => Err(
+            "usage: measure RESULT -- CMD ARGS... | read-kcore [--to-stdout | --snappy] | hash-speed MIB"
+                .into(),
+        ),
     }
 }
 
@@ -71,7 +78,26 @@ fn system_ram() -> Result<Vec<(u64, u64)>, String> {
     Ok(ram)
 }
 
-fn read_kcore() -> Result<(), String> {
+fn read_kcore(mode: Option<&str>) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let (mut to, mut snappy) = (None, None);
+    match mode {
+        None => {}
+        Some("--to-stdout") => {
+            // SAFETY: F_SETPIPE_SZ takes an int and fails harmlessly on non-pipes.
+            unsafe { libc::fcntl(1, libc::F_SETPIPE_SZ, 1 << 20) };
+            let fd = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| format!("stdout: {e}"))?;
+            to = Some(File::from(fd));
+        }
+        Some("--snappy") => snappy = Some(pmem_formats::avml::FrameEncoder::default()),
+        Some(other) => return Err(format!("read-kcore: unknown option {other}")),
+    }
+    let mut chunks = Vec::with_capacity(1 << 20);
+    let mut compressed = 0u64;
     let ram = system_ram()?;
     let kcore = File::open("/proc/kcore").map_err(|e| format!("/proc/kcore: {e}"))?;
     let mut header = [0u8; 64];
@@ -118,11 +144,28 @@ fn read_kcore() -> Result<(), String> {
             kcore
                 .read_exact_at(&mut buf[..n], offset + done)
                 .map_err(|e| format!("/proc/kcore at {:#x}: {e}", offset + done))?;
+            if let Some(out) = &mut to {
+                out.write_all(&buf[..n])
+                    .map_err(|e| format!("stdout: {e}"))?;
+            }
+            if let Some(encoder) = &mut snappy {
+                for frame in buf[..n].chunks(pmem_formats::avml::FRAME) {
+                    compressed += encoder.encode(frame, &mut chunks) as u64;
+                    chunks.clear();
+                }
+            }
             done += n as u64;
         }
         total += len;
     }
-    println!("{total} {:.3}", started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    if snappy.is_some() {
+        println!("{total} {seconds:.3} {compressed}");
+    } else if to.is_some() {
+        eprintln!("{total} {seconds:.3}");
+    } else {
+        println!("{total} {seconds:.3}");
+    }
     Ok(())
 }
 
