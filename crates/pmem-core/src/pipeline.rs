@@ -154,12 +154,7 @@ pub fn copy_memory(
                 });
             match spawned {
                 Ok(handle) => (AfterWriter::Hasher(to_hasher), Some(handle)),
-                Err(e) => {
-                    return Err(CopyError::Write(WriteError::Io {
-                        offset: 0,
-                        source: e,
-                    }))
-                }
+                Err(e) => return Err(thread_error(e)),
             }
         } else {
             (AfterWriter::Reader(to_reader), None)
@@ -185,12 +180,7 @@ pub fn copy_memory(
             });
         let written = match written {
             Ok(handle) => handle,
-            Err(e) => {
-                return Err(CopyError::Write(WriteError::Io {
-                    offset: 0,
-                    source: e,
-                }))
-            }
+            Err(e) => return Err(thread_error(e)),
         };
         let mut reader = Reader {
             unreadable: Vec::new(),
@@ -200,12 +190,9 @@ pub fn copy_memory(
             source, plan, chunk_size, retry_size, &free, &to_writer, progress,
         );
         drop(to_writer);
-        let joined = written.join().map_err(|_| {
-            CopyError::Write(WriteError::Io {
-                offset: 0,
-                source: std::io::Error::other("the writer thread failed"),
-            })
-        })?;
+        let joined = written
+            .join()
+            .map_err(|_| thread_error(std::io::Error::other("the writer thread failed")))?;
         // A write error stops the reader too; report the write error then.
         let (out, writer) = joined?;
         read_result?;
@@ -213,10 +200,8 @@ pub fn copy_memory(
         let memory_sha256 = match hashed.map(|h| h.join()) {
             Some(Ok(digest)) => Some(digest),
             Some(Err(_)) => {
-                return Err(CopyError::Write(WriteError::Io {
-                    offset: 0,
-                    source: std::io::Error::other("the memory hashing thread failed"),
-                }))
+                let failed = std::io::Error::other("the memory hashing thread failed");
+                return Err(thread_error(failed));
             }
             None => None,
         };
@@ -229,6 +214,12 @@ pub fn copy_memory(
             image,
         })
     })
+}
+
+/// A pipeline thread that could not start or that died: reported as a
+/// write error (nothing names an offset).
+fn thread_error(source: std::io::Error) -> CopyError {
+    CopyError::Write(WriteError::Io { offset: 0, source })
 }
 
 /// The reading side.

@@ -145,6 +145,21 @@ fn fs_space(_file: &File) -> io::Result<(u64, u64)> {
     ))
 }
 
+/// Standard output for image bytes: a pipe widened to one buffer, written
+/// through a descriptor of its own. Standard output's own handle is
+/// line-buffered: image bytes full of newlines would go out in odd pieces.
+pub fn stdout_stream() -> Box<dyn Write + Send> {
+    #[cfg(unix)]
+    {
+        widen_pipe(1);
+        use std::os::fd::AsFd;
+        if let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() {
+            return Box::new(File::from(fd));
+        }
+    }
+    Box::new(io::stdout())
+}
+
 /// Makes a pipe hold one whole buffer (1 MiB, the usual unprivileged
 /// maximum) instead of 64 KiB: the reader then wakes once per buffer rather
 /// than sixteen times, which matters where context switches are dear (one
@@ -465,18 +480,7 @@ impl HashingSink {
 
     /// A stream sink on standard output.
     pub fn stdout() -> HashingSink {
-        #[cfg(unix)]
-        {
-            widen_pipe(1);
-            // Standard output's own handle is line-buffered: image bytes
-            // full of newlines would go out in odd pieces. A handle of our
-            // own on the same descriptor writes each piece whole.
-            use std::os::fd::AsFd;
-            if let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() {
-                return HashingSink::stream(Box::new(File::from(fd)));
-            }
-        }
-        HashingSink::stream(Box::new(io::stdout()))
+        HashingSink::stream(stdout_stream())
     }
 
     /// Hashes nothing: the summary's hash is all zeros. For acquisitions
@@ -525,7 +529,7 @@ impl HashingSink {
         let written = self.write_out(&buf);
         self.buf = buf;
         written?;
-        if self.by_reading || matches!(self.hasher, Hasher::Off) {
+        if self.hash_needs_no_copy() {
             self.buf.clear();
         } else {
             // Hand the bytes to the hasher and take a spare buffer: one
@@ -538,9 +542,14 @@ impl HashingSink {
             self.hasher.send(ToHasher::Data(full));
             self.buf.clear();
         }
+        self.written(len);
+        Ok(())
+    }
+
+    /// `len` more bytes are out: lets the hasher catch up.
+    fn written(&mut self, len: u64) {
         self.flushed += len;
         self.release_to_hasher();
-        Ok(())
     }
 
     /// Whether written bytes reach the hash without a copy of their own:
@@ -595,8 +604,7 @@ impl ByteSink for HashingSink {
             self.flush_buffer()?;
             self.write_out(buf)?;
             self.position += buf.len() as u64;
-            self.flushed += buf.len() as u64;
-            self.release_to_hasher();
+            self.written(buf.len() as u64);
             return Ok(());
         }
         self.position += buf.len() as u64;
@@ -626,12 +634,11 @@ impl ByteSink for HashingSink {
         }
         // On a file: a hole, skipped (read back as zeros when hashing by
         // reading).
-        if !self.by_reading && !matches!(self.hasher, Hasher::Off) {
+        if !self.hash_needs_no_copy() {
             self.hasher.send(ToHasher::Zeros(len));
         }
-        self.flushed += len;
         self.position += len;
-        self.release_to_hasher();
+        self.written(len);
         Ok(())
     }
 

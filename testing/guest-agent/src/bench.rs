@@ -79,20 +79,11 @@ fn system_ram() -> Result<Vec<(u64, u64)>, String> {
 }
 
 fn read_kcore(mode: Option<&str>) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::fd::AsFd;
     let (mut to, mut snappy) = (None, None);
     match mode {
         None => {}
-        Some("--to-stdout") => {
-            // SAFETY: F_SETPIPE_SZ takes an int and fails harmlessly on non-pipes.
-            unsafe { libc::fcntl(1, libc::F_SETPIPE_SZ, 1 << 20) };
-            let fd = std::io::stdout()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| format!("stdout: {e}"))?;
-            to = Some(File::from(fd));
-        }
+        // pmem's own standard output, widened as pmem widens it.
+        Some("--to-stdout") => to = Some(pmem_core::sink::stdout_stream()),
         Some("--snappy") => snappy = Some(pmem_formats::avml::FrameEncoder::default()),
         Some(other) => return Err(format!("read-kcore: unknown option {other}")),
     }
