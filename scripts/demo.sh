@@ -6,8 +6,12 @@
 #   memory with pmem inside it (testing/guest/guest.py demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/setup.sh
 
-rustup target add x86_64-unknown-linux-musl >/dev/null
+# The static build compiles ring's C (TLS uploads) with musl-gcc.
+apt_ensure musl-tools
+python_ensure
+rustup target add x86_64-unknown-linux-musl >&2
 cargo build --release --target x86_64-unknown-linux-musl -p pmem
 pmem=target/x86_64-unknown-linux-musl/release/pmem
 

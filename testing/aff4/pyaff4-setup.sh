@@ -3,7 +3,7 @@
 # into a private venv and prints the venv's python. Idempotent: a stamp file
 # says the venv is complete; delete the venv to reinstall.
 #
-#   venv: ${PYAFF4_VENV:-${PMEM_GUEST_CACHE:-~/.cache/pmem-guest}/pyaff4-venv}
+#   venv: ${PYAFF4_VENV:-${PMEM_GUEST_CACHE:-${PMEM_CACHE:-~/.cache/pmem}/guest}/pyaff4-venv}
 #
 # pyaff4 0.34 pins dependencies from 2017-2019 that do not install as-is on
 # Python 3.11; what is done about each (nothing else is changed):
@@ -27,7 +27,7 @@
 # temporary directory, nothing is downloaded from elsewhere.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-venv=${PYAFF4_VENV:-${PMEM_GUEST_CACHE:-$HOME/.cache/pmem-guest}/pyaff4-venv}
+venv=${PYAFF4_VENV:-${PMEM_GUEST_CACHE:-${PMEM_CACHE:-$HOME/.cache/pmem}/guest}/pyaff4-venv}
 stamp="$venv/.pyaff4-0.34-r2"
 py="$venv/bin/python3"
 if [[ -f "$stamp" ]]; then

@@ -8,7 +8,7 @@
                                                         # arm64 (KPTI on), aarch64 builds of both
 
 Reuses testing/guest (kernels, initramfs, QEMU, data disk). AVML is built
-from crates.io into ${PMEM_GUEST_CACHE:-~/.cache/pmem-guest}/avml, once
+from crates.io into ${PMEM_GUEST_CACHE:-${PMEM_CACHE:-~/.cache/pmem}/guest}/avml, once
 (for arm64 guests: avml-arm64, aarch64-unknown-linux-musl, see
 testing/guest/arm64.py).
 In the guest, for every repetition (tool order alternates: A B, B A, ...;

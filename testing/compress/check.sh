@@ -15,7 +15,7 @@ pmem=${PMEM_BIN:-target/x86_64-unknown-linux-musl/release/pmem}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -c 'import sys; sys.path.insert(0, "testing/guest"); import env; env.ensure_volatility()'
-vpy="${PMEM_GUEST_CACHE:-$HOME/.cache/pmem-guest}/venv/bin/python3"
+vpy="${PMEM_GUEST_CACHE:-${PMEM_CACHE:-$HOME/.cache/pmem}/guest}/venv/bin/python3"
 
 python3 - "$work" <<'PY'
 import os, struct, sys, random

@@ -17,7 +17,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-CACHE = Path(os.environ.get("PMEM_GUEST_CACHE", Path.home() / ".cache" / "pmem-guest"))
+# Every download, venv and built peer of the project's set-up lives under
+# PMEM_CACHE (CI points it at a fresh folder per run, so every run proves the
+# set-up); PMEM_GUEST_CACHE overrides the guest part alone.
+PMEM_CACHE = Path(os.environ.get("PMEM_CACHE", Path.home() / ".cache" / "pmem"))
+CACHE = Path(os.environ.get("PMEM_GUEST_CACHE", PMEM_CACHE / "guest"))
 MUSL = "x86_64-unknown-linux-musl"
 VOLATILITY = "volatility3==2.28.2"
 # Debian packages the harness runs (command -> package). cpio is not needed:
@@ -75,7 +79,8 @@ KERNELS = {
 
 
 def log(message):
-    print(f"[setup] {message}", flush=True)
+    # stderr: callers capture a helper's standard output as its result (a path).
+    print(f"[setup] {message}", file=sys.stderr, flush=True)
 
 
 def run(cmd, **kwargs):
@@ -203,28 +208,56 @@ def serialized(function):
     return locked
 
 
+def header_packages(kernel):
+    """The packages (name, version) to unpack for building modules against
+    the kernel: linux-headers-<release> at the image's version, and what its
+    Depends line names (the -common tree, linux-kbuild) at the version that
+    line asks for. An exact `(= V)` is pinned; `(>= V)` takes the version apt
+    serves now, which may be a newer Debian revision than the image's (the
+    archive moves kbuild on without rebuilding the headers)."""
+    version = package_version(kernel)
+    flavour = f"linux-headers-{kernel.release()}"
+    show = run(["apt-cache", "show", f"{flavour}={version}"])
+    line = next(x for x in show.splitlines() if x.startswith("Depends:"))
+    wanted = re.findall(r"(linux-(?:headers-[^\s,]+-common|kbuild-[^\s,(]+))\s*(?:\((=|>=)\s*([^)]+)\))?", line)
+    if len(wanted) != 2:
+        raise SystemExit(f"setup: {flavour}: unexpected Depends: {line}")
+    packages = [(flavour, version)]
+    for name, relation, needed in wanted:
+        if relation == "=":
+            packages.append((name, needed))
+            continue
+        served = candidate_version(name)
+        if relation == ">=" and subprocess.run(["dpkg", "--compare-versions", served, "ge", needed]).returncode != 0:
+            raise SystemExit(f"setup: {flavour} needs {name} >= {needed}; apt serves {served}")
+        packages.append((name, served))
+    return packages
+
+
+def candidate_version(name):
+    """The version of a package that `apt-get download NAME` would fetch."""
+    policy = run(["apt-cache", "policy", name])
+    match = re.search(r"Candidate:\s*(\S+)", policy)
+    if not match or match.group(1) == "(none)":
+        raise SystemExit(f"setup: apt serves no version of {name}:\n{policy}")
+    return match.group(1)
+
+
 @serialized
 def ensure_headers(kernel):
     """The kernel's build headers for out-of-tree modules (pmem's module):
-    linux-headers-<release>, its -common package and linux-kbuild, all pinned
-    to the image's version, downloaded and unpacked (never installed).
-    Returns the directory to pass as `make -C`."""
+    the packages of `header_packages`, downloaded and unpacked (never
+    installed). Returns the directory to pass as `make -C`."""
     root = kernel.root / "headers"
     build = root / "usr" / "src" / f"linux-headers-{kernel.release()}"
     if (root / ".complete").exists():
         return build
-    version = package_version(kernel)
-    flavour = f"linux-headers-{kernel.release()}"
-    depends = run(["apt-cache", "show", f"{flavour}={version}"])
-    line = next(x for x in depends.splitlines() if x.startswith("Depends:"))
-    names = re.findall(r"(linux-(?:headers-[^\s,]+-common|kbuild-[^\s,]+))", line)
-    if len(names) != 2:
-        raise SystemExit(f"setup: {flavour}: unexpected Depends: {line}")
+    packages = header_packages(kernel)
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     with tempfile.TemporaryDirectory(dir=kernel.root) as tmp:
-        for name in [flavour, *names]:
+        for name, version in packages:
             log(f"kernel {kernel.key}: downloading {name}={version}")
             run(["apt-get", "download", f"{name}={version}"], cwd=tmp)
         for deb in Path(tmp).glob("*.deb"):

@@ -32,8 +32,10 @@ const PROXY: &str = concat!(
 fn azurite() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("PMEM_AZURITE").map(PathBuf::from),
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cache/pmem-azurite/node_modules/.bin/azurite-blob")),
+        std::env::var_os("PMEM_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pmem")))
+            .map(|cache| cache.join("azurite/node_modules/.bin/azurite-blob")),
     ];
     let found = candidates
         .into_iter()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs a README command on a fresh Debian 12 system: a debootstrap chroot
+# that has never seen the project's set-up, with only what the README
+# assumes (a Rust toolchain by rustup, root) and what any Debian install has
+# (gcc is NOT assumed: the scripts install what they need).
+#
+#   testing/fresh/run.sh ROOT 'scripts/demo.sh'
+#   testing/fresh/run.sh ROOT 'scripts/test.sh'
+#
+# ROOT is created with `debootstrap --variant=minbase bookworm` (plus
+# ca-certificates, as every non-minimal install has) when missing; the
+# repository's committed HEAD is cloned into ROOT/root/pmem. The host's rustup
+# toolchains are bind-mounted (the README's "rustup aside"); cargo's registry
+# starts empty inside. Run as root. Nothing here is part of CI: it is the
+# check to run whenever the set-up changes (see testing/README or the README).
+set -euo pipefail
+root=${1:?usage: run.sh ROOT COMMAND}
+command=${2:?usage: run.sh ROOT COMMAND}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+
+if [[ ! -x "$root/usr/bin/apt-get" ]]; then
+    command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >&2
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$root" >&2
+    # The same archive sections as the host (updates and security carry the
+    # current kernels).
+    rm -f "$root/etc/apt/sources.list"
+    cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/" 2>/dev/null \
+        || cp /etc/apt/sources.list "$root/etc/apt/sources.list"
+fi
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+mkdir -p "$root/root/.rustup" "$root/root/.cargo/bin"
+cp -a "$HOME/.cargo/bin/." "$root/root/.cargo/bin/"
+rm -rf "$root/root/pmem"
+git clone -q "$repo" "$root/root/pmem"
+
+mounts=()
+bind() { mkdir -p "$root$2"; mount --bind "$1" "$root$2"; mounts=("$root$2" "${mounts[@]}"); }
+cleanup() { for m in "${mounts[@]}"; do umount -l "$m" || true; done; }
+trap cleanup EXIT
+bind /proc /proc
+bind /sys /sys
+bind /dev /dev
+bind /dev/pts /dev/pts
+bind "$HOME/.rustup" /root/.rustup
+chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb CI="${CI:-}" \
+    PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    bash -c "cd /root/pmem && $command"
