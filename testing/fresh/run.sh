@@ -28,6 +28,14 @@ if [[ ! -x "$root/usr/bin/apt-get" ]]; then
         || cp /etc/apt/sources.list "$root/etc/apt/sources.list"
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The workplace's network may pass through a proxy with a CA of its own:
+# the chroot trusts what the host trusts (a fact of the network, not of the
+# project's set-up).
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+    chroot "$root" update-ca-certificates >/dev/null 2>&1
+fi
 mkdir -p "$root/root/.rustup" "$root/root/.cargo/bin"
 cp -a "$HOME/.cargo/bin/." "$root/root/.cargo/bin/"
 rm -rf "$root/root/pmem"
@@ -43,5 +51,8 @@ bind /dev /dev
 bind /dev/pts /dev/pts
 bind "$HOME/.rustup" /root/.rustup
 chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb CI="${CI:-}" \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
+    CURL_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
     PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash -c "cd /root/pmem && $command"
