@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/setup.sh
 
 # The static build compiles ring's C (TLS uploads) with musl-gcc.
+build_ensure
 apt_ensure musl-tools
 python_ensure
 rustup target add x86_64-unknown-linux-musl >&2

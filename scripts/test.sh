@@ -24,6 +24,7 @@ source scripts/lib/setup.sh
 apt_ensure qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
     wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12 llvm qemu-system-arm \
     openssl file
+build_ensure
 python_ensure
 command -v npm >/dev/null 2>&1 || apt_ensure nodejs npm
 # Real S3 servers on 127.0.0.1 for the upload tests (crates/pmem/tests/s3.rs):

@@ -31,3 +31,10 @@ python_ensure() {
         apt_ensure python3-venv
     fi
 }
+
+# What cargo itself needs beside rustup's toolchain: a C linker and libc's
+# development files (build scripts link against them), pkg-config for -sys
+# crates.
+build_ensure() {
+    apt_ensure gcc libc6-dev pkg-config
+}
