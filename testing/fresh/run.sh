@@ -12,7 +12,7 @@
 # repository's committed HEAD is cloned into ROOT/root/pmem. The host's rustup
 # toolchains are bind-mounted (the README's "rustup aside"); cargo's registry
 # starts empty inside. Run as root. Nothing here is part of CI: it is the
-# check to run whenever the set-up changes (see testing/README or the README).
+# check to run whenever the set-up changes (see docs/testing.md).
 set -euo pipefail
 root=${1:?usage: run.sh ROOT COMMAND}
 command=${2:?usage: run.sh ROOT COMMAND}
