@@ -78,6 +78,9 @@ cargo build --release --target aarch64-unknown-linux-musl -p pmem -p pmem-guest-
 file_out=$(file -b target/aarch64-unknown-linux-musl/release/pmem 2>/dev/null || true)
 echo "pmem (aarch64 musl): $(stat -c %s target/aarch64-unknown-linux-musl/release/pmem) bytes ${file_out:+- $file_out}"
 
+step "README and docs/: every pmem command and option they show exists"
+python3 testing/docs/check_commands.py target/x86_64-unknown-linux-musl/release/pmem
+
 step "unit, property and CLI tests"
 cargo test --workspace --all-features
 
