@@ -124,22 +124,20 @@ fn read_every_page(path: &Path, mem: &[(Range, Vec<u8>)]) -> Result<u64, String>
     Ok(compared)
 }
 
+/// Snappy, pmem's default chunk compression.
 #[test]
-fn aff4_crate_reads_every_page_of_pmem_images() {
+fn aff4_crate_reads_every_page_across_two_bevies() {
     let mem = two_bevies();
     let total: u64 = mem.iter().map(|(r, _)| r.len()).sum();
-    assert!(
-        total > CHUNK_SIZE * CHUNKS_PER_SEGMENT,
-        "more than one bevy"
-    );
     let dir = tempfile::tempdir().unwrap();
-    for compression in [Compression::Snappy] {
-        let path = dir.path().join(format!("{compression:?}.aff4"));
-        write(&path, &mem, compression);
-        let compared =
-            read_every_page(&path, &mem).unwrap_or_else(|e| panic!("{compression:?}: {e}"));
-        assert_eq!(compared, total / PAGE, "{compression:?}");
-    }
+    let path = dir.path().join("snappy.aff4");
+    write(&path, &mem, Compression::Snappy);
+    let stored = aff4::Aff4Reader::open(&path).unwrap().image_stream_size();
+    assert!(
+        stored > CHUNK_SIZE * CHUNKS_PER_SEGMENT,
+        "two bevies: {stored}"
+    );
+    assert_eq!(read_every_page(&path, &mem), Ok(total / PAGE));
 }
 
 /// Deflate reads page-exact. LZ4 does not: pmem writes LZ4 blocks, as
