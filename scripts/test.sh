@@ -102,6 +102,10 @@ python3 -c 'import sys; sys.path.insert(0, "testing/guest"); import env; env.ens
     target/release/pmem target/vol3-dmp 256
 rm -rf target/vol3-dmp
 
+step "Windows crash dumps (full and bitmap) against kdmp-parser 0.7.4 (page-exact; broken headers refused)"
+python3 testing/windows/kdmp_check.py target/release/pmem target/kdmp-dmp 128
+rm -rf target/kdmp-dmp
+
 if [[ "${PMEM_SKIP_GUEST:-0}" == 1 ]]; then
     step "guest suite skipped (PMEM_SKIP_GUEST=1)"
 else

@@ -18,8 +18,6 @@ are not mapped. Needs volatility3 importable by this Python.
 
 import json
 import os
-import random
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -27,53 +25,10 @@ from pathlib import Path
 from volatility3.framework import contexts, exceptions
 from volatility3.framework.layers import crash, physical
 
-PAGE = 4096
+from synthetic import PAGE, lime_records, make_lime
+
 CR3 = 0x1AA000
 CHUNK = 4 << 20
-
-
-def make_lime(path, runs, total_mib, seed):
-    """Writes a LiME file of `runs` page-aligned ranges holding about
-    `total_mib` MiB; returns [(start, end)]. Content: per 64 KiB block either
-    random bytes or zeros (about one block in five), so zero pages (holes in
-    the dump) sit between data pages."""
-    rng = random.Random(seed)
-    pages_total = total_mib * 256
-    sizes = [pages_total // runs] * runs
-    sizes[-1] += pages_total - sum(sizes)
-    ranges = []
-    at = 0x1000  # page 0 stays out, like on real machines
-    with open(path, "wb") as out:
-        for pages in sizes:
-            start = at
-            end = start + pages * PAGE
-            out.write(struct.pack("<IIQQQ", 0x4C694D45, 1, start, end - 1, 0))
-            left = end - start
-            while left:
-                n = min(left, 64 * 1024)
-                out.write(bytes(n) if rng.random() < 0.2 else os.urandom(n))
-                left -= n
-            ranges.append((start, end))
-            # Gaps of 1..16 pages; now and then above 4 GiB.
-            at = end + rng.randint(1, 16) * PAGE
-            if rng.random() < 0.02:
-                at += 1 << 32
-    return ranges
-
-
-def lime_records(path):
-    """[(start, end, file offset)] of a LiME file, parsed here."""
-    records = []
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        offset = 0
-        while offset < size:
-            f.seek(offset)
-            magic, version, start, last, _ = struct.unpack("<IIQQQ", f.read(32))
-            assert (magic, version) == (0x4C694D45, 1), f"bad LiME header at {offset:#x}"
-            records.append((start, last + 1, offset + 32))
-            offset += 32 + last + 1 - start
-    return records
 
 
 def open_dump(dump, bits):

@@ -10,9 +10,14 @@
 //! * DumpType 1 (full dump) when the runs fit the header's descriptor (42 on
 //!   64-bit): page data of each run in order from the end of the header;
 //! * DumpType 5 (bitmap dump) otherwise: a `_SUMMARY_DUMP` right after the
-//!   header with one bit per physical page, page data from its HeaderSize
-//!   (an absolute file offset: Volatility takes it as such) in ascending
-//!   page order. The descriptor then lists no runs: the bitmap is the map.
+//!   header ("FDMP" "DUMP" in both layouts) with one bit per physical page
+//!   (BitmapSize a multiple of 32), page data from its HeaderSize (an
+//!   absolute file offset: Volatility takes it as such) in ascending page
+//!   order. The descriptor then lists no runs: the bitmap is the map.
+//!
+//! The fields are those kdmp-parser, rizin, Rekall and Volatility 3 define
+//! and check. Older pmem builds wrote "SDMP" "DU64" and BitmapSize =
+//! highest page + 1, which kdmp-parser refuses; the reader still opens them.
 //!
 //! Unused header bytes are zero, so the output depends only on the plan.
 //! Zero pages are holes on file sinks, as in the other formats.
@@ -36,6 +41,12 @@ pub const DUMP_TYPE_FULL: u32 = 1;
 pub const DUMP_TYPE_BITMAP: u32 = 5;
 /// Size of the `_SUMMARY_DUMP` fields before the bitmap.
 pub const SUMMARY_LEN: u64 = 0x38;
+/// Signature of the summary of a full-memory bitmap dump (DumpType 5);
+/// "SDMP" marks a kernel summary (DumpType 6).
+const SUMMARY_SIGNATURE_FULL: &[u8; 4] = b"FDMP";
+/// The summary's ValidDump, "DUMP" in both layouts (not the header's
+/// "DU64"): kdmp-parser and rizin refuse anything else.
+const SUMMARY_VALID_DUMP: &[u8; 4] = b"DUMP";
 /// Largest bitmap written or read: 256 MiB of bits maps 8 TiB of physical
 /// address space; anything larger is a corrupt header, not a machine.
 const MAX_BITMAP_BYTES: u64 = 256 << 20;
@@ -364,8 +375,11 @@ pub fn header(plan: &Plan, force_kind: Option<DumpKind>) -> Result<Vec<u8>, Writ
             put(&mut head, f.required_space, 8, required);
         }
         DumpKind::Bitmap => {
-            let bits = plan.ranges.end() / PAGE_SIZE;
-            let bitmap_len = bits.div_ceil(32) * 4;
+            // Whole 32-bit words of bits: kdmp-parser and rizin read
+            // BitmapSize / 8 bytes, so a size that is not a multiple of 8
+            // would lose the top pages there.
+            let bits = (plan.ranges.end() / PAGE_SIZE).next_multiple_of(32);
+            let bitmap_len = bits / 8;
             if bitmap_len > MAX_BITMAP_BYTES {
                 return Err(plan_error(format!(
                     "memory up to {:#x} needs a {bitmap_len}-byte page bitmap, more than the {MAX_BITMAP_BYTES} pmem writes",
@@ -376,8 +390,8 @@ pub fn header(plan: &Plan, force_kind: Option<DumpKind>) -> Result<Vec<u8>, Writ
             put(&mut head, f.required_space, 8, header_size + data_len);
             head.resize(header_size as usize, 0);
             let summary = f.header_len as usize;
-            head[summary..summary + 4].copy_from_slice(b"SDMP");
-            head[summary + 4..summary + 8].copy_from_slice(f.valid_dump);
+            head[summary..summary + 4].copy_from_slice(SUMMARY_SIGNATURE_FULL);
+            head[summary + 4..summary + 8].copy_from_slice(SUMMARY_VALID_DUMP);
             put(&mut head, summary + 0x20, 8, header_size);
             put(&mut head, summary + 0x28, 8, total_pages);
             put(&mut head, summary + 0x30, 8, bits);
@@ -590,6 +604,18 @@ fn bitmap_runs(
             ),
         ));
     }
+    // "DU64" (the 64-bit header's own ValidDump) is what older pmem builds
+    // wrote here.
+    let valid = &summary[4..8];
+    if valid != SUMMARY_VALID_DUMP && valid != layout.fields().valid_dump {
+        return Err(corrupt(
+            base + 4,
+            format!(
+                "bitmap summary ValidDump {:?} is not DUMP",
+                String::from_utf8_lossy(valid)
+            ),
+        ));
+    }
     let header_size = get(&summary, 0x20, 8);
     let declared_pages = get(&summary, 0x28, 8);
     let bits = get(&summary, 0x30, 8);
@@ -779,6 +805,80 @@ mod tests {
         check_pages(&mut r, &plan);
     }
 
+    /// The bitmap summary as kdmp-parser 0.7.4 (BMP_HEADER64::LooksGood),
+    /// rizin (dmp_specs.h) and Rekall (_BMP_DUMP_HEADER) check it: "FDMP"
+    /// (a full-memory bitmap dump, DumpType 5; "SDMP" is the kernel
+    /// summary's) then "DUMP" in both layouts, never the header's "DU64";
+    /// BitmapSize a multiple of 32, since kdmp-parser and rizin read
+    /// BitmapSize / 8 bytes and would drop the top pages otherwise.
+    #[test]
+    fn bitmap_summary_fields_windbg_readers_check() {
+        // The last page is pfn 0x1002: bit 0x1002 lies past BitmapSize / 8
+        // bytes unless BitmapSize is rounded up.
+        let ranges: Vec<(u64, u64)> = (0..50u64)
+            .map(|i| (0x1000 + i * 0x2000, 0x2000 + i * 0x2000))
+            .chain([(0x100_0000, 0x100_3000)])
+            .collect();
+        for (arch, summary) in [(Arch::X86_64, 0x2000usize), (Arch::X86, 0x1000)] {
+            let mut plan = plan(&ranges, arch);
+            if arch == Arch::X86 {
+                plan.windows = Some(WindowsMetadata {
+                    kdbg: 0x8273_0c28,
+                    pfn_database: 0x8400_0000,
+                    ps_loaded_module_list: 0x8274_4850,
+                    ps_active_process_head: 0x8273_3f18,
+                    ..windows()
+                });
+            }
+            let (_dir, path) = write(&plan, Some(DumpKind::Bitmap));
+            let b = std::fs::read(&path).unwrap();
+            assert_eq!(&b[summary..summary + 4], b"FDMP", "{arch:?} Signature");
+            assert_eq!(&b[summary + 4..summary + 8], b"DUMP", "{arch:?} ValidDump");
+            assert_eq!(u32_at(&b, summary + 8), 0, "{arch:?} DumpOptions");
+            let bits = u64_at(&b, summary + 0x30);
+            assert_eq!(
+                bits, 0x1020,
+                "{arch:?} BitmapSize: pfn 0x1003 rounded up to 32"
+            );
+            // Every set bit lies within the BitmapSize / 8 bytes a
+            // byte-wise reader takes.
+            let bitmap = &b[summary + 0x38..summary + 0x38 + (bits / 8) as usize];
+            let set: u64 = bitmap.iter().map(|x| u64::from(x.count_ones())).sum();
+            assert_eq!(set, u64_at(&b, summary + 0x28), "{arch:?} Pages");
+            assert_eq!(set, 53);
+            let header_size = u64_at(&b, summary + 0x20);
+            assert_eq!(header_size % PAGE_SIZE, 0);
+            assert!(header_size >= (summary as u64) + 0x38 + bits / 8);
+            assert_eq!(b.len() as u64, header_size + 53 * PAGE_SIZE);
+            let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
+            assert_eq!(r.memory_map().total_bytes(), 53 * PAGE_SIZE);
+            check_pages(&mut r, &plan);
+        }
+    }
+
+    /// Dumps pmem wrote before the summary matched WindbG-grade readers
+    /// ("SDMP" + the header's "DU64", BitmapSize = highest pfn + 1) still
+    /// open; any other ValidDump is refused at its offset.
+    #[test]
+    fn older_pmem_bitmap_dumps_still_open() {
+        let ranges: Vec<(u64, u64)> = (0..50u64)
+            .map(|i| (0x1000 + i * 0x2000, 0x2000 + i * 0x2000))
+            .collect();
+        let plan = plan(&ranges, Arch::X86_64);
+        let (_dir, path) = write(&plan, None);
+        let mut b = std::fs::read(&path).unwrap();
+        b[0x2000..0x2008].copy_from_slice(b"SDMPDU64");
+        b[0x2030..0x2038].copy_from_slice(&100u64.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.dmp");
+        std::fs::write(&old, &b).unwrap();
+        let mut r = DmpReader::open(&old, File::open(&old).unwrap()).unwrap();
+        assert_eq!(r.memory_map(), &plan.ranges);
+        check_pages(&mut r, &plan);
+        b[0x2004..0x2008].copy_from_slice(b"XXXX");
+        assert_eq!(open_bytes(&b).unwrap_err().offset(), 0x2004);
+    }
+
     #[test]
     fn many_runs_make_a_bitmap_dump() {
         // 50 one-page runs with one-page gaps, plus a run adjacent to
@@ -792,14 +892,14 @@ mod tests {
         let b = std::fs::read(&path).unwrap();
         assert_eq!(u32_at(&b, 0xF98), 5);
         assert_eq!(u32_at(&b, 0x88), 0, "the bitmap is the map");
-        assert_eq!(&b[0x2000..0x2008], b"SDMPDU64");
+        assert_eq!(&b[0x2000..0x2008], b"FDMPDUMP");
         let header_size = u64_at(&b, 0x2020);
         let bits = u64_at(&b, 0x2030);
-        assert_eq!(bits, 0x1002);
+        assert_eq!(bits, 0x1020);
         assert_eq!(u64_at(&b, 0x2028), 52);
         assert_eq!(
             header_size,
-            (0x2000u64 + 0x38 + bits.div_ceil(32) * 4).next_multiple_of(0x1000)
+            (0x2000u64 + 0x38 + bits / 8).next_multiple_of(0x1000)
         );
         assert_eq!(b.len() as u64, header_size + 52 * 0x1000);
         assert_eq!(u64_at(&b, 0xFA0), b.len() as u64);
@@ -848,7 +948,7 @@ mod tests {
                 assert_eq!((u32_at(&b, 0x74), u32_at(&b, 0x78)), (0x10_0000, 1));
                 assert_eq!(b.len(), 0x1000 + 3 * 0x1000);
             } else {
-                assert_eq!(&b[0x1000..0x1008], b"SDMPDUMP");
+                assert_eq!(&b[0x1000..0x1008], b"FDMPDUMP");
             }
             let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
             assert_eq!(r.arch(), Some(Arch::X86));
