@@ -5,7 +5,7 @@ page-exact.
     python3 kdmp_check.py PMEM_BINARY WORKDIR [MIB]
 
 Installs kdmp-parser (pinned) into a venv of its own under
-${PMEM_GUEST_CACHE:-~/.cache/pmem-guest}/kdmp-venv on first use and re-runs
+${PMEM_GUEST_CACHE:-${PMEM_CACHE:-~/.cache/pmem}/guest}/kdmp-venv on first use and re-runs
 itself there. Builds synthetic memory as a LiME file (synthetic.py, written
 independently of pmem), converts it with `pmem convert --format dmp`, and for
   * a full dump (DumpType 1, 40 runs) and
@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE))
 from synthetic import PAGE, lime_records, make_lime  # noqa: E402
 
 KDMP_PARSER = "kdmp-parser==0.7.4"
-CACHE = Path(os.environ.get("PMEM_GUEST_CACHE", Path.home() / ".cache" / "pmem-guest"))
+sys.path.insert(0, str(HERE.parent / "guest"))
+from env import CACHE  # noqa: E402  (the project's one cache root, PMEM_CACHE)
 VENV = CACHE / "kdmp-venv"
 CR3 = 0x1AA000
 
