@@ -117,6 +117,7 @@ pub enum Fault {
     Suspect,
 }
 
+/// The class of a failed read (see [`Fault`]).
 pub fn classify(err: &io::Error) -> Fault {
     if err.kind() == io::ErrorKind::UnexpectedEof {
         return Fault::Page;
