@@ -235,6 +235,8 @@ pub enum SourceError {
     NothingReadable { kind: SourceKind, path: PathBuf },
     #[error("{} refuses to read RAM above 1 MiB (EPERM at {addr:#x}): the kernel enforces STRICT_DEVMEM, so it could only give a mostly empty image; use /proc/kcore or /dev/crash", .path.display())]
     StrictDevmem { path: PathBuf, addr: u64 },
+    /// None of the pages probed could be read (the first one's error), or
+    /// the source went away while probed.
     #[error("probe read of {} ({kind} source) failed: {source}", .path.display())]
     Probe {
         kind: SourceKind,
@@ -253,8 +255,11 @@ fn list_skipped(skipped: &[(SourceKind, String)]) -> String {
 }
 
 /// Opens the requested source: reads iomem (default /proc/iomem), opens the
-/// device, maps it and probe-reads its first page. For `auto`, tries kcore,
-/// crash and mem in turn and records why each skipped one failed.
+/// device, maps it and probe-reads it: its first page, and when that fails
+/// up to 15 more spread over the map; one that reads is enough (a bad page
+/// is the copy's to record, never a reason to refuse a source). For `auto`,
+/// tries kcore, crash, mem and module in turn and records why each skipped
+/// one failed.
 #[cfg(target_os = "linux")]
 pub fn open(request: &SourceRequest) -> Result<OpenedSource, SourceError> {
     linux::open(request)

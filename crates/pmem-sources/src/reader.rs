@@ -45,15 +45,27 @@ impl ReadAt for Vec<u8> {
     }
 }
 
-/// One `read_at`, repeated while it is interrupted by a signal.
+/// How often one read is repeated while it fails with EINTR or EAGAIN
+/// before the bytes it asked for count as unreadable. A page that keeps
+/// answering EINTR would otherwise be read forever.
+pub const TRANSIENT_RETRIES: u32 = 16;
+
+/// One `read_at`, repeated (at most [`TRANSIENT_RETRIES`] times) while it
+/// fails with a transient error; EAGAIN waits a millisecond first.
 pub(crate) fn read_once<R: ReadAt + ?Sized>(
     file: &R,
     buf: &mut [u8],
     offset: u64,
 ) -> io::Result<usize> {
+    let mut retries = 0;
     loop {
         match file.read_at(buf, offset) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if classify(&e) == Fault::Transient && retries < TRANSIENT_RETRIES => {
+                retries += 1;
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
             other => return other,
         }
     }
@@ -85,27 +97,61 @@ fn end_of_file() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "read returned no data")
 }
 
-/// Whether a failed read concerns only the pages asked for (the pipeline
-/// retries page by page and zero-fills) rather than the whole source.
-/// These are the errors kcore, /dev/mem and /dev/crash give for memory
-/// they can't or won't read; a read returning nothing counts too.
-pub fn is_unreadable(err: &io::Error) -> bool {
+/// What a failed read says about the source.
+///
+/// | class       | errors                                   | pmem does                         |
+/// |-------------|------------------------------------------|-----------------------------------|
+/// | `Transient` | EINTR, EAGAIN                            | reads again, at most [`TRANSIENT_RETRIES`] times; then as `Page` |
+/// | `Page`      | end of file (a read giving no bytes), EIO, EFAULT, ENXIO, EPERM, EINVAL, ENOMEM, EHWPOISON | the pages asked for are unreadable: zero-filled and listed in the manifest |
+/// | `Suspect`   | any other (ENODEV, ENOTCONN, ECANCELED, EBADF, ETIMEDOUT, ...) | the source is checked: a read that worked before is repeated; if it still works only these pages are unreadable, if it fails too the source is gone and the copy stops with an error |
+///
+/// The `Page` errors are what kcore, /dev/mem, /dev/crash and pmem's module
+/// answer for memory they can't or won't read. The others don't say whether
+/// one page or the whole source failed (a device that was removed answers
+/// ENODEV, a FUSE file whose server died ENOTCONN, to every read), so the
+/// source itself is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Transient,
+    Page,
+    Suspect,
+}
+
+/// The class of a failed read (see [`Fault`]).
+pub fn classify(err: &io::Error) -> Fault {
     if err.kind() == io::ErrorKind::UnexpectedEof {
-        return true;
+        return Fault::Page;
     }
     #[cfg(unix)]
     {
-        matches!(
-            err.raw_os_error(),
+        match err.raw_os_error() {
+            Some(libc::EINTR | libc::EAGAIN) => Fault::Transient,
             Some(
-                libc::EIO | libc::EFAULT | libc::ENXIO | libc::EPERM | libc::EINVAL | libc::ENOMEM
-            )
-        )
+                libc::EIO | libc::EFAULT | libc::ENXIO | libc::EPERM | libc::EINVAL | libc::ENOMEM,
+            ) => Fault::Page,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Some(libc::EHWPOISON) => Fault::Page,
+            _ => Fault::Suspect,
+        }
     }
     #[cfg(not(unix))]
     {
-        false
+        match err.kind() {
+            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Fault::Transient,
+            _ => Fault::Suspect,
+        }
     }
+}
+
+/// Part of the file that read before: what [`FileMemory`] reads again to
+/// tell a failing page from a source that is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reference {
+    /// A region that reads whenever the source works (kcore's ELF header,
+    /// which the kernel builds on every read and which holds no RAM).
+    Fixed { offset: u64, len: usize },
+    /// The last page read without error (devices); none before the first.
+    LastGood(Option<(u64, usize)>),
 }
 
 /// A file or device read by physical address through a translation table.
@@ -117,18 +163,42 @@ pub(crate) struct FileMemory<F> {
     pub(crate) pieces: Vec<Piece>,
     /// /dev/crash: every pread must be exactly one aligned page.
     pub(crate) page_reads: bool,
+    pub(crate) reference: Reference,
 }
 
 impl<F: ReadAt> FileMemory<F> {
+    /// Classifies a failed read at `addr` (see [`Fault`]).
     fn error(&self, addr: u64, source: io::Error) -> ReadError {
-        if is_unreadable(&source) {
-            ReadError::Unreadable { addr, source }
-        } else {
-            ReadError::Fatal {
-                what: format!("reading {}", self.path.display()),
-                addr,
-                source,
-            }
+        match classify(&source) {
+            Fault::Transient | Fault::Page => ReadError::Unreadable { addr, source },
+            Fault::Suspect => match self.gone() {
+                None => ReadError::Unreadable { addr, source },
+                Some(check) => ReadError::Fatal {
+                    what: format!(
+                        "reading {}: the source is gone ({check})",
+                        self.path.display()
+                    ),
+                    addr,
+                    source,
+                },
+            },
+        }
+    }
+
+    /// Reads the reference again: `None` when it still reads (or there is
+    /// none yet), else what failed.
+    fn gone(&self) -> Option<String> {
+        let (offset, len, what) = match self.reference {
+            Reference::Fixed { offset, len } => (offset, len, "its header"),
+            Reference::LastGood(Some((offset, len))) => (offset, len, "a page read before"),
+            Reference::LastGood(None) => return None,
+        };
+        let mut buf = vec![0; len];
+        match read_full(&self.file, &mut buf, offset) {
+            Ok(()) => None,
+            Err((_, e)) => Some(format!(
+                "{what}, at file offset {offset:#x}, no longer reads either: {e}"
+            )),
         }
     }
 
@@ -202,6 +272,9 @@ impl<F: ReadAt + Send> PhysicalMemory for FileMemory<F> {
             let n = (buf.len() - done).min((piece.phys.end - at).min(usize::MAX as u64) as usize);
             let offset = piece.file_offset + (at - piece.phys.start);
             self.fill(at, offset, &mut buf[done..done + n])?;
+            if let Reference::LastGood(last) = &mut self.reference {
+                *last = Some((offset, n.min(PAGE_SIZE as usize)));
+            }
             done += n;
         }
         Ok(())
@@ -258,6 +331,7 @@ pub(crate) mod tests {
             map,
             pieces,
             page_reads,
+            reference: Reference::LastGood(None),
         }
     }
 
@@ -299,6 +373,7 @@ pub(crate) mod tests {
             map: MemoryMap::new(vec![Range::new(0, 100_000).unwrap()]).unwrap(),
             pieces: identity(100_000),
             page_reads: false,
+            reference: Reference::LastGood(None),
         };
         let mut buf = vec![0; 50_000];
         m.read_at(10, &mut buf).unwrap();
@@ -307,37 +382,32 @@ pub(crate) mod tests {
 
     #[test]
     fn error_classes() {
-        for (code, unreadable) in [
-            (libc::EIO, true),
-            (libc::EFAULT, true),
-            (libc::ENXIO, true),
-            (libc::EPERM, true),
-            (libc::EINVAL, true),
-            (libc::ENOMEM, true),
-            (libc::EBADF, false),
-            (libc::ENODEV, false),
+        for (code, fault) in [
+            (libc::EINTR, Fault::Transient),
+            (libc::EAGAIN, Fault::Transient),
+            (libc::EIO, Fault::Page),
+            (libc::EFAULT, Fault::Page),
+            (libc::ENXIO, Fault::Page),
+            (libc::EPERM, Fault::Page),
+            (libc::EINVAL, Fault::Page),
+            (libc::ENOMEM, Fault::Page),
+            (libc::EBADF, Fault::Suspect),
+            (libc::ENODEV, Fault::Suspect),
+            (libc::ENOTCONN, Fault::Suspect),
+            (libc::ECANCELED, Fault::Suspect),
         ] {
+            assert_eq!(classify(&errno(code)), fault, "errno {code}");
+            // Page errors never read anything else; the address is named.
             let mut device = FakeDevice::new(data(1 << 16));
             device.inject =
                 Box::new(move |offset, _, _| (offset >= 0x2000).then(|| Err(errno(code))));
             let mut m = memory(device, identity(1 << 16), false);
-            let err = m.read_at(0x2000, &mut [0; 4096]).unwrap_err();
-            match err {
-                ReadError::Unreadable { addr, .. } => {
-                    assert!(unreadable, "errno {code}");
-                    assert_eq!(addr, 0x2000);
-                }
-                ReadError::Fatal { ref what, addr, .. } => {
-                    assert!(!unreadable, "errno {code}");
-                    assert_eq!(addr, 0x2000);
-                    let text = err.to_string();
-                    assert!(
-                        text.contains("/dev/fake") && text.contains("0x2000"),
-                        "{text}"
-                    );
-                    assert!(what.contains("/dev/fake"));
-                }
-                other => panic!("{other:?}"),
+            match m.read_at(0x2000, &mut [0; 4096]) {
+                Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x2000),
+                other => panic!("errno {code}: {other:?}"),
+            }
+            if fault == Fault::Page {
+                assert_eq!(m.file.reads.lock().unwrap().len(), 1, "errno {code}");
             }
         }
         // A read past the end returns 0 bytes: unreadable, at the failing address.
@@ -345,6 +415,91 @@ pub(crate) mod tests {
         match m.read_at(0x1000, &mut [0; 0x4000]) {
             Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x3000),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A page whose reads keep failing with EINTR or EAGAIN: the retries
+    /// end and the page is unreadable like any other.
+    #[test]
+    fn endless_eintr_and_eagain_make_the_page_unreadable() {
+        for code in [libc::EINTR, libc::EAGAIN] {
+            let mut device = FakeDevice::new(data(1 << 16));
+            device.inject = Box::new(move |offset, _, count| {
+                assert!(count < 10_000, "errno {code}: {count} reads, no end");
+                (offset == 0x2000).then(|| Err(errno(code)))
+            });
+            let mut m = memory(device, identity(1 << 16), false);
+            match m.read_at(0x2000, &mut [0; 4096]) {
+                Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x2000),
+                other => panic!("errno {code}: {other:?}"),
+            }
+            let reads = m.file.reads.lock().unwrap().len();
+            assert!(reads > 2 && reads <= 64, "errno {code}: {reads} reads");
+        }
+    }
+
+    /// One page failing with an errno outside the usual "unreadable" set,
+    /// on a source that still answers elsewhere: that page is unreadable,
+    /// the source is not abandoned.
+    #[test]
+    fn odd_errno_on_one_page_of_a_live_source_is_a_page_error() {
+        for code in [
+            libc::EAGAIN,
+            libc::ENODEV,
+            libc::ENOTCONN,
+            libc::ECANCELED,
+            libc::EBADF,
+            libc::ETIMEDOUT,
+        ] {
+            let mut device = FakeDevice::new(data(1 << 16));
+            device.inject = Box::new(move |offset, len, _| {
+                let pages = offset / 4096..(offset + len as u64).div_ceil(4096);
+                pages.contains(&3).then(|| Err(errno(code)))
+            });
+            let mut m = memory(device, identity(1 << 16), false);
+            let mut buf = vec![0; 0x2000];
+            m.read_at(0x1000, &mut buf).unwrap();
+            assert_eq!(buf, data(1 << 16)[0x1000..0x3000]);
+            match m.read_at(0x3000, &mut [0; 4096]) {
+                Err(ReadError::Unreadable { addr, source }) => {
+                    assert_eq!(addr, 0x3000);
+                    assert_eq!(source.raw_os_error(), Some(code));
+                }
+                other => panic!("errno {code}: {other:?}"),
+            }
+            m.read_at(0x4000, &mut buf).unwrap();
+            assert_eq!(buf, data(1 << 16)[0x4000..0x6000]);
+        }
+    }
+
+    /// A source that stops answering altogether (a FUSE server that died:
+    /// ENOTCONN; a device removed: ENODEV) ends the copy with an error
+    /// that says so, at the address being read.
+    #[test]
+    fn a_source_that_is_gone_is_fatal() {
+        for code in [libc::ENOTCONN, libc::ENODEV, libc::EBADF] {
+            let mut device = FakeDevice::new(data(1 << 16));
+            device.inject = Box::new(move |offset, len, _| {
+                (offset + len as u64 > 0x5000).then(|| Err(errno(code)))
+            });
+            let mut m = memory(device, identity(1 << 16), false);
+            m.read_at(0x1000, &mut [0; 4096]).unwrap();
+            // Once gone, every read fails: also the page that read before.
+            let gone = m.file.reads.lock().unwrap().len();
+            m.file.inject = Box::new(move |_, _, count| (count > gone).then(|| Err(errno(code))));
+            let err = m.read_at(0x8000, &mut [0; 4096]).unwrap_err();
+            match &err {
+                ReadError::Fatal { addr, source, .. } => {
+                    assert_eq!(*addr, 0x8000);
+                    assert_eq!(source.raw_os_error(), Some(code));
+                }
+                other => panic!("errno {code}: {other:?}"),
+            }
+            let text = err.to_string();
+            assert!(
+                text.contains("/dev/fake") && text.contains("gone"),
+                "{text}"
+            );
         }
     }
 

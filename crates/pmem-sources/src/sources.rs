@@ -4,9 +4,9 @@
 
 use crate::iomem::Iomem;
 use crate::kcore::{self, Piece};
-use crate::reader::{read_once, FileMemory, ReadAt};
+use crate::reader::{read_once, FileMemory, ReadAt, Reference};
 use crate::{NotAcquired, OpenedSource, SourceError, SourceInfo, SourceKind};
-use pmem_core::{Arch, MemoryMap, PhysicalMemory, Range, PAGE_SIZE};
+use pmem_core::{Arch, MemoryMap, PhysicalMemory, Range, ReadError, PAGE_SIZE};
 use std::io;
 use std::path::Path;
 
@@ -44,8 +44,16 @@ pub(crate) fn kcore<F: ReadAt + Send + 'static>(
         skipped: Vec::new(),
         module_version: None,
     };
-    finish(file, map, mapping.pieces, false, info)
+    // The ELF header: the kernel builds it on every read of a live kcore.
+    let reference = Reference::Fixed {
+        offset: 0,
+        len: ELF_HEADER_SIZE,
+    };
+    finish(file, map, mapping.pieces, false, reference, info)
 }
+
+/// An ELF64 file header's size.
+const ELF_HEADER_SIZE: usize = 64;
 
 /// /dev/crash (RHEL): offsets are physical addresses, reads whole pages.
 pub(crate) fn crash<F: ReadAt + Send + 'static>(
@@ -54,7 +62,7 @@ pub(crate) fn crash<F: ReadAt + Send + 'static>(
     iomem: Iomem,
 ) -> Result<OpenedSource, SourceError> {
     let (map, info) = device_plan(SourceKind::Crash, path, iomem);
-    finish(file, map, identity(), true, info)
+    finish(file, map, identity(), true, Reference::LastGood(None), info)
 }
 
 /// pmem's module (/dev/pmem-phys): offsets are physical addresses; any
@@ -68,7 +76,14 @@ pub(crate) fn module<F: ReadAt + Send + 'static>(
 ) -> Result<OpenedSource, SourceError> {
     let (map, mut info) = device_plan(SourceKind::Module, path, iomem);
     info.module_version = Some(version);
-    finish(file, map, identity(), false, info)
+    finish(
+        file,
+        map,
+        identity(),
+        false,
+        Reference::LastGood(None),
+        info,
+    )
 }
 
 /// /dev/mem: offsets are physical addresses. Refused when the kernel
@@ -90,23 +105,19 @@ pub(crate) fn mem<F: ReadAt + Send + 'static>(
                     addr,
                 })
             }
-            DevmemProbe::Failed => {
-                let source = match result {
-                    Err(e) => e,
-                    Ok(n) => io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("read {n} of {PAGE_SIZE} bytes"),
-                    ),
-                };
-                return Err(SourceError::Probe {
-                    kind: SourceKind::Mem,
-                    path: path.to_path_buf(),
-                    source: pmem_core::ReadError::Unreadable { addr, source },
-                });
-            }
+            // Not the STRICT_DEVMEM answer: one bad page, or a device
+            // that reads nothing, which the general probe tells apart.
+            DevmemProbe::Failed => {}
         }
     }
-    finish(file, map, identity(), false, info)
+    finish(
+        file,
+        map,
+        identity(),
+        false,
+        Reference::LastGood(None),
+        info,
+    )
 }
 
 /// What /dev/mem's answer to a one-page read of RAM above 1 MiB means.
@@ -220,30 +231,31 @@ pub(crate) fn plan(
     (acquired, not_acquired)
 }
 
-/// Wraps up a source and probe-reads the first page of its map, so a
-/// source that opens but can't read fails here, before any byte is written.
+/// Wraps up a source and probe-reads it, so that a source that opens but
+/// can't read fails here, before any byte is written, and `auto` moves on.
 fn finish<F: ReadAt + Send + 'static>(
     file: F,
     map: MemoryMap,
     pieces: Vec<Piece>,
     page_reads: bool,
+    reference: Reference,
     info: SourceInfo,
 ) -> Result<OpenedSource, SourceError> {
-    let Some(first) = map.ranges().first().copied() else {
+    if map.is_empty() {
         return Err(SourceError::NothingReadable {
             kind: info.kind,
             path: info.path,
         });
-    };
+    }
     let mut memory = FileMemory {
         file,
         path: info.path.clone(),
         map,
         pieces,
         page_reads,
+        reference,
     };
-    let mut page = vec![0u8; PAGE_SIZE.min(first.len()) as usize];
-    if let Err(source) = memory.read_at(first.start, &mut page) {
+    if let Err(source) = probe(&mut memory) {
         return Err(SourceError::Probe {
             kind: info.kind,
             path: info.path,
@@ -254,6 +266,66 @@ fn finish<F: ReadAt + Send + 'static>(
         memory: Box::new(memory),
         info,
     })
+}
+
+/// How many pages the probe tries at most.
+const PROBE_PAGES: usize = 16;
+
+/// Reads the first page of the map; when it fails, pages spread over the
+/// map until one reads. One bad page is not a source that can't read: it
+/// is read again, and recorded, by the copy. Fails with the first page's
+/// error when none of the pages read, or at once when the source is gone.
+pub(crate) fn probe(memory: &mut dyn PhysicalMemory) -> Result<(), ReadError> {
+    let mut first_error = None;
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for addr in probe_addresses(memory.memory_map()) {
+        match memory.read_at(addr, &mut page) {
+            Ok(()) => return Ok(()),
+            Err(e @ ReadError::Unreadable { .. }) => {
+                first_error.get_or_insert(e);
+            }
+            Err(gone) => return Err(gone),
+        }
+    }
+    Err(first_error.unwrap_or_else(|| ReadError::Fatal {
+        what: "probing".into(),
+        addr: 0,
+        source: io::Error::new(io::ErrorKind::InvalidInput, "empty memory map"),
+    }))
+}
+
+/// The pages the probe reads, first page first: the first page of each
+/// range, then pages evenly spread over the map; at most [`PROBE_PAGES`].
+/// The map holds whole pages only.
+pub(crate) fn probe_addresses(map: &MemoryMap) -> Vec<u64> {
+    let mut addresses: Vec<u64> = map
+        .ranges()
+        .iter()
+        .map(|r| r.start)
+        .take(PROBE_PAGES / 2)
+        .collect();
+    let pages = map.total_bytes() / PAGE_SIZE;
+    let spread = (PROBE_PAGES - addresses.len()) as u64;
+    for i in 1..=spread {
+        if let Some(addr) = nth_page(map, pages * i / (spread + 1)) {
+            if !addresses.contains(&addr) {
+                addresses.push(addr);
+            }
+        }
+    }
+    addresses
+}
+
+/// The address of the map's `nth` page (0-based).
+fn nth_page(map: &MemoryMap, nth: u64) -> Option<u64> {
+    let mut skip = nth.checked_mul(PAGE_SIZE)?;
+    for r in map.ranges() {
+        if skip < r.len() {
+            return Some(r.start + skip);
+        }
+        skip -= r.len();
+    }
+    None
 }
 
 // The tests inject Unix errno values.
@@ -416,6 +488,78 @@ mod tests {
         assert!(err.to_string().contains("0x100000"), "{err}");
     }
 
+    /// One bad page, even the first, does not fail the probe of a source
+    /// asked for by name: the copy reads it again and records it.
+    #[test]
+    fn kcore_with_a_bad_first_page_opens() {
+        let ram = [r(0x1000, 0x9fc00), r(MIB, 4 * MIB)];
+        let builder = KcoreBuilder::new(Arch::X86_64)
+            .segment(Segment::ram(0x1000, 0x9e000))
+            .segment(Segment::ram(MIB, 3 * MIB));
+        let offsets = kcore_file_offsets(&builder);
+        let bytes = kcore_bytes(&builder);
+        // File offset of physical 0x1000: the first page of RAM.
+        let first = offsets[0];
+        for code in [libc::EIO, libc::EFAULT, libc::ENOTCONN, libc::EINTR] {
+            let mut device = FakeDevice::new(bytes.clone());
+            device.inject = Box::new(move |offset, len, _| {
+                (offset < first + 0x1000 && first < offset + len as u64).then(|| Err(errno(code)))
+            });
+            let mut source = kcore(device, Path::new("/proc/kcore"), iomem_of(&ram))
+                .unwrap_or_else(|e| panic!("errno {code}: {e}"));
+            assert!(matches!(
+                source.memory.read_at(0x1000, &mut [0; 4096]),
+                Err(ReadError::Unreadable { addr: 0x1000, .. })
+            ));
+            assert_eq!(read(&mut source, 0x2000, 4096), pattern(0x2000, 4096));
+        }
+    }
+
+    /// A kcore whose every read fails after the header was parsed (a FUSE
+    /// server that died): the probe says the source is gone.
+    #[test]
+    fn kcore_gone_while_probing() {
+        let ram = [r(MIB, 2 * MIB)];
+        let builder = KcoreBuilder::new(Arch::X86_64).segment(Segment::ram(MIB, MIB));
+        let mut device = FakeDevice::new(kcore_bytes(&builder));
+        // The server dies at the first read of RAM: it and every read
+        // after it fail, the header too.
+        let gone = std::sync::atomic::AtomicBool::new(false);
+        device.inject = Box::new(move |offset, _, _| {
+            use std::sync::atomic::Ordering::SeqCst;
+            (offset >= 0x1000 || gone.load(SeqCst)).then(|| {
+                gone.store(true, SeqCst);
+                Err(errno(libc::ENOTCONN))
+            })
+        });
+        let err = kcore(device, Path::new("/proc/kcore"), iomem_of(&ram)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, SourceError::Probe { .. }), "{text}");
+        assert!(text.contains("gone") && text.contains("header"), "{text}");
+    }
+
+    #[test]
+    fn probe_addresses_cover_the_map() {
+        let map = MemoryMap::new(vec![r(0x1000, 0x9f000), r(MIB, 64 * MIB)]).unwrap();
+        let addresses = probe_addresses(&map);
+        assert_eq!(addresses[..2], [0x1000, MIB]);
+        assert!(
+            addresses.len() <= 16 && addresses.len() > 8,
+            "{addresses:x?}"
+        );
+        assert!(addresses
+            .iter()
+            .all(|&a| a % PAGE_SIZE == 0 && map.covers(a, PAGE_SIZE)));
+        assert!(addresses.iter().any(|&a| a > 32 * MIB), "{addresses:x?}");
+        let one_page = MemoryMap::new(vec![r(0x1000, 0x2000)]).unwrap();
+        assert_eq!(probe_addresses(&one_page), [0x1000]);
+    }
+
+    fn kcore_file_offsets(builder: &KcoreBuilder) -> Vec<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        builder.write(&dir.path().join("kcore")).unwrap()
+    }
+
     fn physical(len: u64) -> Vec<u8> {
         pattern(0, len as usize)
     }
@@ -480,7 +624,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let enxio = io::Error::from_raw_os_error(libc::ENXIO);
-        assert!(crate::reader::is_unreadable(&enxio));
+        assert_eq!(crate::reader::classify(&enxio), crate::reader::Fault::Page);
     }
 
     #[test]
@@ -552,8 +696,15 @@ mod tests {
         );
         assert!(err.to_string().contains("STRICT_DEVMEM"));
 
+        // Another answer above 1 MiB is not STRICT_DEVMEM: the low pages
+        // read, so the device is used and the copy records the bad ones.
         let mut device = FakeDevice::new(physical(4 * MIB));
         device.inject = Box::new(|offset, _, _| (offset >= MIB).then(|| Err(errno(libc::ENXIO))));
+        let mut source = mem(device, Path::new("/dev/mem"), iomem_of(&ram)).unwrap();
+        assert_eq!(read(&mut source, 0x2000, 0x1000), pattern(0x2000, 0x1000));
+        // A device that reads nothing fails its probe.
+        let mut device = FakeDevice::new(physical(4 * MIB));
+        device.inject = Box::new(|_, _, _| Some(Err(errno(libc::ENXIO))));
         let err = mem(device, Path::new("/dev/mem"), iomem_of(&ram)).unwrap_err();
         assert!(
             matches!(

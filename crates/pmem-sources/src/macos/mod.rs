@@ -38,7 +38,7 @@
 pub mod live;
 
 use crate::kcore::Piece;
-use crate::reader::{FileMemory, ReadAt};
+use crate::reader::{FileMemory, ReadAt, Reference};
 use crate::NotAcquired;
 use pmem_core::{MemoryMap, PhysicalMemory, Range, ReadError, PAGE_SIZE};
 use std::collections::BTreeMap;
@@ -376,11 +376,11 @@ impl MacSource {
             source,
         })?;
         let (map, not_acquired) = info.memory_map();
-        let Some(&first) = map.ranges().first() else {
+        if map.is_empty() {
             return Err(MacosError::NoMemory {
                 path: info_path.into(),
             });
-        };
+        }
         // /dev/pmem is the physical address space: file offset = address.
         let pieces = map
             .ranges()
@@ -396,14 +396,12 @@ impl MacSource {
             map,
             pieces,
             page_reads: false,
+            reference: Reference::LastGood(None),
         };
-        let mut page = vec![0u8; PAGE_SIZE as usize];
-        memory
-            .read_at(first.start, &mut page)
-            .map_err(|source| MacosError::Probe {
-                path: device_path.into(),
-                source,
-            })?;
+        crate::sources::probe(&mut memory).map_err(|source| MacosError::Probe {
+            path: device_path.into(),
+            source,
+        })?;
         Ok(MacSource {
             memory: Box::new(memory),
             info,
