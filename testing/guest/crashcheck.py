@@ -1,0 +1,197 @@
+"""pmem's ELF image read by the kernel debuggers, with the guest's own debug
+vmlinux (Debian's linux-image-<release>-dbg, env.ensure_debug_vmlinux):
+
+- crash opens it with no extra option (no --kaslr, no --machdep), and its
+  `sys` and `ps` say what they say on QEMU's dump-guest-memory of the same
+  guest: the same kernel facts, the same long-lived tasks (init, kthreadd,
+  the marker agent) under the same PIDs; and `ps` lists the marker agent and
+  pmem itself, which was running when the image was taken;
+- drgn walks init_task's task list (the `tasks` list_head of every
+  task_struct, read through the image) and finds the agent and pmem;
+- gdb opens it as a core file and reads memory by the direct-map virtual
+  addresses of its PT_LOADs: linux_banner there (the address from drgn)
+  is the guest's /proc/version. That is all gdb does with it: the image
+  does not map the kernel text range (0xffffffff8...), so gdb cannot
+  resolve the vmlinux's symbols (KASLR moves them anyway).
+
+Both tools get the file as a user would pass it; nothing here reads the
+image for them.
+"""
+
+import json
+import re
+import subprocess
+import time
+
+import env
+
+TIMEOUT = 300
+AGENT_COMM = "pmem-guest-agen"  # TASK_COMM_LEN: 15 characters of pmem-guest-agent
+SYS_FIELDS = ("CPUS", "NODENAME", "RELEASE", "VERSION", "MACHINE", "MEMORY")
+PS_LINE = re.compile(r"^\s*>?\s*(\d+)\s+(\d+)\s+(\d+)\s+([0-9a-f]+)\s+([A-Z]{2})\s+\S+\s+\d+\s+\d+\s+(.+?)\s*$")
+
+
+def run_crash(vmlinux, dumpfile):
+    """`crash -s VMLINUX DUMPFILE` with `sys`, `ps` and a walk of init_task's
+    task list (`list task_struct.tasks -h init_task`) on its stdin. Returns
+    the process, sys's fields, ps's {pid: comm} and the walk's {pid: comm}."""
+    commands = "sys\nps\nlist task_struct.tasks -s task_struct.pid,comm -h init_task\nquit\n"
+    proc = subprocess.run(["crash", "-s", "--no_scroll", str(vmlinux), str(dumpfile)],
+                          input=commands, capture_output=True, text=True, timeout=TIMEOUT)
+    lines = proc.stdout.splitlines()
+    facts = {}
+    for line in lines:
+        m = re.match(r"^\s*([A-Z ]+):\s(.*)$", line)
+        if m and m.group(1).strip() in SYS_FIELDS:
+            facts[m.group(1).strip()] = m.group(2).strip()
+    ps = {}
+    for line in lines:
+        m = PS_LINE.match(line)
+        if m:
+            ps.setdefault(int(m.group(1)), m.group(6))
+    walk, pid = {}, None
+    for line in lines:
+        m = re.match(r"^\s*pid = (\d+),$", line)
+        if m:
+            pid = int(m.group(1))
+        m = re.match(r'^\s*comm = "(.*?)(\\000.*)?",$', line)
+        if m and pid is not None:
+            walk[pid], pid = m.group(1), None
+    return proc, facts, ps, walk
+
+
+# Runs in drgn's venv: argv = image, vmlinux. Prints one JSON line.
+DRGN_WALK = r'''
+import json, sys
+import drgn
+from drgn.helpers.linux.list import list_for_each_entry
+prog = drgn.Program()
+prog.set_core_dump(sys.argv[1])
+prog.load_debug_info([sys.argv[2]])
+init = prog["init_task"]
+tasks = [(int(t.pid), t.comm.string_().decode(errors="replace"))
+         for t in list_for_each_entry("struct task_struct", init.tasks.address_of_(), "tasks")]
+# Where linux_banner is in the direct map (for the gdb check): its physical
+# address is its offset in the kernel mapping plus phys_base (an assembler
+# symbol: no type to read it by; below zero, modulo 2^64, when KASLR moved
+# the kernel further in virtual than in physical memory).
+banner = prog["linux_banner"].address_of_().value_()
+phys_base = prog.read_u64(prog.symbol("phys_base").address)
+direct = (prog["page_offset_base"].value_() + banner - 0xffffffff80000000 + phys_base) & 0xffffffffffffffff
+print(json.dumps({"release": prog["init_uts_ns"].name.release.string_().decode(),
+                  "init": init.comm.string_().decode(), "tasks": tasks, "banner_direct": direct}))
+'''
+
+
+def run_drgn(vmlinux, image):
+    python = env.ensure_drgn()
+    proc = subprocess.run([str(python), "-c", DRGN_WALK, str(image), str(vmlinux)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    try:
+        return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return proc, None
+
+
+def tail(proc):
+    return (proc.stderr.strip() or proc.stdout.strip())[-300:]
+
+
+def check_gdb(results, case, subject, image, address, banner, timing):
+    t = time.monotonic()
+    proc = subprocess.run(["gdb", "-batch", "-nx", "-c", str(image), "-ex", "set print elements 0",
+                           "-ex", f"x/s {address:#x}"],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    timing["gdb"] = time.monotonic() - t
+    m = re.search(r':\s+"(.*)"', proc.stdout)
+    got = m.group(1).replace("\\n", "\n") if m else None
+    results.add(case.name, subject, "gdb reads linux_banner by direct-map address", got == banner,
+                f"{address:#x}: {got[:60] if got else tail(proc)!r}")
+
+
+def check(results, case, subject, image, dump, release, timing, banner):
+    """crash and drgn on pmem's ELF image; QEMU's dump is crash's reference."""
+    kernel = env.KERNELS[case.kernel]
+    t = time.monotonic()
+    vmlinux = env.ensure_debug_vmlinux(kernel)
+    timing["debug vmlinux"] = time.monotonic() - t
+
+    t = time.monotonic()
+    ref, ref_facts, ref_ps, ref_walk = run_crash(vmlinux, dump)
+    results.add(case.name, "qemu dump", "crash opens it (reference)",
+                ref.returncode == 0 and ref_facts.get("RELEASE") == release and AGENT_COMM in ref_walk.values(),
+                f"exit {ref.returncode}, RELEASE {ref_facts.get('RELEASE')}, ps {len(ref_ps)} tasks, "
+                f"init_task's list {len(ref_walk)} tasks" + ("" if ref.returncode == 0 else f"; {tail(ref)}"))
+    proc, facts, ps, walk = run_crash(vmlinux, image)
+    timing["crash"] = time.monotonic() - t
+    opened = proc.returncode == 0 and facts.get("RELEASE") == release
+    results.add(case.name, subject, "crash opens it (no option)", opened,
+                f"exit {proc.returncode}, RELEASE {facts.get('RELEASE')}" + ("" if opened else f"; {tail(proc)}"))
+    differ = [f"{k}: {facts.get(k)!r} vs {ref_facts.get(k)!r}" for k in SYS_FIELDS if facts.get(k) != ref_facts.get(k)]
+    results.add(case.name, subject, "crash sys = on QEMU's dump", opened and not differ,
+                "; ".join(differ) or ", ".join(f"{k} {facts[k]}" for k in ("RELEASE", "CPUS", "MEMORY")))
+    # ps lists crash's task table. Debian 12's crash 8.0.2 fills it from
+    # struct pid, whose numbers[] became a flexible array in Linux 6.5 and
+    # in Debian's 6.1.192 (a stable backport); it then reads no upid and
+    # lists the idle task alone, on QEMU's dump as on pmem's (fixed in
+    # crash 8.0.4). Whatever ps lists, it must list it as on QEMU's dump,
+    # and the agent and pmem once it lists more than the idle task.
+    idle = {pid: comm for pid, comm in ps.items() if comm.startswith("[swapper")}
+    same = {pid: (comm, ref_ps.get(pid)) for pid, comm in ps.items() if pid in ref_ps and ref_ps[pid] != comm}
+    both = [pid for pid in ps if pid in ref_ps]
+    want = [AGENT_COMM, "pmem"] if len(ps) > len(idle) else []
+    missing = [comm for comm in want if comm not in ps.values()]
+    ok = opened and ps and both and not same and not missing and (len(ps) > len(idle)) == (len(ref_ps) > len(idle))
+    results.add(case.name, subject, "crash ps = on QEMU's dump", ok,
+                f"{len(ps)} tasks ({len(ref_ps)} on QEMU's dump)"
+                + (", agent and pmem listed" if want and not missing else "")
+                + (f"; missing {missing}" if missing else "") + (f"; differ {same}" if same else "")
+                + ("" if want else "; idle task alone on both (crash 8.0.2 and struct pid's flexible numbers[])"))
+    # The task list itself, walked by crash: the agent with its PID on QEMU's
+    # dump, pmem running; init and kthreadd the same.
+    agents = [pid for pid, comm in walk.items() if comm == AGENT_COMM]
+    ref_agents = [pid for pid, comm in ref_walk.items() if comm == AGENT_COMM]
+    pmems = [pid for pid, comm in walk.items() if comm == "pmem"]
+    stable = {pid: ref_walk.get(pid) for pid in [1, 2, *ref_agents]}
+    moved = [f"{pid} {walk.get(pid)!r} vs {comm!r}" for pid, comm in stable.items() if walk.get(pid) != comm]
+    ok = opened and bool(agents) and agents == ref_agents and bool(pmems) and not moved
+    results.add(case.name, subject, "crash: init_task's task list has the agent and pmem", ok,
+                f"{len(walk)} tasks ({len(ref_walk)} on QEMU's dump); agent pid {agents} ({ref_agents} on QEMU's dump), "
+                f"pmem pid {pmems}" + (f"; differ: {'; '.join(moved)}" if moved else ""))
+
+    t = time.monotonic()
+    proc, walk = run_drgn(vmlinux, image)
+    timing["drgn"] = time.monotonic() - t
+    if walk is None:
+        results.add(case.name, subject, "drgn walks init_task's task list", False, f"exit {proc.returncode}: {tail(proc)}")
+        return
+    comms = {comm for _, comm in walk["tasks"]}
+    check_gdb(results, case, subject, image, walk["banner_direct"], banner, timing)
+    ok = walk["release"] == release and AGENT_COMM in comms and "pmem" in comms
+    results.add(case.name, subject, "drgn walks init_task's task list", ok,
+                f"release {walk['release']}, {len(walk['tasks'])} tasks after {walk['init']}, "
+                f"agent {'found' if AGENT_COMM in comms else 'MISSING'}, pmem {'found' if 'pmem' in comms else 'MISSING'}")
+
+
+if __name__ == "__main__":
+    # By hand, on a case kept with --keep:
+    #   python3 testing/guest/crashcheck.py testing/guest/work/6.1-1g [6.1]
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    class Printed:
+        failed = 0
+
+        def add(self, case, subject, check_name, ok, detail=""):
+            self.failed += not ok
+            print(f"[{'ok  ' if ok else 'FAIL'}] {case} {subject}: {check_name} - {detail}", flush=True)
+
+    work = Path(sys.argv[1])
+    case = SimpleNamespace(name=work.name, kernel=sys.argv[2] if len(sys.argv) > 2 else "6.1")
+    release = (work / "out" / "version.txt").read_text().split()[2]
+    timing, printed = {}, Printed()
+    check(printed, case, "elf", work / "out" / "image.elf", work / "dump.elf", release, timing,
+          (work / "out" / "version.txt").read_text())
+    print(", ".join(f"{k} {v:.1f}s" for k, v in timing.items()))
+    sys.exit(1 if printed.failed else 0)
