@@ -25,10 +25,21 @@ import time
 
 import env
 
-TIMEOUT = 300
+# crash reads the 590 MB vmlinux's debug info first: ~40 s on an idle
+# machine, several minutes when the cores are busy.
+TIMEOUT = 900
 AGENT_COMM = "pmem-guest-agen"  # TASK_COMM_LEN: 15 characters of pmem-guest-agent
 SYS_FIELDS = ("CPUS", "NODENAME", "RELEASE", "VERSION", "MACHINE", "MEMORY")
 PS_LINE = re.compile(r"^\s*>?\s*(\d+)\s+(\d+)\s+(\d+)\s+([0-9a-f]+)\s+([A-Z]{2})\s+\S+\s+\d+\s+\d+\s+(.+?)\s*$")
+
+
+def run(argv, stdin=None):
+    """A tool's run; a timeout is a failed run (exit None), not an exception."""
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+        return subprocess.CompletedProcess(argv, None, out, f"timed out after {TIMEOUT}s")
 
 
 def run_crash(vmlinux, dumpfile):
@@ -36,8 +47,7 @@ def run_crash(vmlinux, dumpfile):
     task list (`list task_struct.tasks -h init_task`) on its stdin. Returns
     the process, sys's fields, ps's {pid: comm} and the walk's {pid: comm}."""
     commands = "sys\nps\nlist task_struct.tasks -s task_struct.pid,comm -h init_task\nquit\n"
-    proc = subprocess.run(["crash", "-s", "--no_scroll", str(vmlinux), str(dumpfile)],
-                          input=commands, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = run(["crash", "-s", "--no_scroll", str(vmlinux), str(dumpfile)], commands)
     lines = proc.stdout.splitlines()
     facts = {}
     for line in lines:
@@ -85,8 +95,7 @@ print(json.dumps({"release": prog["init_uts_ns"].name.release.string_().decode()
 
 def run_drgn(vmlinux, image):
     python = env.ensure_drgn()
-    proc = subprocess.run([str(python), "-c", DRGN_WALK, str(image), str(vmlinux)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = run([str(python), "-c", DRGN_WALK, str(image), str(vmlinux)])
     try:
         return proc, json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -99,9 +108,7 @@ def tail(proc):
 
 def check_gdb(results, case, subject, image, address, banner, timing):
     t = time.monotonic()
-    proc = subprocess.run(["gdb", "-batch", "-nx", "-c", str(image), "-ex", "set print elements 0",
-                           "-ex", f"x/s {address:#x}"],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = run(["gdb", "-batch", "-nx", "-c", str(image), "-ex", "set print elements 0", "-ex", f"x/s {address:#x}"])
     timing["gdb"] = time.monotonic() - t
     m = re.search(r':\s+"(.*)"', proc.stdout)
     got = m.group(1).replace("\\n", "\n") if m else None
