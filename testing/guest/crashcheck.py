@@ -153,7 +153,7 @@ def check(results, case, subject, image, dump, release, timing, banner):
                 f"{len(ps)} tasks ({len(ref_ps)} on QEMU's dump)"
                 + (", agent and pmem listed" if want and not missing else "")
                 + (f"; missing {missing}" if missing else "") + (f"; differ {same}" if same else "")
-                + ("" if want else "; idle task alone on both (crash 8.0.2 and struct pid's flexible numbers[])"))
+                + ("; idle task alone on both (crash 8.0.2 and struct pid's flexible numbers[])" if ok and not want else ""))
     # The task list itself, walked by crash: the agent with its PID on QEMU's
     # dump, pmem running; init and kthreadd the same.
     agents = [pid for pid, comm in walk.items() if comm == AGENT_COMM]
