@@ -30,7 +30,9 @@ import env
 TIMEOUT = 900
 AGENT_COMM = "pmem-guest-agen"  # TASK_COMM_LEN: 15 characters of pmem-guest-agent
 SYS_FIELDS = ("CPUS", "NODENAME", "RELEASE", "VERSION", "MACHINE", "MEMORY")
-PS_LINE = re.compile(r"^\s*>?\s*(\d+)\s+(\d+)\s+(\d+)\s+([0-9a-f]+)\s+([A-Z]{2})\s+\S+\s+\d+\s+\d+\s+(.+?)\s*$")
+# PID PPID CPU TASK ST %MEM VSZ RSS COMM; ">" marks a CPU's active task,
+# PPID is -1 for a task crash found on a runqueue but not in its table.
+PS_LINE = re.compile(r"^\s*(>?)\s*(\d+)\s+(-?\d+)\s+(\d+)\s+([0-9a-f]+)\s+([A-Z]{2})\s+\S+\s+\d+\s+\d+\s+(.+?)\s*$")
 
 
 def run(argv, stdin=None):
@@ -54,11 +56,13 @@ def run_crash(vmlinux, dumpfile):
         m = re.match(r"^\s*([A-Z ]+):\s(.*)$", line)
         if m and m.group(1).strip() in SYS_FIELDS:
             facts[m.group(1).strip()] = m.group(2).strip()
-    ps = {}
+    ps, active = {}, set()
     for line in lines:
         m = PS_LINE.match(line)
         if m:
-            ps.setdefault(int(m.group(1)), m.group(6))
+            ps.setdefault(int(m.group(2)), m.group(7))
+            if m.group(1):
+                active.add(int(m.group(2)))
     walk, pid = {}, None
     for line in lines:
         m = re.match(r"^\s*pid = (\d+),$", line)
@@ -67,7 +71,7 @@ def run_crash(vmlinux, dumpfile):
         m = re.match(r'^\s*comm = "(.*?)(\\000.*)?",$', line)
         if m and pid is not None:
             walk[pid], pid = m.group(1), None
-    return proc, facts, ps, walk
+    return proc, facts, (ps, active), walk
 
 
 # Runs in drgn's venv: argv = image, vmlinux. Prints one JSON line.
@@ -127,7 +131,7 @@ def check(results, case, subject, image, dump, release, timing, banner):
     ref, ref_facts, ref_ps, ref_walk = run_crash(vmlinux, dump)
     results.add(case.name, "qemu dump", "crash opens it (reference)",
                 ref.returncode == 0 and ref_facts.get("RELEASE") == release and AGENT_COMM in ref_walk.values(),
-                f"exit {ref.returncode}, RELEASE {ref_facts.get('RELEASE')}, ps {len(ref_ps)} tasks, "
+                f"exit {ref.returncode}, RELEASE {ref_facts.get('RELEASE')}, ps {len(ref_ps[0])} tasks, "
                 f"init_task's list {len(ref_walk)} tasks" + ("" if ref.returncode == 0 else f"; {tail(ref)}"))
     proc, facts, ps, walk = run_crash(vmlinux, image)
     timing["crash"] = time.monotonic() - t
@@ -140,20 +144,26 @@ def check(results, case, subject, image, dump, release, timing, banner):
     # ps lists crash's task table. Debian 12's crash 8.0.2 fills it from
     # struct pid, whose numbers[] became a flexible array in Linux 6.5 and
     # in Debian's 6.1.192 (a stable backport); it then reads no upid and
-    # lists the idle task alone, on QEMU's dump as on pmem's (fixed in
-    # crash 8.0.4). Whatever ps lists, it must list it as on QEMU's dump,
-    # and the agent and pmem once it lists more than the idle task.
+    # lists the idle task and each CPU's active task alone, on QEMU's dump
+    # as on pmem's (fixed in crash 8.0.4). So: the same idle task as on
+    # QEMU's dump, pmem listed (on CPU 0 it was the running task when the
+    # image was taken; QEMU's dump was taken with the guest idle), and the
+    # agent too once crash lists the whole table.
+    (ps, active), (ref_ps, ref_active) = ps, ref_ps
     idle = {pid: comm for pid, comm in ps.items() if comm.startswith("[swapper")}
-    same = {pid: (comm, ref_ps.get(pid)) for pid, comm in ps.items() if pid in ref_ps and ref_ps[pid] != comm}
-    both = [pid for pid in ps if pid in ref_ps]
-    want = [AGENT_COMM, "pmem"] if len(ps) > len(idle) else []
+    ref_idle = {pid: comm for pid, comm in ref_ps.items() if comm.startswith("[swapper")}
+    differ = {pid: (comm, ref_ps[pid]) for pid, comm in ps.items() if pid in ref_ps and ref_ps[pid] != comm}
+    whole_table = len(ps) > len(idle) + len(active - set(idle))
+    want = [AGENT_COMM, "pmem"] if whole_table else ["pmem"]
     missing = [comm for comm in want if comm not in ps.values()]
-    ok = opened and ps and both and not same and not missing and (len(ps) > len(idle)) == (len(ref_ps) > len(idle))
+    ok = opened and idle and idle == ref_idle and not differ and not missing
+    listed = ", ".join(f"{'>' if pid in active else ''}{pid} {comm}" for pid, comm in sorted(ps.items())[:4])
     results.add(case.name, subject, "crash ps = on QEMU's dump", ok,
-                f"{len(ps)} tasks ({len(ref_ps)} on QEMU's dump)"
-                + (", agent and pmem listed" if want and not missing else "")
-                + (f"; missing {missing}" if missing else "") + (f"; differ {same}" if same else "")
-                + ("; idle task alone on both (crash 8.0.2 and struct pid's flexible numbers[])" if ok and not want else ""))
+                f"{len(ps)} tasks ({listed}{', ...' if len(ps) > 4 else ''}); on QEMU's dump {len(ref_ps)} "
+                f"(active {sorted(ref_active)})" + (f"; missing {missing}" if missing else "")
+                + (f"; differ {differ}" if differ else "")
+                + ("; idle and active tasks only (crash 8.0.2 and struct pid's flexible numbers[])"
+                   if ok and not whole_table else ""))
     # The task list itself, walked by crash: the agent with its PID on QEMU's
     # dump, pmem running; init and kthreadd the same.
     agents = [pid for pid, comm in walk.items() if comm == AGENT_COMM]
