@@ -38,6 +38,10 @@ DEB_TOOLS = {
     "/usr/lib/x86_64-linux-gnu/libsnappy.so.1": "libsnappy1v5",
     # The static musl build compiles ring's C (pmem-upload's TLS).
     "x86_64-linux-musl-gcc": "musl-tools",
+    # Kernel debuggers that open pmem's ELF image with the guest's debug
+    # vmlinux (crashcheck.py).
+    "crash": "crash",
+    "gdb": "gdb",
 }
 
 
@@ -287,6 +291,69 @@ def ensure_avml():
         run(["cargo", "install", "avml", "--version", AVML_VERSION, "--locked",
              "--no-default-features", "--features", "convert", "--target", MUSL, "--root", str(AVML_ROOT)])
     return avml
+
+
+DRGN = "drgn==0.3.0"
+
+
+def progress(message):
+    """Setup progress of the reader checks: stderr, stdout is for results."""
+    print(f"[setup] {message}", file=sys.stderr, flush=True)
+
+
+@serialized
+def ensure_drgn():
+    """drgn, pinned, in a venv of its own (PyPI ships it as a binary wheel).
+    Returns the venv's python."""
+    venv = CACHE / "drgn-venv"
+    python = venv / "bin" / "python3"
+    stamp = venv / f".{DRGN}"
+    if not stamp.exists():
+        progress(f"installing {DRGN} into {venv}")
+        run([sys.executable, "-m", "venv", str(venv)])
+        run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--only-binary", ":all:", DRGN])
+        stamp.touch()
+    return python
+
+
+@serialized
+def ensure_debug_vmlinux(kernel):
+    """The kernel's vmlinux with debug info, from Debian's
+    linux-image-<release>-dbg (~280 MB): only the vmlinux is unpacked into
+    the cache, the package is deleted. The -dbg package's Debian revision
+    is that of the kernel image when the archive still has it, else the
+    newest one listed (it can lag or lead the image's); crash and drgn then
+    refuse a vmlinux that is not the guest's, so a wrong one cannot pass.
+    Returns the vmlinux path."""
+    release = kernel.release()
+    vmlinux = kernel.root / "debug" / f"vmlinux-{release}"
+    if vmlinux.exists():
+        return vmlinux
+    package = f"linux-image-{release}-dbg"
+    versions = [line.split("|")[1].strip() for line in run(["apt-cache", "madison", package]).splitlines()]
+    if not versions:
+        apt_update()
+        versions = [line.split("|")[1].strip() for line in run(["apt-cache", "madison", package]).splitlines()]
+    if not versions:
+        raise SystemExit(f"setup: apt lists no {package}; check /etc/apt/sources.list*")
+    image_version = package_version(kernel)
+    version = image_version if image_version in versions else versions[0]
+    vmlinux.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=kernel.root) as tmp:
+        progress(f"kernel {kernel.key}: downloading {package}={version} (only its vmlinux is kept)")
+        run(["apt-get", "download", f"{package}={version}"], cwd=tmp)
+        deb = next(Path(tmp).glob("*.deb"))
+        member = f"./usr/lib/debug/boot/vmlinux-{release}"
+        progress(f"kernel {kernel.key}: unpacking {member}")
+        tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+        run(["tar", "-x", "-C", tmp, member], stdin=tar.stdout)
+        tar.stdout.close()
+        if tar.wait() != 0:
+            raise SystemExit(f"setup: dpkg-deb --fsys-tarfile {deb.name} failed ({tar.returncode})")
+        deb.unlink()
+        # Renamed into place last: its presence means it is complete.
+        (Path(tmp) / member).rename(vmlinux)
+    return vmlinux
 
 
 def build_pmem(target=MUSL):

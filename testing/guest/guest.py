@@ -29,6 +29,7 @@ from pathlib import Path
 
 import env
 import aff4check
+import crashcheck
 import arm64  # arm64 guests: registers their kernel, cases(Case)
 import images
 import initramfs
@@ -66,6 +67,8 @@ class Case:
     note: str = ""
     # Extra guest steps and checks (module_cases.ModuleHook: pmem's kernel module).
     hook: object = None
+    # crash and drgn open the ELF image with the guest's debug vmlinux (crashcheck.py).
+    debuggers: bool = False
 
     @property
     def seed(self):
@@ -78,8 +81,8 @@ class Case:
 # acquired in all cases set the suite's time: every format is proven on both
 # kernels, but not every format in every layout.
 CASES = [
-    Case("6.1-1g", "6.1", 1024, ["lime", "raw", "elf"], ["lime"], ["avml"],
-         note="every format, streamed lime, AVML compressed LiME"),
+    Case("6.1-1g", "6.1", 1024, ["lime", "raw", "elf"], ["lime"], ["avml"], debuggers=True,
+         note="every format, streamed lime, AVML compressed LiME; crash and drgn on the ELF image"),
     # raw.zst (COMPRESSED) is not in a case: ruzstd needs ~240 s per GiB
     # under TCG, too much for CI; `zstd -d` round trips are in the CLI tests.
     Case("6.12-1g", "6.12", 1024, ["raw", "elf", "macho"], ["raw"],
@@ -663,6 +666,9 @@ def run_case(case, pmem, agent, results, timings, other_markers, vol):
                     rejected = True
                 truncated.unlink()
                 results.add(case.name, "negative", "a truncated LiME image must be rejected", rejected)
+    if case.debuggers and "elf" in opened:
+        crashcheck.check(results, case, "elf", out / "image.elf", work / "dump.elf", release, timing,
+                         (out / "version.txt").read_text())
     if case.hook:
         case.hook.check(results, case, out)
     return marker_list, work

@@ -7,6 +7,21 @@
 //! `PMEM` note with the acquisition metadata JSON, then one `PT_LOAD` per
 //! range in ascending `p_paddr` order with `p_filesz == p_memsz`.
 //!
+//! The image is shaped like a kdump vmcore (/proc/vmcore, makedumpfile's
+//! ELF output, QEMU's dump-guest-memory), which is what crash and drgn know:
+//! * `p_align` of every `PT_LOAD` is 0. crash tells a kdump vmcore from a
+//!   netdump one by the first `PT_LOAD`'s `p_align` (0, or an unaligned
+//!   `p_offset`), and only for kdump does it take the KASLR offset and
+//!   `phys_base` from VMCOREINFO (`KERNELOFFSET`, `SYMBOL(_stext)`,
+//!   `NUMBER(phys_base)`); as netdump it reads unrelocated addresses and
+//!   stops at once. The data stays page-aligned in the file all the same.
+//! * No `NT_PRSTATUS`: pmem has no CPU register state to give, and a live
+//!   acquisition has no panicking task.
+//! * The `PMEM` note's type is [`NT_PMEM_METADATA`], a number no core file
+//!   reader knows. crash, gdb (BFD) and drgn go by `n_type` whatever the
+//!   note's name, and took the type 1 of older images for `NT_PRSTATUS`
+//!   (register state read from pmem's JSON).
+//!
 //! 32-bit x86 plans are written as ELF64 with `EM_386`, as kexec-tools does
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
@@ -30,8 +45,13 @@ pub const VMCOREINFO_NAME: &[u8] = b"VMCOREINFO";
 pub const NT_VMCOREINFO: u32 = 0;
 /// Name of pmem's own note; its namespace makes the type number ours.
 pub const PMEM_NAME: &[u8] = b"PMEM";
-/// Type of the `PMEM` note whose descriptor is the metadata JSON (UTF-8).
-pub const NT_PMEM_METADATA: u32 = 1;
+/// Type of the `PMEM` note whose descriptor is the metadata JSON (UTF-8):
+/// the bytes "PMEM" read little-endian, as Linux names NT_FILE ("FILE") and
+/// NT_SIGINFO ("SIGI"); no core note type is near it.
+pub const NT_PMEM_METADATA: u32 = u32::from_le_bytes(*b"PMEM");
+/// The type the metadata note had in older pmem images (until 2026-12):
+/// 1, which is NT_PRSTATUS to every other reader. Still read.
+pub const NT_PMEM_METADATA_OLD: u32 = 1;
 /// Largest `PT_NOTE` segment read (or written): notes are read whole into
 /// memory, and real ones (VMCOREINFO, per-CPU status) are kilobytes.
 pub const MAX_NOTE_SEGMENT: u64 = 16 << 20;
@@ -110,7 +130,8 @@ fn layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
             p_paddr: U64::new(LE, range.start),
             p_filesz: U64::new(LE, range.len()),
             p_memsz: U64::new(LE, range.len()),
-            p_align: U64::new(LE, PAGE_SIZE),
+            // 0 as in kdump vmcores: crash's test for one (module docs).
+            p_align: U64::new(LE, 0),
         };
         head.extend_from_slice(object::bytes_of(&load));
     }
@@ -319,7 +340,7 @@ impl ElfReader {
                         if note.name() == VMCOREINFO_NAME && vmcoreinfo.is_none() {
                             vmcoreinfo = Some(note.desc().to_vec());
                         } else if note.name() == PMEM_NAME
-                            && note.n_type(LE) == NT_PMEM_METADATA
+                            && [NT_PMEM_METADATA, NT_PMEM_METADATA_OLD].contains(&note.n_type(LE))
                             && metadata_json.is_none()
                         {
                             let json = String::from_utf8(note.desc().to_vec()).map_err(|_| {
@@ -481,7 +502,7 @@ mod tests {
             0, 0x10, 0, 0, 0, 0, 0, 0,          // p_paddr
             0, 8, 0, 0, 0, 0, 0, 0,             // p_filesz 0x800
             0, 8, 0, 0, 0, 0, 0, 0,             // p_memsz
-            0, 0x10, 0, 0, 0, 0, 0, 0,          // p_align 4096
+            0, 0, 0, 0, 0, 0, 0, 0,             // p_align 0, as kdump's
         ];
         assert_eq!(&bytes[phdr_at(1)..phdr_at(2)], &load);
         // The note right after the program headers: namesz 11, descsz 14,
@@ -491,6 +512,67 @@ mod tests {
         assert_eq!(&note[12..24], b"VMCOREINFO\0\0");
         assert_eq!(&note[24..], b"PAGESIZE=4096\n\0\0");
         assert_eq!(bytes.len(), 0x1800);
+    }
+
+    /// The notes of an image: (name, n_type, descriptor).
+    fn notes_of(bytes: &[u8]) -> Vec<(Vec<u8>, u32, Vec<u8>)> {
+        let header = FileHeader64::<LE>::parse(bytes).unwrap();
+        let phdrs = header.program_headers(LE, bytes).unwrap();
+        let note = phdrs.iter().find(|p| p.p_type(LE) == E::PT_NOTE).unwrap();
+        let mut notes = note.notes(LE, bytes).unwrap().unwrap();
+        let mut out = Vec::new();
+        while let Some(n) = notes.next().unwrap() {
+            out.push((n.name().to_vec(), n.n_type(LE), n.desc().to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn shaped_like_a_kdump_vmcore_for_crash() {
+        let mut plan = Plan::new(map(&[(0, 0x1000), (0x3000, 0x5000)]), Arch::X86_64);
+        plan.vmcoreinfo = Some(b"KERNELOFFSET=1a000000\n".to_vec());
+        plan.metadata_json = Some("{\"tool\":\"pmem\"}".into());
+        let bytes = image(&plan);
+        let header = FileHeader64::<LE>::parse(&bytes[..]).unwrap();
+        let phdrs = header.program_headers(LE, &bytes[..]).unwrap();
+        // crash: PT_NOTE first, then PT_LOADs; a first PT_LOAD with p_align
+        // 0 makes the file a kdump vmcore, whose KASLR offset crash applies.
+        assert_eq!(phdrs[0].p_type(LE), E::PT_NOTE);
+        for phdr in &phdrs[1..] {
+            assert_eq!(phdr.p_type(LE), E::PT_LOAD);
+            assert_eq!(phdr.p_align(LE), 0);
+            assert_eq!(phdr.p_offset(LE) % PAGE_SIZE, 0, "data stays page-aligned");
+        }
+        // No note a core file reader takes for register or process state
+        // (NT_PRSTATUS 1, NT_FPREGSET 2, NT_PRPSINFO 3, NT_TASKSTRUCT 4,
+        // NT_AUXV 6), whatever its name.
+        let notes = notes_of(&bytes);
+        assert_eq!(notes.len(), 2);
+        assert_eq!(notes[0].0, b"VMCOREINFO");
+        assert_eq!(notes[0].1, NT_VMCOREINFO);
+        assert_eq!((&notes[1].0[..], notes[1].1), (PMEM_NAME, 0x4d45_4d50));
+        for (name, n_type, _) in &notes {
+            assert!(
+                ![1, 2, 3, 4, 6].contains(n_type),
+                "{name:?} has core type {n_type}"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_of_older_images_with_note_type_1_is_still_read() {
+        let mut plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
+        plan.metadata_json = Some("{\"old\":true}".into());
+        let mut bytes = image(&plan);
+        // The note right after the program headers: n_type at +8.
+        let n_type = phdr_at(2) + 8;
+        assert_eq!(bytes[n_type..n_type + 4], NT_PMEM_METADATA.to_le_bytes());
+        bytes[n_type..n_type + 4].copy_from_slice(&NT_PMEM_METADATA_OLD.to_le_bytes());
+        let r = open_bytes(&bytes).unwrap();
+        assert_eq!(r.metadata_json(), Some("{\"old\":true}"));
+        // Any other type under the PMEM name is not pmem's metadata.
+        bytes[n_type..n_type + 4].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(open_bytes(&bytes).unwrap().metadata_json(), None);
     }
 
     #[test]
