@@ -296,11 +296,6 @@ def ensure_avml():
 DRGN = "drgn==0.3.0"
 
 
-def progress(message):
-    """Setup progress of the reader checks: stderr, stdout is for results."""
-    print(f"[setup] {message}", file=sys.stderr, flush=True)
-
-
 @serialized
 def ensure_drgn():
     """drgn, pinned, in a venv of its own (PyPI ships it as a binary wheel).
@@ -309,7 +304,7 @@ def ensure_drgn():
     python = venv / "bin" / "python3"
     stamp = venv / f".{DRGN}"
     if not stamp.exists():
-        progress(f"installing {DRGN} into {venv}")
+        log(f"installing {DRGN} into {venv}")
         run([sys.executable, "-m", "venv", str(venv)])
         run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--only-binary", ":all:", DRGN])
         stamp.touch()
@@ -340,11 +335,11 @@ def ensure_debug_vmlinux(kernel):
     version = image_version if image_version in versions else versions[0]
     vmlinux.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=kernel.root) as tmp:
-        progress(f"kernel {kernel.key}: downloading {package}={version} (only its vmlinux is kept)")
+        log(f"kernel {kernel.key}: downloading {package}={version} (only its vmlinux is kept)")
         run(["apt-get", "download", f"{package}={version}"], cwd=tmp)
         deb = next(Path(tmp).glob("*.deb"))
         member = f"./usr/lib/debug/boot/vmlinux-{release}"
-        progress(f"kernel {kernel.key}: unpacking {member}")
+        log(f"kernel {kernel.key}: unpacking {member}")
         tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
         run(["tar", "-x", "-C", tmp, member], stdin=tar.stdout)
         tar.stdout.close()
