@@ -257,13 +257,23 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
     }
     manifest.unreadable_page_count = manifest.unreadable_pages.iter().map(|r| r.pages).sum();
     crate::upload::annotate(&mut manifest);
-    crate::interrupt::with(|watched| -> Result<()> {
+    let recorded = crate::interrupt::with(|watched| -> Result<()> {
         *watched = None;
         if let Some(path) = &job.manifest_path {
             manifest::write(path, &manifest, true)?;
         }
         Ok(())
-    })?;
+    });
+    match (recorded, &outcome) {
+        (Ok(()), _) => {}
+        (Err(failed), Ok(())) => return Err(failed),
+        // Both failed (a full disk, say): the copy's error comes first.
+        (Err(failed), Err(err)) => anyhow::bail!(
+            "{}; and the manifest could not say so: {}",
+            crate::error_text(err),
+            crate::error_text(&failed)
+        ),
+    }
     if outcome.is_ok() {
         crate::upload::send_manifest(&job.output, &manifest)?;
     }

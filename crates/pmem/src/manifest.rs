@@ -251,8 +251,37 @@ pub fn write(path: &Path, manifest: &Manifest, overwrite: bool) -> Result<()> {
     let mut text = serde_json::to_vec_pretty(manifest)?;
     text.push(b'\n');
     let text = crate::upload::seal(text)?;
-    replace_file(path, &text, overwrite)
-        .with_context(|| format!("writing manifest {}", path.display()))
+    match replace_file(path, &text, overwrite) {
+        // A full disk has no room for a second copy, but the earlier
+        // manifest's own blocks can take the new one (about as long): an
+        // incomplete image's manifest must say why.
+        Err(e) if overwrite && is_out_of_space(&e) => rewrite_in_place(path, &text)
+            .with_context(|| format!("writing manifest {} (the disk is full)", path.display())),
+        written => written.with_context(|| format!("writing manifest {}", path.display())),
+    }
+}
+
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+}
+
+/// Overwrites an existing file's bytes without truncating it first (which
+/// would give its blocks away), then trims it.
+fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut file = options.open(path)?;
+    file.rewind()?;
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()
 }
 
 /// Puts `bytes` at `path` so that a crash leaves the old file or the new

@@ -1158,3 +1158,48 @@ fn error_lines_say_their_cause_once() {
         "{stderr}"
     );
 }
+
+/// A full disk: the image keeps what fitted, the manifest (rewritten in the
+/// blocks of its first version) says why, and stderr names the image's
+/// error first. Needs a small filesystem: a tmpfs mounted for the test
+/// (root, as in CI); skipped with a note where mounting is not allowed.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_recorded_in_the_manifest() {
+    let m = machine();
+    let small = m.path("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let out = small.join("memory.lime");
+    m.acquire("lime", &out)
+        .failure()
+        .stderr(predicates::str::contains("No space left"))
+        .stderr(predicates::str::contains("writing lime image"));
+    let man = manifest(&out);
+    assert_eq!(man["complete"], false);
+    assert!(
+        man["error"].as_str().unwrap().contains("No space left"),
+        "{man}"
+    );
+    assert!(man["finished_at"].is_string());
+    assert!(
+        std::fs::metadata(&out).unwrap().len() > 0,
+        "what fitted is kept"
+    );
+}
