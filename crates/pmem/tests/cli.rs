@@ -916,12 +916,16 @@ fn sigint_and_sigterm_are_recorded_in_the_manifest() {
             .unwrap();
         let mut child = Proc(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !manifest_path.exists() {
-            assert!(std::time::Instant::now() < deadline, "no manifest");
+        // Signalled once the data is in the image, while the zeros are read.
+        let data_written = || std::fs::metadata(&out).is_ok_and(|m| m.len() >= 16 << 20);
+        while !(manifest_path.exists() && data_written()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no manifest or no data"
+            );
+            assert!(child.0.try_wait().unwrap().is_none(), "pmem ended early");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        assert!(child.0.try_wait().unwrap().is_none(), "still copying");
         unsafe { libc::kill(child.0.id() as i32, signal) };
         let status = loop {
             if let Some(status) = child.0.try_wait().unwrap() {
