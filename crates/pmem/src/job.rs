@@ -304,7 +304,7 @@ fn check_before_writing(job: &Job<'_>, format: Format, image: Option<&Path>) -> 
     if format == Format::Dmp {
         // A crash dump needs Windows metadata and an x86 machine: its
         // header says whether the plan has them.
-        pmem_formats::dmp::header(&job.plan, None).context("cannot write a crash dump")?;
+        pmem_formats::dmp::header(&job.plan, None).context("--format dmp")?;
     }
     Ok(())
 }
