@@ -5,12 +5,14 @@
 //! written so far is synced and kept, and pmem exits with 128 + the signal
 //! number (what a shell reports for a process the signal ended).
 
-use crate::manifest::{self, Manifest};
+use crate::manifest::Manifest;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The job a signal would interrupt: its manifest as last written.
+/// The job a signal would interrupt: its manifest as last written. (Read
+/// only where signals are taken: Unix.)
+#[cfg_attr(not(unix), allow(dead_code))]
 pub struct Watched {
     pub manifest: Manifest,
     pub manifest_path: Option<PathBuf>,
@@ -93,14 +95,14 @@ fn record(job: Watched, name: &str) {
             if let Ok(meta) = file.metadata() {
                 manifest.bytes.image = meta.len();
             }
-            let _ = manifest::sync_parent(image);
+            let _ = crate::manifest::sync_parent(image);
         }
     }
     let kept = job.image.as_ref().map_or_else(String::new, |p| {
         format!("; {} keeps what was written", p.display())
     });
     match &job.manifest_path {
-        Some(path) => match manifest::write(path, &manifest, true) {
+        Some(path) => match crate::manifest::write(path, &manifest, true) {
             Ok(()) => eprintln!(
                 "pmem: interrupted by {name}{kept}; {} says it is incomplete",
                 path.display()
