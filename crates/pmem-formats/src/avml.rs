@@ -33,7 +33,11 @@
 //! frames per job, and taken back in order. All-zero 64 KiB frames between
 //! blocks are left out of the image (a gap between records), as AVML leaves
 //! out all-zero 16 MiB blocks; the pipeline's report and the manifest keep
-//! the fact that they were read and found zero.
+//! the fact that they were read and found zero. The first and the last
+//! frame of every range are written even when zero, so the blocks show
+//! where each range starts and ends and `pmem verify` can check the
+//! manifest's ranges against them (left-out frames lie between blocks, on
+//! the range's 64 KiB frame grid).
 
 use crate::{
     check_plan_nonempty, corrupt_in, finish_sink, nonempty_len, read_exact_at, write_all, Format,
@@ -142,12 +146,15 @@ impl FrameEncoder {
     }
 }
 
-/// One frame of a batch: where it is and whether it is all zero.
+/// One frame of a batch: where it is, whether it is all zero, and whether
+/// it is the first or last frame of its range (always written, so that the
+/// blocks show where every range starts and ends).
 #[derive(Debug, Clone, Copy)]
 struct FrameSpec {
     addr: u64,
     len: u32,
     zero: bool,
+    edge: bool,
 }
 
 /// A compression job: consecutive frames' raw bytes (zero frames take no
@@ -287,6 +294,9 @@ pub struct AvmlWriter {
     frame_addr: u64,
     frame_len: usize,
     frame_zero: bool,
+    /// The planned ranges, and the one being written.
+    ranges: Vec<Range>,
+    range: Option<Range>,
     /// Spare buffers.
     spare_raw: Vec<Vec<u8>>,
     spare_chunks: Vec<Vec<u8>>,
@@ -328,6 +338,8 @@ impl AvmlWriter {
             frame_addr: 0,
             frame_len: 0,
             frame_zero: true,
+            ranges: Vec::new(),
+            range: None,
             spare_raw: Vec::new(),
             spare_chunks: Vec::new(),
             zero_chunk,
@@ -382,10 +394,15 @@ impl AvmlWriter {
         if self.frame_len == 0 {
             return Ok(());
         }
+        let end = self.frame_addr + self.frame_len as u64;
+        let edge = self
+            .range
+            .is_some_and(|r| self.frame_addr == r.start || end == r.end);
         self.batch.frames.push(FrameSpec {
             addr: self.frame_addr,
             len: self.frame_len as u32,
             zero: self.frame_zero,
+            edge,
         });
         self.frame_len = 0;
         if self.batch.frames.len() == BATCH_FRAMES {
@@ -438,7 +455,13 @@ impl AvmlWriter {
         };
         let mut at = 0usize;
         for (f, &len) in encoded.frames.iter().zip(&encoded.lens) {
-            if f.zero {
+            if f.zero && f.edge {
+                // A range's first or last frame is written even when zero:
+                // readers (and `pmem verify`) then see where it starts and
+                // ends.
+                self.push_zero(f.addr, f.len as usize)?;
+                self.after_push()?;
+            } else if f.zero {
                 self.zero_frame(f.addr, f.len as usize)?;
             } else {
                 let chunk = &encoded.chunks[at..at + len as usize];
@@ -628,11 +651,13 @@ impl ImageWriter for AvmlWriter {
     fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
         check_plan_nonempty(plan, Format::Avml)?;
         self.cursor = ChunkCursor::new(&plan.ranges);
+        self.ranges = plan.ranges.ranges().to_vec();
         Ok(())
     }
 
     fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError> {
         let position = self.cursor.advance(addr, chunk.len())?;
+        self.range = self.ranges.get(position.range_index).copied();
         match chunk {
             Chunk::Data(d) => self.fill(addr, Some(d), d.len() as u64)?,
             Chunk::Zero(n) => self.fill(addr, None, n)?,
@@ -1172,6 +1197,52 @@ mod tests {
         assert_eq!(one[..], a[70_000..70_003]);
         r.read_at(0x10_0000 + 5, &mut one).unwrap();
         assert_eq!(one[..], a[5..8]);
+    }
+
+    #[test]
+    fn every_range_keeps_its_first_and_last_frame_even_when_zero() {
+        // Zeros at both ends of a range, inside it, and a range of zeros
+        // only (with a partial last frame).
+        let mut a = vec![0u8; 3 * FRAME];
+        a.extend(text(2 * FRAME, 1));
+        a.extend(vec![0u8; 4 * FRAME]);
+        a.extend(text(FRAME, 2));
+        a.extend(vec![0u8; 3 * FRAME]);
+        let b = vec![0u8; 5 * FRAME + 4096];
+        let ranges = map(&[
+            (0x10_0000, 0x10_0000 + a.len() as u64),
+            (1 << 32, (1 << 32) + b.len() as u64),
+        ]);
+        let (_dir, path, result) = write(&ranges, &[a.clone(), b.clone()]);
+        result.unwrap();
+        let r = read_all(&path);
+        let held = r.memory_map().ranges();
+        let frame = FRAME as u64;
+        for range in ranges.ranges() {
+            assert!(
+                held.iter().any(|h| h.start == range.start),
+                "{range}: {held:x?}"
+            );
+            assert!(
+                held.iter().any(|h| h.end == range.end),
+                "{range}: {held:x?}"
+            );
+        }
+        // Zeros inside a range are still left out.
+        let in_a = r
+            .memory_map()
+            .intersect(&map(&[(0x10_0000, 0x10_0000 + a.len() as u64)]));
+        assert!(in_a.total_bytes() < a.len() as u64, "{held:x?}");
+        // A range of zeros only: its first and last frame.
+        let b_start = 1u64 << 32;
+        assert_eq!(
+            &held[held.len() - 2..],
+            &[
+                Range::new(b_start, b_start + frame).unwrap(),
+                Range::new(b_start + 5 * frame, b_start + b.len() as u64).unwrap(),
+            ],
+            "{held:x?}"
+        );
     }
 
     #[test]

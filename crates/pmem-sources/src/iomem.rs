@@ -34,6 +34,27 @@ pub enum IomemError {
     },
 }
 
+/// Largest memory map read: /proc/iomem of a large server is tens of KiB;
+/// a file past this (`--iomem /dev/zero`) is refused instead of filling RAM.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads an iomem file of at most [`MAX_FILE_BYTES`]. /proc files report
+/// size 0, so the limit is applied to what is read, not to the metadata.
+pub fn read_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {} MiB: not a memory map", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    Ok(text)
+}
+
 /// Parses iomem text. Blank lines are skipped; CRLF line ends and any
 /// indentation width are accepted; any other malformed line is an error
 /// naming its line number, because a map read past garbage can't be trusted.
@@ -149,6 +170,16 @@ impl Iomem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_file_refuses_an_endless_file() {
+        let err = read_file(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("MiB"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iomem");
+        std::fs::write(&path, "00001000-0009ffff : System RAM\n").unwrap();
+        assert!(parse(&read_file(&path).unwrap()).is_ok());
+    }
 
     /// /proc/iomem of a QEMU q35 x86_64 guest with 2 GiB, kernel 6.x.
     pub(crate) const QEMU_X86_64: &str = "\

@@ -41,7 +41,7 @@ pub(crate) fn open(request: &SourceRequest) -> Result<OpenedSource, SourceError>
 /// Reads and checks iomem: a listing with hidden addresses or without RAM
 /// would make every source look empty, so it is refused up front.
 fn read_iomem(path: &Path) -> Result<Iomem, SourceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SourceError::IomemRead {
+    let text = iomem::read_file(path).map_err(|source| SourceError::IomemRead {
         path: path.to_path_buf(),
         source,
     })?;

@@ -10,8 +10,11 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format: lime, raw (zero-padded, sparse on files), elf, or dmp
-    /// (Windows crash dump: needs the Windows driver's metadata).
+    /// Image format: lime, raw (zero-padded, sparse on files), elf (ELF
+    /// core), avml (compressed LiME), macho (Mach-O core), aff4 (AFF4
+    /// volume), or dmp (Windows crash dump: on Windows only, where the
+    /// driver gives the kernel's metadata; elsewhere convert an image with
+    /// `pmem convert --format dmp --cr3 HEX`).
     #[arg(long, short, default_value = "lime")]
     format: Format,
     /// Memory source: auto, kcore, crash, mem or module (pmem's kernel
@@ -68,6 +71,16 @@ pub struct Live {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    #[cfg(not(windows))]
+    if args.format == Format::Dmp {
+        anyhow::bail!(
+            "--format dmp writes a Windows crash dump, which needs the Windows kernel's \
+             metadata (CR3, build, KDBG) that only pmem's Windows driver reads: run \
+             `pmem acquire --format dmp` on Windows. Here acquire lime, raw or elf; \
+             `pmem convert IMAGE OUTPUT.dmp --format dmp --cr3 HEX [--build N]` turns an \
+             image of a Windows machine (a VM's memory, say) into a crash dump"
+        );
+    }
     let started_at = crate::host::now();
     // Dropped when this function returns, after the manifest is written: on
     // Windows that closes the device and unloads the driver, also on error.

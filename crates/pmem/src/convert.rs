@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Output format: lime, raw, elf or dmp (Windows crash dump).
+    /// Output format: lime, raw, elf, avml (compressed LiME), macho, aff4,
+    /// or dmp (Windows crash dump: needs Windows metadata, from the input
+    /// or --cr3).
     #[arg(long, short)]
     format: Format,
     /// Windows metadata for a crash dump whose input carries none (raw,
@@ -61,6 +63,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     image::set_identity(&args.identity)?;
     let mut opened = image::open(&args.input, args.input_manifest.as_deref())?;
+    if let Some(reason) = &opened.ranges_unproven {
+        // Converting would write the unproven ranges as zeros.
+        anyhow::bail!(
+            "{}: its manifest does not match the image: {reason}",
+            args.input.display()
+        );
+    }
     let reader = &opened.reader;
     // The acquisition's own record, from the image itself or its manifest.
     let embedded: Option<Origin> = reader

@@ -3,7 +3,7 @@
 
 use crate::manifest::{self, Manifest};
 use anyhow::{Context, Result};
-use pmem_core::{MemoryMap, PhysicalMemory, ReadError};
+use pmem_core::{MemoryMap, PhysicalMemory, Range, ReadError};
 use pmem_formats::{Format, ImageFile, ImageReader};
 use pmem_upload::encrypt::Identities;
 use std::io::Read;
@@ -113,6 +113,9 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
 pub struct OpenedImage {
     pub reader: Box<dyn ImageReader>,
     pub manifest: Option<Manifest>,
+    /// An AVML image whose manifest lists ranges its blocks do not prove:
+    /// why. The reader then holds only the blocks.
+    pub ranges_unproven: Option<String>,
 }
 
 /// Opens `path`; `manifest_path` overrides the default `IMAGE.json`.
@@ -134,20 +137,85 @@ pub fn open(path: &Path, manifest_path: Option<&Path>) -> Result<OpenedImage> {
         _ => None,
     };
     let mut reader = pmem_formats::open_image_file(path, file, raw_map)?;
-    // AVML images leave out all-zero blocks; their manifest lists the
-    // ranges that were read. Reading them back as zeros restores the
-    // acquired layout for verify and convert.
+    // AVML images leave out all-zero frames; their manifest lists the
+    // ranges that were read. Reading the left-out frames back as zeros
+    // restores the acquired layout for verify and convert, when the blocks
+    // prove those ranges.
+    let mut ranges_unproven = None;
     if let (Format::Avml, Some(m)) = (format, &manifest) {
-        let full = manifest::map_from_json(&m.ranges)
+        let claimed = manifest::map_from_json(&m.ranges)
             .context("reading the AVML image's acquired ranges from its manifest")?;
-        if full.intersect(reader.memory_map()) == *reader.memory_map() {
-            reader = Box::new(ZeroFilled {
-                inner: reader,
-                map: full,
-            });
+        match avml_ranges_proven(&claimed, reader.memory_map()) {
+            Ok(()) => {
+                reader = Box::new(ZeroFilled {
+                    inner: reader,
+                    map: claimed,
+                })
+            }
+            Err(reason) => ranges_unproven = Some(reason),
         }
     }
-    Ok(OpenedImage { reader, manifest })
+    Ok(OpenedImage {
+        reader,
+        manifest,
+        ranges_unproven,
+    })
+}
+
+/// Whether an AVML image's blocks (`held`, adjacent blocks merged) prove
+/// the ranges its manifest claims. pmem writes the first and the last 64
+/// KiB frame of every range, zero or not, and leaves out only all-zero
+/// frames between them; frames start every 64 KiB from the range's start.
+/// So each claimed range must begin and end with a block, the gaps inside
+/// it must start and end on its frame boundaries, and no block may lie
+/// outside the claimed ranges. `Err` says the first thing that does not fit.
+pub fn avml_ranges_proven(claimed: &MemoryMap, held: &MemoryMap) -> Result<(), String> {
+    let frame = pmem_formats::avml::FRAME as u64;
+    let runs = held.ranges();
+    let mut covered = 0u64;
+    for range in claimed.ranges() {
+        let first = runs.partition_point(|run| run.end <= range.start);
+        let pieces: Vec<Range> = runs[first..]
+            .iter()
+            .take_while(|run| run.start < range.end)
+            .filter_map(|run| Range::new(run.start.max(range.start), run.end.min(range.end)))
+            .collect();
+        let (Some(head), Some(tail)) = (pieces.first(), pieces.last()) else {
+            return Err(format!(
+                "the manifest lists {range}, of which the image holds no block"
+            ));
+        };
+        if head.start != range.start || tail.end != range.end {
+            return Err(format!(
+                "the manifest lists {range}, but the image's blocks there span only \
+                 {:#x}-{:#x} (pmem writes the first and last 64 KiB of every range)",
+                head.start,
+                tail.end - 1
+            ));
+        }
+        for piece in &pieces {
+            for edge in [piece.start, piece.end] {
+                if edge != range.end && (edge - range.start) % frame != 0 {
+                    return Err(format!(
+                        "the manifest lists {range}, but the image's blocks leave a gap at \
+                         {edge:#x}, which is not on one of the range's 64 KiB frames: \
+                         not left-out zeros"
+                    ));
+                }
+            }
+            covered += piece.len();
+        }
+    }
+    if covered != held.total_bytes() {
+        let outside = runs
+            .iter()
+            .find(|run| !claimed.covers(run.start, run.len()))
+            .map_or_else(String::new, |run| format!(" ({run})"));
+        return Err(format!(
+            "the image holds blocks outside the manifest's ranges{outside}"
+        ));
+    }
+    Ok(())
 }
 
 /// An image whose holes inside `map` read as zeros.
@@ -206,5 +274,63 @@ impl ImageReader for ZeroFilled {
     }
     fn windows(&self) -> Option<pmem_core::WindowsMetadata> {
         self.inner.windows()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(ranges: &[(u64, u64)]) -> MemoryMap {
+        MemoryMap::new(
+            ranges
+                .iter()
+                .map(|&(s, e)| Range::new(s, e).unwrap())
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn avml_ranges_need_blocks_at_their_edges_and_frame_aligned_gaps() {
+        let claimed = map(&[(0x1000, 0x9f000), (0x100000, 0x900000)]);
+        // Whole, with frame-aligned zero gaps inside the second range.
+        let held = map(&[
+            (0x1000, 0x9f000),
+            (0x100000, 0x120000),
+            (0x400000, 0x900000),
+        ]);
+        assert_eq!(avml_ranges_proven(&claimed, &held), Ok(()));
+        // Adjacent claimed ranges: blocks merged across the boundary.
+        let adjacent = map(&[(0x1000, 0x9f000), (0x9f000, 0x100000)]);
+        assert!(avml_ranges_proven(&adjacent, &map(&[(0x1000, 0x100000)])).is_ok());
+        // An invented range.
+        let invented = map(&[
+            (0x1000, 0x9f000),
+            (0x100000, 0x900000),
+            (0x1000_0000, 0x1010_0000),
+        ]);
+        let err = avml_ranges_proven(&invented, &held).unwrap_err();
+        assert!(err.contains("0x10000000"), "{err}");
+        // Leading or trailing zeros left out: not proven.
+        let late = map(&[(0x1000, 0x9f000), (0x110000, 0x900000)]);
+        assert!(avml_ranges_proven(&claimed, &late).is_err());
+        let early = map(&[(0x1000, 0x9f000), (0x100000, 0x800000)]);
+        assert!(avml_ranges_proven(&claimed, &early).is_err());
+        // A gap off the frame grid.
+        let off = map(&[
+            (0x1000, 0x9f000),
+            (0x100000, 0x121000),
+            (0x400000, 0x900000),
+        ]);
+        assert!(avml_ranges_proven(&claimed, &off).is_err());
+        // A block outside the claimed ranges.
+        let extra = map(&[
+            (0x1000, 0x9f000),
+            (0x100000, 0x900000),
+            (0xa00000, 0xa10000),
+        ]);
+        let err = avml_ranges_proven(&claimed, &extra).unwrap_err();
+        assert!(err.contains("outside"), "{err}");
     }
 }

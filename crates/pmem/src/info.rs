@@ -38,8 +38,15 @@ struct InfoJson {
     direct_map_offset: Option<String>,
     /// Where the ranges of a raw image came from.
     ranges_from: String,
-    /// Memory the image itself marks as not read (AFF4 aff4:UnreadableData).
+    /// Memory that could not be read and was written as zeros: marked in
+    /// the image (AFF4 aff4:UnreadableData) or listed in its manifest.
     unreadable: Vec<RangeJson>,
+    /// Where `unreadable` comes from: "image" or "manifest".
+    unreadable_from: String,
+    /// Why the manifest's ranges are not taken (an AVML image whose blocks
+    /// do not prove them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest_mismatch: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -64,6 +71,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         _ => (None, None),
     };
+    // Only AFF4 marks unreadable memory itself; for the other formats the
+    // manifest lists the pages that were written as zeros.
+    let (unreadable, unreadable_from) = match (reader.unreadable(), &opened.manifest) {
+        (marked, _) if !marked.is_empty() => {
+            (marked.iter().map(RangeJson::from).collect(), "image")
+        }
+        (_, Some(m)) => (unreadable_from_manifest(m), "manifest"),
+        _ => (Vec::new(), "image"),
+    };
     let info = InfoJson {
         path: args.image.display().to_string(),
         format: reader.format().name().to_string(),
@@ -76,7 +92,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         vmcoreinfo_bytes: reader.vmcoreinfo().map(<[u8]>::len),
         direct_map_offset: reader.direct_map_offset().map(|o| format!("{o:#x}")),
         ranges_from: ranges_from.to_string(),
-        unreadable: reader.unreadable().iter().map(RangeJson::from).collect(),
+        unreadable,
+        unreadable_from: unreadable_from.to_string(),
+        manifest_mismatch: opened.ranges_unproven.clone(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -104,12 +122,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if !info.unreadable.is_empty() {
         println!(
-            "unreadable:   {} range(s), read as zeros",
-            info.unreadable.len()
+            "unreadable:   {} range(s), written as zeros (from the {})",
+            info.unreadable.len(),
+            info.unreadable_from
         );
         for r in &info.unreadable {
             println!("  {:>18} - {:<18} {:>14} bytes", r.start, r.last, r.bytes);
         }
+    }
+    if let Some(reason) = &info.manifest_mismatch {
+        println!("warning:      the manifest's ranges are not taken: {reason}");
     }
     if let Some(offset) = &info.direct_map_offset {
         println!("direct map:   physical 0 at virtual {offset}");
@@ -121,4 +143,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!("metadata:     {}", serde_json::to_string(meta)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The manifest's unreadable page runs as ranges (runs that do not fit in
+/// the address space are left out: `pmem verify` reports them).
+fn unreadable_from_manifest(manifest: &manifest::Manifest) -> Vec<RangeJson> {
+    manifest
+        .unreadable_pages
+        .iter()
+        .filter_map(|run| {
+            let start = manifest::parse_hex(&run.start).ok()?;
+            let len = run.pages.checked_mul(pmem_core::PAGE_SIZE)?;
+            pmem_core::Range::new(start, start.checked_add(len)?)
+        })
+        .map(|r| RangeJson::from(&r))
+        .collect()
 }

@@ -3,6 +3,7 @@
 //! Shared by `acquire` and `convert`.
 
 use crate::compress::{self, Encoding};
+use crate::interrupt::Watched;
 use crate::manifest::{self, BytesJson, Manifest, Origin, PageRunJson};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -111,6 +112,11 @@ pub struct Job<'a> {
 pub fn run(job: Job<'_>) -> Result<Manifest> {
     let started = Instant::now();
     let mut encoding = compress::resolve(job.format, job.compress.compress)?;
+    let image_path = match &job.output {
+        Output::File(path) => Some(path.clone()),
+        Output::Stdout | Output::Remote(_) => None,
+    };
+    check_before_writing(&job, encoding.format, image_path.as_deref())?;
     let mut manifest = Manifest {
         origin: job.origin,
         complete: false,
@@ -133,10 +139,20 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
     };
     crate::upload::annotate(&mut manifest);
     // A manifest that cannot be written should stop us before we write
-    // gigabytes: create it first, rewrite it at the end.
-    if let Some(path) = &job.manifest_path {
-        manifest::write(path, &manifest, job.overwrite)?;
-    }
+    // gigabytes: create it first, replace it at the end. From here on a
+    // signal is recorded in it.
+    crate::interrupt::with(|watched| -> Result<()> {
+        if let Some(path) = &job.manifest_path {
+            manifest::write(path, &manifest, job.overwrite)?;
+        }
+        *watched = Some(Watched {
+            manifest: manifest.clone(),
+            manifest_path: job.manifest_path.clone(),
+            image: image_path.clone(),
+            started,
+        });
+        Ok(())
+    })?;
 
     let progress = progress_bar(job.plan.ranges.total_bytes(), job.quiet);
     let options = CopyOptions {
@@ -144,6 +160,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         ..CopyOptions::default()
     };
     let args = &job.compress;
+    let mut tracker = Tracker::default();
     let mut result = copy_once(
         job.source,
         &job.plan,
@@ -151,6 +168,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         encoding,
         job.overwrite,
         &progress,
+        &mut tracker,
         &options,
         args,
     );
@@ -164,6 +182,11 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
             encoding = Encoding::plain(Format::Lime);
             manifest.format = encoding.format.name().to_string();
             manifest.compression = None;
+            crate::interrupt::with(|watched| {
+                if let Some(w) = watched {
+                    w.manifest = manifest.clone();
+                }
+            });
             progress.set_position(0);
             // The file is ours: created by this run.
             result = copy_once(
@@ -173,6 +196,7 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
                 encoding,
                 true,
                 &progress,
+                &mut tracker,
                 &options,
                 args,
             );
@@ -184,6 +208,27 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
         }
     }
     progress.finish_and_clear();
+
+    let result = match result {
+        Err(err) if tracker.bytes_read == 0 => {
+            // Nothing of the memory was written: leave nothing behind, so
+            // the same command (corrected) can run again.
+            crate::interrupt::with(|watched| {
+                *watched = None;
+                if let (Some(path), true) = (&image_path, tracker.image_created) {
+                    let _ = std::fs::remove_file(path);
+                }
+                if let Some(path) = &job.manifest_path {
+                    let _ = std::fs::remove_file(path);
+                }
+            });
+            anyhow::bail!(
+                "{} (nothing was written: no image, no manifest)",
+                crate::error_text(&err)
+            );
+        }
+        result => result,
+    };
 
     manifest.finished_at = Some(crate::host::now());
     manifest.seconds = Some(started.elapsed().as_secs_f64());
@@ -197,22 +242,71 @@ pub fn run(job: Job<'_>) -> Result<Manifest> {
             manifest.bytes.image = report.image.bytes;
             manifest.image_sha256 = (!args.no_hash).then(|| hex(&report.image.sha256));
             manifest.memory_sha256 = report.memory_sha256.as_ref().map(|h| hex(h));
-            Ok(())
+            // The image was synced by its sink; its directory entry too.
+            match &image_path {
+                Some(path) => manifest::sync_parent(path)
+                    .with_context(|| format!("syncing the directory of {}", path.display())),
+                None => Ok(()),
+            }
         }
-        Err(err) => {
-            manifest.error = Some(format!("{err:#}"));
-            Err(err)
-        }
+        Err(err) => Err(err),
     };
+    if let Err(err) = &outcome {
+        manifest.complete = false;
+        manifest.error = Some(crate::error_text(err));
+    }
     manifest.unreadable_page_count = manifest.unreadable_pages.iter().map(|r| r.pages).sum();
     crate::upload::annotate(&mut manifest);
-    if let Some(path) = &job.manifest_path {
-        manifest::write(path, &manifest, true)?;
+    let recorded = crate::interrupt::with(|watched| -> Result<()> {
+        *watched = None;
+        if let Some(path) = &job.manifest_path {
+            manifest::write(path, &manifest, true)?;
+        }
+        Ok(())
+    });
+    match (recorded, &outcome) {
+        (Ok(()), _) => {}
+        (Err(failed), Ok(())) => return Err(failed),
+        // Both failed (a full disk, say): the copy's error comes first.
+        (Err(failed), Err(err)) => anyhow::bail!(
+            "{}; and the manifest could not say so: {}",
+            crate::error_text(err),
+            crate::error_text(&failed)
+        ),
     }
     if outcome.is_ok() {
         crate::upload::send_manifest(&job.output, &manifest)?;
     }
     outcome.map(|()| manifest)
+}
+
+/// What the copy has done so far: whether this run created the image file,
+/// and how many bytes of memory it handed to the writer.
+#[derive(Default)]
+struct Tracker {
+    image_created: bool,
+    bytes_read: u64,
+}
+
+/// What can be checked before any file is created: a run refused here
+/// leaves nothing behind.
+fn check_before_writing(job: &Job<'_>, format: Format, image: Option<&Path>) -> Result<()> {
+    if !job.overwrite {
+        for path in image.iter().chain(job.manifest_path.as_deref().iter()) {
+            if path.symlink_metadata().is_ok() {
+                anyhow::bail!(
+                    "{} already exists: choose another name or pass --force",
+                    path.display()
+                );
+            }
+        }
+    }
+    if format == Format::Dmp {
+        // A crash dump needs Windows metadata and an x86 machine: its
+        // header says whether the plan has them.
+        pmem_formats::dmp::header(&job.plan, None).context("--format dmp")?;
+    }
+    Ok(())
 }
 
 /// One copy of the job's source into a fresh output.
@@ -224,13 +318,16 @@ fn copy_once(
     encoding: Encoding,
     overwrite: bool,
     progress: &ProgressBar,
+    tracker: &mut Tracker,
     options: &CopyOptions,
     args: &compress::CompressArgs,
 ) -> Result<CopyReport> {
     crate::upload::declare_size(encoding.format, encoding.zstd, plan);
-    let sink = crate::upload::wrap(output.open(overwrite, args)?)?;
-    let writer = encoding.writer(sink);
+    let sink = output.open(overwrite, args)?;
+    tracker.image_created = true;
+    let writer = encoding.writer(crate::upload::wrap(sink)?);
     copy_memory(source, writer, plan, options, &mut |done| {
+        tracker.bytes_read = tracker.bytes_read.max(done);
         progress.set_position(done)
     })
     .with_context(|| format!("writing {} image {}", encoding.format, output.display()))
@@ -240,7 +337,7 @@ fn copy_once(
 fn unrepresentable(result: &Result<CopyReport>) -> Option<String> {
     let err = result.as_ref().err()?;
     match err.downcast_ref::<CopyError>() {
-        Some(CopyError::Write(WriteError::Unrepresentable { .. })) => Some(format!("{err:#}")),
+        Some(CopyError::Write(WriteError::Unrepresentable { .. })) => Some(crate::error_text(err)),
         _ => None,
     }
 }

@@ -244,17 +244,96 @@ pub fn read(path: &Path) -> Result<Manifest> {
 }
 
 /// Writes the manifest, 0600 like the image (it names the machine and its
-/// memory layout). Overwrites an earlier manifest of the same run.
+/// memory layout), whole: see [`replace_file`]. Without `overwrite` an
+/// existing file at `path` is refused; with it, the earlier manifest is
+/// replaced.
 pub fn write(path: &Path, manifest: &Manifest, overwrite: bool) -> Result<()> {
-    use std::io::Write;
-    let mut file = pmem_core::sink::create_image_file(path, overwrite)
-        .with_context(|| format!("creating manifest {}", path.display()))?;
     let mut text = serde_json::to_vec_pretty(manifest)?;
     text.push(b'\n');
     let text = crate::upload::seal(text)?;
-    file.write_all(&text)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing manifest {}", path.display()))
+    match replace_file(path, &text, overwrite) {
+        // A full disk has no room for a second copy, but the earlier
+        // manifest's own blocks can take the new one (about as long): an
+        // incomplete image's manifest must say why.
+        Err(e) if overwrite && is_out_of_space(&e) => rewrite_in_place(path, &text)
+            .with_context(|| format!("writing manifest {} (the disk is full)", path.display())),
+        written => written.with_context(|| format!("writing manifest {}", path.display())),
+    }
+}
+
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+}
+
+/// Overwrites an existing file's bytes without truncating it first (which
+/// would give its blocks away), then trims it.
+fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut file = options.open(path)?;
+    file.rewind()?;
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()
+}
+
+/// Puts `bytes` at `path` so that a crash leaves the old file or the new
+/// one, never a torn one: they are written to a temporary file beside it
+/// (0600), synced, renamed over `path`, and the directory is synced. A
+/// symbolic link at `path` is refused (the image's O_NOFOLLOW rule).
+fn replace_file(path: &Path, bytes: &[u8], overwrite: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    if overwrite && is_symlink(path) {
+        return Err(std::io::Error::other(
+            "it is a symbolic link: pmem does not write through links",
+        ));
+    }
+    if !overwrite {
+        // Claims the name (O_EXCL, O_NOFOLLOW): refuses an existing file
+        // or link.
+        pmem_core::sink::create_image_file(path, false)?;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = pmem_core::sink::create_image_file(&temp, false).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        sync_parent(path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Syncs the directory holding `path`, so a file created or renamed there
+/// survives a crash.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

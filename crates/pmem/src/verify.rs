@@ -5,6 +5,7 @@ use crate::image;
 use crate::manifest;
 use anyhow::{Context, Result};
 use pmem_core::sink::hex;
+use pmem_core::Range;
 use pmem_formats::ImageReader;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -29,7 +30,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .unwrap_or_else(|| manifest::default_path(&args.image));
     image::set_identity(&args.identity)?;
     let manifest = image::read_manifest(&manifest_path)?;
-    let mut opened = image::open(&args.image, Some(&manifest_path))?;
     let mut failures = 0;
     let mut check = |name: &str, ok: bool, detail: String| {
         println!("{} {name}: {detail}", if ok { "ok  " } else { "FAIL" });
@@ -47,6 +47,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             None => "the manifest does not record a finished image".into(),
         },
     );
+    // Opened after the completeness check is shown: an interrupted image
+    // may not open at all, and the manifest says why.
+    let mut opened = image::open(&args.image, Some(&manifest_path))?;
     let format = opened.reader.format().name();
     check(
         "format",
@@ -69,15 +72,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         None => println!("     image sha256: {sha} (not recorded in the manifest: --no-hash)"),
     }
     let ranges = manifest::ranges_json(opened.reader.memory_map());
-    check(
-        "ranges",
-        ranges == manifest.ranges,
-        format!(
-            "image holds {} range(s), manifest lists {}",
-            ranges.len(),
-            manifest.ranges.len()
+    match &opened.ranges_unproven {
+        Some(reason) => check("ranges", false, reason.clone()),
+        None => check(
+            "ranges",
+            ranges == manifest.ranges,
+            format!(
+                "image holds {} range(s), manifest lists {}",
+                ranges.len(),
+                manifest.ranges.len()
+            ),
         ),
-    );
+    }
+    let (ok, detail) = match check_unreadable(&manifest, opened.reader.memory_map()) {
+        Ok(detail) => (true, detail),
+        Err(detail) => (false, detail),
+    };
+    check("unreadable pages", ok, detail);
     // Acquisitions record memory_sha256 only with --memory-hash: compare
     // when recorded, always show it (it identifies the memory whatever the
     // format).
@@ -139,4 +150,45 @@ fn hash_memory(reader: &mut dyn ImageReader) -> Result<String> {
         }
     }
     Ok(hex(&hasher.finalize()))
+}
+
+/// The manifest's unreadable pages: runs that add up to its count, lie
+/// inside the image's ranges and do not overlap.
+fn check_unreadable(
+    manifest: &manifest::Manifest,
+    map: &pmem_core::MemoryMap,
+) -> Result<String, String> {
+    let mut total = 0u64;
+    let mut previous_end = 0u64;
+    for run in &manifest.unreadable_pages {
+        let start = manifest::parse_hex(&run.start).map_err(|e| format!("{e:#}"))?;
+        let range = run
+            .pages
+            .checked_mul(pmem_core::PAGE_SIZE)
+            .and_then(|len| Range::new(start, start.checked_add(len)?))
+            .ok_or_else(|| {
+                format!(
+                    "the run of {} page(s) at {} is empty or passes 2^64",
+                    run.pages, run.start
+                )
+            })?;
+        if !map.covers(range.start, range.len()) {
+            return Err(format!("{range} is not inside the image's ranges"));
+        }
+        if range.start < previous_end {
+            return Err(format!("{range} overlaps or precedes the run before it"));
+        }
+        previous_end = range.end;
+        total += run.pages;
+    }
+    if total != manifest.unreadable_page_count {
+        return Err(format!(
+            "the runs hold {total} page(s), the manifest's count says {}",
+            manifest.unreadable_page_count
+        ));
+    }
+    Ok(format!(
+        "{total} page(s) in {} run(s), inside the image's ranges",
+        manifest.unreadable_pages.len()
+    ))
 }

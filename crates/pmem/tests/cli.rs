@@ -738,3 +738,472 @@ fn aarch64_kcore_gives_aarch64_images_manifests_and_info() {
     let bytes = std::fs::read(&converted).unwrap();
     assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 183);
 }
+
+// ---- What pmem leaves behind when a run fails, is refused or interrupted ----
+
+/// The files of `dir`, sorted (to show that a run left nothing behind).
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_failure_before_memory_is_written_leaves_nothing_and_the_retry_works() {
+    let m = machine();
+    let lime = m.path("k.lime");
+    m.acquire("lime", &lime).success();
+    let before = files_in(m.dir.path());
+    let dmp = m.path("k.dmp");
+    pmem()
+        .args(["convert", "-q", "--format", "dmp"])
+        .arg(&lime)
+        .arg(&dmp)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--cr3"));
+    assert_eq!(files_in(m.dir.path()), before, "no image, no manifest");
+    pmem()
+        .args(["convert", "-q", "--format", "dmp", "--cr3", "0x1aa000"])
+        .arg(&lime)
+        .arg(&dmp)
+        .assert()
+        .success();
+    assert_eq!(manifest(&dmp)["complete"], true);
+
+    // A source whose first read fails: nothing was written, nothing is left.
+    let device = m.path("short-device");
+    std::fs::write(&device, b"").unwrap();
+    let out = m.path("empty-source.lime");
+    pmem()
+        .args(["acquire", "-q"])
+        .arg(format!("--source=mem:{}", device.display()))
+        .arg("--iomem")
+        .arg(&m.iomem)
+        .arg(&out)
+        .assert()
+        .failure();
+    assert!(!out.exists() && !m.path("empty-source.lime.json").exists());
+}
+
+#[test]
+fn acquire_dmp_off_windows_is_refused_before_creating_anything() {
+    let m = machine();
+    let out = m.path("x.dmp");
+    m.acquire("dmp", &out)
+        .failure()
+        .stderr(predicates::str::contains("Windows"))
+        .stderr(predicates::str::contains("pmem convert"));
+    assert!(!out.exists() && !m.path("x.dmp.json").exists());
+    // The advice names options that exist: convert takes --cr3.
+    pmem()
+        .args(["convert", "--help"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("--cr3"));
+    let help = pmem().args(["acquire", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for format in ["lime", "raw", "elf", "dmp", "avml", "macho", "aff4"] {
+        assert!(
+            help.contains(format),
+            "acquire --help lacks {format}: {help}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_overwrite_writes_nothing() {
+    let m = machine();
+    let out = m.path("memory.lime");
+    std::fs::write(&out, b"evidence").unwrap();
+    m.acquire("lime", &out)
+        .failure()
+        .stderr(predicates::str::contains("already exists"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"evidence");
+    assert!(!m.path("memory.lime.json").exists(), "no manifest either");
+
+    // An existing manifest alone refuses too, without creating the image.
+    let other = m.path("other.lime");
+    std::fs::write(m.path("other.lime.json"), b"{}").unwrap();
+    m.acquire("lime", &other)
+        .failure()
+        .stderr(predicates::str::contains("already exists"));
+    assert!(!other.exists());
+    assert_eq!(std::fs::read(m.path("other.lime.json")).unwrap(), b"{}");
+
+    // convert onto an existing output.
+    let raw = m.path("taken.raw");
+    std::fs::write(&raw, b"kept").unwrap();
+    m.acquire("lime", &m.path("in.lime")).success();
+    pmem()
+        .args(["convert", "-q", "-f", "raw"])
+        .arg(m.path("in.lime"))
+        .arg(&raw)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("already exists"));
+    assert_eq!(std::fs::read(&raw).unwrap(), b"kept");
+    assert!(!m.path("taken.raw.json").exists());
+}
+
+#[test]
+fn the_manifest_is_replaced_whole_never_rewritten_in_place() {
+    let m = machine();
+    let out = m.path("memory.lime");
+    m.acquire("lime", &out).success();
+    let first = std::fs::read(m.path("memory.lime.json")).unwrap();
+    // A hard link keeps the inode of the first manifest: a manifest
+    // rewritten in place would change it.
+    std::fs::hard_link(m.path("memory.lime.json"), m.path("first.json")).unwrap();
+    m.acquire_with("lime", &out, &["--force"]).success();
+    assert_eq!(std::fs::read(m.path("first.json")).unwrap(), first);
+    assert_eq!(manifest(&out)["complete"], true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(m.path("memory.lime.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let mut names = files_in(m.dir.path());
+    names.retain(|n| n.contains("tmp"));
+    assert!(names.is_empty(), "temporary files left: {names:?}");
+
+    // A symlink where the manifest goes is refused, as for the image.
+    #[cfg(unix)]
+    {
+        let target = m.path("elsewhere");
+        std::os::unix::fs::symlink(&target, m.path("linked.lime.json")).unwrap();
+        m.acquire_with("lime", &m.path("linked.lime"), &["--force"])
+            .failure();
+        assert!(!target.exists(), "nothing written through the link");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_and_sigterm_are_recorded_in_the_manifest() {
+    let m = machine();
+    // 256 GiB of "RAM", far more than is read before the signal: 16 MiB of
+    // data (written to the image at once), then zeros (a sparse file).
+    let iomem = m.path("big-iomem");
+    std::fs::write(&iomem, "00000000-3fffffffff : System RAM\n").unwrap();
+    let device = m.path("big-device");
+    std::fs::write(&device, pattern(0, 16 << 20)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&device)
+        .unwrap()
+        .set_len(1 << 38)
+        .unwrap();
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        // raw: the data goes to the file as read, the zeros are holes.
+        let out = m.path(&format!("{name}.raw"));
+        let manifest_path = m.path(&format!("{name}.raw.json"));
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("pmem"))
+            .args(["acquire", "-q", "--format", "raw"])
+            .arg(format!("--source=mem:{}", device.display()))
+            .arg("--iomem")
+            .arg(&iomem)
+            .arg(&out)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = Proc(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Signalled once the data is in the image, while the zeros are read.
+        let data_written = || std::fs::metadata(&out).is_ok_and(|m| m.len() >= 16 << 20);
+        while !(manifest_path.exists() && data_written()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no manifest or no data"
+            );
+            assert!(child.0.try_wait().unwrap().is_none(), "pmem ended early");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        unsafe { libc::kill(child.0.id() as i32, signal) };
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not stop pmem"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(128 + signal), "{name}: {status:?}");
+        let man = manifest(&out);
+        assert_eq!(man["complete"], false);
+        assert_eq!(man["error"], format!("interrupted by {name}"));
+        assert!(man["finished_at"].is_string(), "{man}");
+        // What was written is kept and accounted for.
+        let len = std::fs::metadata(&out).unwrap().len();
+        assert!(len >= 16 << 20, "{len}");
+        assert_eq!(man["bytes"]["image"], len);
+        pmem()
+            .arg("verify")
+            .arg(&out)
+            .assert()
+            .failure()
+            .stdout(predicates::str::contains(format!("interrupted by {name}")));
+    }
+}
+
+/// A machine read through the `mem` source from a file with all-zero
+/// stretches: at a range's start, inside a range, and a whole range.
+#[cfg(unix)]
+fn machine_with_zeros() -> (Machine, PathBuf) {
+    let m = machine();
+    let device = m.path("devmem");
+    pmem_sources::testing::write_physical_file(&device, &acquired_ranges()).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&device)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    for (start, len) in [
+        (0x100000u64, 0x20000usize),
+        (0x400000, 0x40000),
+        (0x400_0000, 0x20_0000),
+    ] {
+        file.write_all_at(&vec![0; len], start).unwrap();
+    }
+    (m, device)
+}
+
+#[cfg(unix)]
+#[test]
+fn verify_checks_avml_ranges_against_the_blocks() {
+    let (m, device) = machine_with_zeros();
+    let out = m.path("zeros.avml");
+    pmem()
+        .args(["acquire", "-q", "--format", "avml"])
+        .arg(format!("--source=mem:{}", device.display()))
+        .arg("--iomem")
+        .arg(&m.iomem)
+        .arg(&out)
+        .assert()
+        .success();
+    pmem().arg("verify").arg(&out).assert().success();
+    let raw = m.path("zeros.raw");
+    pmem()
+        .args(["convert", "-q", "-f", "raw"])
+        .arg(&out)
+        .arg(&raw)
+        .assert()
+        .success();
+    assert_eq!(manifest(&raw)["ranges"], manifest(&out)["ranges"]);
+
+    let path = m.path("zeros.avml.json");
+    let good = manifest(&out);
+    let invent = |extra: Vec<Value>| {
+        let mut man = good.clone();
+        man["ranges"].as_array_mut().unwrap().extend(extra);
+        std::fs::write(&path, serde_json::to_vec(&man).unwrap()).unwrap();
+    };
+    // One invented MiB after the last range.
+    invent(vec![range_json(
+        &Range::new(0x1000_0000, 0x1010_0000).unwrap(),
+    )]);
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stdout(predicates::str::contains("FAIL ranges"));
+    pmem()
+        .args(["convert", "-q", "-f", "raw"])
+        .arg(&out)
+        .arg(m.path("invented.raw"))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("0x10000000"));
+    assert!(!m.path("invented.raw").exists());
+    // 100,000 of them.
+    invent(
+        (0..100_000u64)
+            .map(|i| {
+                let start = 0x1_0000_0000 + i * 0x2000;
+                range_json(&Range::new(start, start + 0x1000).unwrap())
+            })
+            .collect(),
+    );
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stdout(predicates::str::contains("FAIL ranges"));
+    // Two real ranges merged into one: the hole between them is not a
+    // stretch of left-out zero frames (it does not start on a frame).
+    let mut man = good.clone();
+    let ranges = man["ranges"].as_array_mut().unwrap();
+    let merged = serde_json::json!({
+        "start": ranges[0]["start"],
+        "last": ranges[1]["last"],
+        "bytes": 0x900000 - 0x1000,
+    });
+    ranges.splice(0..2, [merged]);
+    std::fs::write(&path, serde_json::to_vec(&man).unwrap()).unwrap();
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stdout(predicates::str::contains("FAIL ranges"));
+}
+
+#[test]
+fn unreadable_pages_are_shown_by_info_and_checked_by_verify() {
+    let m = machine();
+    let out = m.path("memory.lime");
+    m.acquire("lime", &out).success();
+    let path = m.path("memory.lime.json");
+    let good = manifest(&out);
+    let with = |runs: Value, count: u64| {
+        let mut man = good.clone();
+        man["unreadable_pages"] = runs;
+        man["unreadable_page_count"] = count.into();
+        std::fs::write(&path, serde_json::to_vec(&man).unwrap()).unwrap();
+    };
+    with(serde_json::json!([{"start": "0x2000", "pages": 2}]), 2);
+    pmem()
+        .arg("info")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("unreadable"))
+        .stdout(predicates::str::contains("0x2000"));
+    let info = pmem().args(["info", "--json"]).arg(&out).output().unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["unreadable"][0]["start"], "0x2000");
+    assert_eq!(info["unreadable"][0]["bytes"], 0x2000);
+    pmem().arg("verify").arg(&out).assert().success();
+
+    with(
+        serde_json::json!([{"start": "0x2000", "pages": 2}]),
+        u64::MAX,
+    );
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stdout(predicates::str::contains("FAIL unreadable pages"));
+    // A run outside every range.
+    with(serde_json::json!([{"start": "0x10000000", "pages": 1}]), 1);
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stdout(predicates::str::contains("FAIL unreadable pages"));
+    with(
+        serde_json::json!([{"start": "0x2000", "pages": u64::MAX}]),
+        u64::MAX,
+    );
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stdout(predicates::str::contains("FAIL unreadable pages"));
+}
+
+#[test]
+fn an_endless_iomem_is_refused_quickly() {
+    let m = machine();
+    let started = std::time::Instant::now();
+    pmem()
+        .args(["acquire", "-q"])
+        .arg(format!("--source=kcore:{}", m.kcore.display()))
+        .args(["--iomem", "/dev/zero"])
+        .arg(m.path("x.lime"))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("/dev/zero"))
+        .stderr(predicates::str::contains("MiB"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!m.path("x.lime").exists());
+}
+
+#[test]
+fn error_lines_say_their_cause_once() {
+    let m = machine();
+    let assert = pmem()
+        .args(["acquire", "-q", "--source=mem:/nonexistent/device"])
+        .arg("--iomem")
+        .arg(&m.iomem)
+        .arg(m.path("x.lime"))
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    let assert = pmem()
+        .args(["convert", "-q", "-f", "raw"])
+        .arg(m.path("missing.lime"))
+        .arg(m.path("y.raw"))
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// A full disk: the image keeps what fitted, the manifest (rewritten in the
+/// blocks of its first version) says why, and stderr names the image's
+/// error first. Needs a small filesystem: a tmpfs mounted for the test
+/// (root, as in CI); skipped with a note where mounting is not allowed.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_recorded_in_the_manifest() {
+    let m = machine();
+    let small = m.path("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let out = small.join("memory.lime");
+    m.acquire("lime", &out)
+        .failure()
+        .stderr(predicates::str::contains("No space left"))
+        .stderr(predicates::str::contains("writing lime image"));
+    let man = manifest(&out);
+    assert_eq!(man["complete"], false);
+    assert!(
+        man["error"].as_str().unwrap().contains("No space left"),
+        "{man}"
+    );
+    assert!(man["finished_at"].is_string());
+    assert!(
+        std::fs::metadata(&out).unwrap().len() > 0,
+        "what fitted is kept"
+    );
+}
