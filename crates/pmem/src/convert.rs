@@ -64,9 +64,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     image::set_identity(&args.identity)?;
     let mut opened = image::open(&args.input, args.input_manifest.as_deref())?;
     if let Some(reason) = &opened.ranges_unproven {
-        // Converting would write the unproven ranges as zeros.
-        anyhow::bail!(
-            "{}: its manifest does not match the image: {reason}",
+        // The reader then holds only the blocks: convert those, never the
+        // manifest's unproven ranges as zeros. The memory is the same at
+        // every address (left-out frames are zeros either way); only the
+        // range list is the blocks' one. Older pmem AVML images (zero
+        // frames left out at a range's edges too) stay convertible.
+        eprintln!(
+            "warning: {}: its manifest does not match the image ({reason}); \
+             converting only the memory the image's blocks hold",
             args.input.display()
         );
     }
