@@ -23,6 +23,14 @@ if [[ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $cargo_fuzz_v
 fi
 export RUSTC_BOOTSTRAP=1
 
+# -a: debug assertions and overflow checks (fuzz/Cargo.toml's release
+# profile asks for them too). PMEM_FUZZ_TARGET_DIR keeps the build outside
+# the work tree, e.g. in a cache that outlives a CI checkout.
+build_flags=(-a)
+if [[ -n "${PMEM_FUZZ_TARGET_DIR:-}" ]]; then
+    build_flags+=(--target-dir "$PMEM_FUZZ_TARGET_DIR")
+fi
+
 targets=("$@")
 if ((${#targets[@]} == 0)); then
     mapfile -t targets < <(cargo fuzz list)
@@ -30,16 +38,16 @@ fi
 
 start=$SECONDS
 if ((${#targets[@]} == 1)); then
-    cargo fuzz build "${targets[0]}" >&2
+    cargo fuzz build "${build_flags[@]}" "${targets[0]}" >&2
 else
-    cargo fuzz build >&2
+    cargo fuzz build "${build_flags[@]}" >&2
 fi
 echo "fuzz build: $((SECONDS - start)) s" >&2
 
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target"
     log="fuzz/corpus/$target.log"
-    if ! cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+    if ! cargo fuzz run "${build_flags[@]}" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         tail -n 60 "$log" >&2

@@ -350,7 +350,8 @@ fn walk_frames<R: Read + Seek>(mut source: &mut R, file_len: u64) -> io::Result<
         let n = head.len().min((file_len - at) as usize);
         read_at(source, at, &mut head[..n])?;
         if n >= 8 && le32(&head, 0) & 0xffff_fff0 == 0x184D_2A50 {
-            at += 8 + u64::from(le32(&head, 4));
+            // Saturating: a length running past 2^64 runs past the file too.
+            at = at.saturating_add(8 + u64::from(le32(&head, 4)));
             continue;
         }
         if n < 4 || head[..4] != MAGIC {
