@@ -174,10 +174,29 @@ impl<R: Read + Seek> Read for FrameBytes<R> {
     }
 }
 
+/// Bad zstd data at an offset of the compressed file: the payload of the
+/// reader's `InvalidData` errors, so that callers can name the offset.
+#[derive(Debug, thiserror::Error)]
+#[error("zstd at file offset {offset:#x}: {reason}")]
+pub struct ZstdError {
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl ZstdError {
+    /// The offset of `err` when the zstd reader raised it.
+    pub fn offset_of(err: &io::Error) -> Option<u64> {
+        err.get_ref()?.downcast_ref::<ZstdError>().map(|e| e.offset)
+    }
+}
+
 fn invalid(offset: u64, reason: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("zstd at file offset {offset:#x}: {reason}"),
+        ZstdError {
+            offset,
+            reason: reason.to_string(),
+        },
     )
 }
 
@@ -678,6 +697,7 @@ mod tests {
         bytes.extend(frame_claiming(u64::MAX - 100, 16, 0));
         let err = open(&bytes).err().expect("refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(ZstdError::offset_of(&err), Some(0x11));
         assert!(
             err.to_string().contains("file offset 0x11"),
             "names the frame whose size overflows: {err}"

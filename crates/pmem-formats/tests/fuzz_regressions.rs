@@ -41,7 +41,10 @@ fn every_reproducer_is_handled() {
 fn zstd_frame_sizes_past_2_pow_64_are_refused() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fuzz-regressions/zstd-frame-sizes-past-2-pow-64.zst");
-    let err = exercise(&path).unwrap_err();
+    let file: ImageFile = File::open(&path).unwrap().into();
+    let err = unwrap_zstd(&path, file).expect_err("refused");
+    assert_eq!(err.offset(), 0x11, "{err}");
+    let err = err.to_string();
     assert!(err.contains("zstd at file offset 0x11"), "{err}");
     assert!(err.contains("past 2^64"), "{err}");
 }
