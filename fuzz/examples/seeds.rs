@@ -63,6 +63,21 @@ fn sink(path: &Path) -> Box<HashingSink> {
     Box::new(HashingSink::file(create_image_file(path, false).unwrap()))
 }
 
+/// `data` as zstd frames of 4 KiB, each with an 8-byte content size and
+/// one raw (stored) block.
+fn sized_frames(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in data.chunks(4096) {
+        out.extend_from_slice(&pmem_formats::zstd::MAGIC);
+        out.push(0xe0); // single segment, 8-byte content size
+        out.extend_from_slice(&(piece.len() as u64).to_le_bytes());
+        let block = 1 | (piece.len() as u32) << 3; // last, raw
+        out.extend_from_slice(&block.to_le_bytes()[..3]);
+        out.extend_from_slice(piece);
+    }
+    out
+}
+
 const IOMEM: &str = "\
 00000000-00000fff : Reserved
 00001000-00002fff : System RAM
@@ -87,6 +102,14 @@ fn main() {
         Format::Lime,
         Box::new(pmem_formats::zstd::ZstdSink::new(sink(&zst))),
     );
+    // As `zstd` itself writes: no seek table, each frame's content size
+    // in its header (the reader walks the frames and sums those sizes).
+    let lime = std::fs::read(seeds.join("lime").join("lime")).unwrap();
+    std::fs::write(
+        seeds.join("zstd").join("lime-sized-frames.zst"),
+        sized_frames(&lime),
+    )
+    .unwrap();
     std::fs::create_dir_all(seeds.join("iomem")).unwrap();
     std::fs::write(seeds.join("iomem").join("qemu"), IOMEM).unwrap();
     // kcore: an ELF core (PT_LOADs at physical addresses, a VMCOREINFO
