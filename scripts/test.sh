@@ -4,6 +4,7 @@
 #   scripts/test.sh            format, lint, unit + CLI tests, static build, pmem.exe under
 #                              Wine, Volatility checks, guest suite
 #   PMEM_SKIP_GUEST=1 scripts/test.sh   the same without the QEMU guest suite
+#   PMEM_FUZZ_SECONDS=N                 seconds per fuzz target (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,6 +84,11 @@ python3 testing/docs/check_commands.py target/x86_64-unknown-linux-musl/release/
 
 step "unit, property and CLI tests"
 cargo test --workspace --all-features
+
+step "fuzz targets, ${PMEM_FUZZ_SECONDS:-20} s each (image readers, zstd, iomem, kcore; overflow checks on)"
+# Built in a cache outside the checkout: CI's fresh clone rebuilds only what changed.
+PMEM_FUZZ_TARGET_DIR="${PMEM_FUZZ_TARGET_DIR:-$HOME/.cache/pmem-fuzz/target}" \
+    scripts/fuzz.sh "${PMEM_FUZZ_SECONDS:-20}"
 
 step "compressed formats against Volatility 3 (AVML layer, time-limited)"
 testing/compress/check.sh

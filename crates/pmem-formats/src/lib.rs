@@ -230,9 +230,10 @@ pub fn unwrap_zstd(path: &Path, file: ImageFile) -> Result<(ImageFile, bool), Fo
     if magic != zstd::MAGIC {
         return Ok((file, false));
     }
-    let io_error = |source| FormatError::Io {
+    // Bad zstd data is named at its offset in the compressed file.
+    let io_error = |source: io::Error| FormatError::Io {
         path: path.into(),
-        offset: 0,
+        offset: zstd::ZstdError::offset_of(&source).unwrap_or(0),
         source,
     };
     let reader = zstd::ZstdReader::new(file, len).map_err(io_error)?;

@@ -174,10 +174,29 @@ impl<R: Read + Seek> Read for FrameBytes<R> {
     }
 }
 
+/// Bad zstd data at an offset of the compressed file: the payload of the
+/// reader's `InvalidData` errors, so that callers can name the offset.
+#[derive(Debug, thiserror::Error)]
+#[error("zstd at file offset {offset:#x}: {reason}")]
+pub struct ZstdError {
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl ZstdError {
+    /// The offset of `err` when the zstd reader raised it.
+    pub fn offset_of(err: &io::Error) -> Option<u64> {
+        err.get_ref()?.downcast_ref::<ZstdError>().map(|e| e.offset)
+    }
+}
+
 fn invalid(offset: u64, reason: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("zstd at file offset {offset:#x}: {reason}"),
+        ZstdError {
+            offset,
+            reason: reason.to_string(),
+        },
     )
 }
 
@@ -350,7 +369,8 @@ fn walk_frames<R: Read + Seek>(mut source: &mut R, file_len: u64) -> io::Result<
         let n = head.len().min((file_len - at) as usize);
         read_at(source, at, &mut head[..n])?;
         if n >= 8 && le32(&head, 0) & 0xffff_fff0 == 0x184D_2A50 {
-            at += 8 + u64::from(le32(&head, 4));
+            // Saturating: a length running past 2^64 runs past the file too.
+            at = at.saturating_add(8 + u64::from(le32(&head, 4)));
             continue;
         }
         if n < 4 || head[..4] != MAGIC {
@@ -372,7 +392,15 @@ fn walk_frames<R: Read + Seek>(mut source: &mut R, file_len: u64) -> io::Result<
         };
         frames.push(frame);
         at += compressed;
-        image_offset += frame.len;
+        image_offset = image_offset.checked_add(frame.len).ok_or_else(|| {
+            invalid(
+                frame.file_offset,
+                format!(
+                    "frame content size {:#x} takes the image past 2^64 bytes",
+                    frame.len
+                ),
+            )
+        })?;
     }
     if at != file_len {
         return Err(invalid(
@@ -483,5 +511,196 @@ impl<R: Read + Seek> Seek for ZstdReader<R> {
             )
         })?;
         Ok(self.position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A zstd frame with an 8-byte content size field that claims
+    /// `content` bytes, holding one RLE block of `rle` bytes of `byte`.
+    fn frame_claiming(content: u64, rle: u32, byte: u8) -> Vec<u8> {
+        let mut f = MAGIC.to_vec();
+        f.push(0xe0); // content size: 8 bytes; single segment
+        f.extend_from_slice(&content.to_le_bytes());
+        let block = 1 | 1 << 1 | rle << 3; // last, RLE
+        f.extend_from_slice(&block.to_le_bytes()[..3]);
+        f.push(byte);
+        f
+    }
+
+    fn open(bytes: &[u8]) -> io::Result<ZstdReader<Cursor<Vec<u8>>>> {
+        ZstdReader::new(Cursor::new(bytes.to_vec()), bytes.len() as u64)
+    }
+
+    /// `data` through [`ZstdSink`]: frames of FRAME_INPUT bytes, then the
+    /// seek table.
+    fn compressed(data: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.zst");
+        let file = pmem_core::sink::create_image_file(&path, false).unwrap();
+        let mut sink = Box::new(ZstdSink::new(Box::new(pmem_core::sink::HashingSink::file(
+            file,
+        ))));
+        sink.write_all(data).unwrap();
+        sink.finish().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    /// Two frames and a half: text, with a zero stretch.
+    fn image() -> Vec<u8> {
+        let mut data: Vec<u8> = (0..FRAME_INPUT * 2)
+            .map(|i| b"physical memory "[i % 16] ^ (i >> 20) as u8)
+            .collect();
+        data.extend(vec![0u8; FRAME_INPUT / 2]);
+        data
+    }
+
+    fn read_all(reader: &mut impl Read) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// The seek table's length: 8 bytes of skippable frame header, 8 per
+    /// frame, the footer.
+    fn table_len(frames: usize) -> usize {
+        8 + 8 * frames + FOOTER_LEN as usize
+    }
+
+    #[test]
+    fn reads_back_with_and_without_the_seek_table() {
+        let data = image();
+        let bytes = compressed(&data);
+        let mut r = open(&bytes).unwrap();
+        assert_eq!(r.frames.len(), 3);
+        assert!(read_all(&mut r).unwrap() == data);
+        // Random access: the last bytes, then back to the first frame.
+        let mut b = [0u8; 5];
+        r.seek(SeekFrom::Start(data.len() as u64 - 5)).unwrap();
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(b, [0; 5]);
+        r.seek(SeekFrom::Start(3)).unwrap();
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(b[..], data[3..8]);
+        // Without the seek table (as `zstd` writes files): the frames are walked.
+        let plain = &bytes[..bytes.len() - table_len(3)];
+        let mut r = open(plain).unwrap();
+        assert_eq!(r.frames.len(), 3);
+        assert!(read_all(&mut r).unwrap() == data);
+    }
+
+    #[test]
+    fn corrupt_seek_tables_are_named_by_offset() {
+        let bytes = compressed(&image());
+        let n = bytes.len();
+        let table_at = (n - table_len(3)) as u64;
+        let footer_at = (n - FOOTER_LEN as usize) as u64;
+        let refused = |bytes: &[u8]| {
+            let err = open(bytes).err().expect("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            err.to_string()
+        };
+        // A frame count longer than the file.
+        let mut bad = bytes.clone();
+        bad[n - 9..n - 5].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = refused(&bad);
+        assert!(
+            err.contains(&format!("file offset {footer_at:#x}")),
+            "{err}"
+        );
+        assert!(err.contains("longer than the file"), "{err}");
+        // A frame count that disagrees with the table frame's size.
+        let mut bad = bytes.clone();
+        bad[n - 9] = 2;
+        let err = refused(&bad);
+        assert!(err.contains("does not match its footer"), "{err}");
+        // Reserved descriptor bits.
+        let mut bad = bytes.clone();
+        bad[n - 5] = 0x04;
+        let err = refused(&bad);
+        assert!(err.contains("reserved bits"), "{err}");
+        // Frame sizes that do not end where the table starts.
+        let mut bad = bytes.clone();
+        bad[table_at as usize + 8] ^= 1;
+        let err = refused(&bad);
+        assert!(err.contains(&format!("file offset {table_at:#x}")), "{err}");
+        assert!(err.contains("not where the table starts"), "{err}");
+        // An uncompressed size larger than the frame holds: found on read.
+        let mut bad = bytes.clone();
+        let first_plain = table_at as usize + 8 + 4;
+        bad[first_plain + 3] = 0x7f;
+        let mut r = open(&bad).unwrap();
+        let err = read_all(&mut r).unwrap_err().to_string();
+        assert!(err.contains("file offset 0x0: frame ends before"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_frames_are_errors_not_panics() {
+        let data = image();
+        let bytes = compressed(&data);
+        let plain = bytes[..bytes.len() - table_len(3)].to_vec();
+        // A reserved block type in the first frame's first block header.
+        let header_len = 6; // magic, descriptor, window: no content size
+        assert_eq!(plain[4] & 0xc0, 0, "the sink writes no content size");
+        let mut bad = plain.clone();
+        bad[header_len] |= 0b110;
+        let err = open(&bad).err().expect("refused").to_string();
+        assert!(err.contains("reserved block type"), "{err}");
+        // Not a frame at all after the first.
+        let mut bad = plain.clone();
+        bad.extend_from_slice(b"LiME");
+        let err = open(&bad).err().expect("refused").to_string();
+        assert!(
+            err.contains(&format!("file offset {:#x}: not a zstd frame", plain.len())),
+            "{err}"
+        );
+        // A skippable frame that runs past the end.
+        let mut bad = plain.clone();
+        bad.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        bad.extend_from_slice(&100u32.to_le_bytes());
+        assert!(open(&bad).is_err());
+        // Truncation anywhere, with or without the seek table: an error on
+        // open or on read, never a panic, and never the wrong bytes.
+        for source in [&bytes, &plain] {
+            for cut in [1, 4, 5, 7, 9, 100, source.len() / 3, source.len() - 1] {
+                if let Ok(mut r) = open(&source[..cut]) {
+                    match read_all(&mut r) {
+                        Ok(got) => assert!(data.starts_with(&got), "cut at {cut}"),
+                        Err(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}"),
+                    }
+                }
+            }
+        }
+        // Every single-byte change in the frame and seek table headers
+        // fails cleanly or reads.
+        let n = bytes.len();
+        for i in (0..40).chain(n - table_len(3)..n) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0xa5;
+            if let Ok(mut r) = open(&bad) {
+                let mut buf = vec![0u8; 1 << 16];
+                let _ = r.read(&mut buf);
+            }
+        }
+    }
+
+    /// Issue 15, defect 4: frame content sizes read from the file that add up
+    /// past 2^64 are refused, not summed (a panic with overflow checks, a
+    /// wrapped, small image length without).
+    #[test]
+    fn content_sizes_past_2_pow_64_are_refused() {
+        let mut bytes = frame_claiming(4096, 4096, 0x41);
+        bytes.extend(frame_claiming(u64::MAX - 100, 16, 0));
+        bytes.extend(frame_claiming(u64::MAX - 100, 16, 0));
+        let err = open(&bytes).err().expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(ZstdError::offset_of(&err), Some(0x11));
+        assert!(
+            err.to_string().contains("file offset 0x11"),
+            "names the frame whose size overflows: {err}"
+        );
     }
 }

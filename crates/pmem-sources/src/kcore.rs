@@ -309,7 +309,9 @@ fn dominant_offset(candidates: &[(LoadSegment, u64)], ram: &MemoryMap) -> Option
         let bytes = ram_bytes(span, ram);
         let offset = s.vaddr.wrapping_sub(*phys);
         match weights.iter_mut().find(|(o, _)| *o == offset) {
-            Some((_, total)) => *total += bytes,
+            // Saturating: repeated segments of a corrupt kcore can claim
+            // more than 2^64 bytes together; ranking needs no more.
+            Some((_, total)) => *total = total.saturating_add(bytes),
             None => weights.push((offset, bytes)),
         }
     }
@@ -336,7 +338,8 @@ fn match_direct_map(segments: &[LoadSegment], ram: &MemoryMap) -> Result<u64, Kc
             match votes.iter_mut().find(|(o, _, _)| *o == offset) {
                 Some(v) => {
                     v.1 += 1;
-                    v.2 += r.len();
+                    // Saturating, as in dominant_offset.
+                    v.2 = v.2.saturating_add(r.len());
                 }
                 None => votes.push((offset, 1, r.len())),
             }
@@ -685,5 +688,44 @@ mod tests {
         let mut header = b"\x7fELF\x03\x01\x01".to_vec();
         header.resize(64, 0);
         assert!(matches!(parse(&header), Err(KcoreError::Malformed(_))));
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::*;
+
+    const HALF: u64 = 1 << 63;
+
+    fn seg(vaddr: u64, paddr: u64, size: u64) -> LoadSegment {
+        LoadSegment {
+            vaddr,
+            paddr,
+            offset: 0,
+            size,
+        }
+    }
+
+    /// Byte counts summed over segments read from kcore stay in range
+    /// however many segments repeat one huge range (a hostile or corrupt
+    /// copy of kcore's headers, with an iomem listing to match).
+    #[test]
+    fn votes_and_weights_do_not_overflow() {
+        let ram = MemoryMap::new(vec![Range::new(0, HALF).unwrap()]).unwrap();
+        // Pre-4.11 (p_paddr 0): two segments of the RAM range's size vote
+        // for one offset with 2^63 bytes each.
+        let old = [seg(0x1000, 0, HALF), seg(0x1000, 0, HALF)];
+        let mapping = map_physical(&old, &ram).unwrap();
+        assert_eq!(mapping.direct_map_offset, Some(0x1000));
+        // p_paddr set (a vmalloc segment with -1 tells): two segments at
+        // one offset weigh 2^63 bytes each.
+        let new = [
+            seg(HALF, 0, HALF),
+            seg(HALF, 0, HALF),
+            seg(0x1000, NO_PADDR, 0x1000),
+        ];
+        let mapping = map_physical(&new, &ram).unwrap();
+        assert_eq!(mapping.direct_map_offset, Some(HALF));
+        assert_eq!(mapping.pieces.len(), 1);
     }
 }

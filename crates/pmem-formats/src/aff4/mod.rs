@@ -1065,3 +1065,207 @@ impl ImageReader for Aff4Reader {
         Aff4Reader::unreadable(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{map, write_image};
+    use pmem_core::Arch;
+    use std::fs::File;
+
+    /// A small AFF4 volume (stored members: easy to edit in place).
+    fn image() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let plan = Plan::new(
+            map(&[(0x1000, 0x3000), (0x10_0000, 0x10_1000)]),
+            Arch::X86_64,
+        );
+        let bytes = write_image(Format::Aff4, &plan);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.aff4");
+        (dir, path, bytes)
+    }
+
+    fn reopen(path: &Path, bytes: &[u8]) -> Result<Aff4Reader, FormatError> {
+        std::fs::write(path, bytes).unwrap();
+        Aff4Reader::open(path, File::open(path).unwrap().into())
+    }
+
+    /// `bytes` with the one occurrence of `from` replaced by `to` (same length).
+    fn replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let hits: Vec<usize> = (0..=bytes.len() - from.len())
+            .filter(|&i| &bytes[i..i + from.len()] == from)
+            .collect();
+        assert_eq!(hits.len(), 1, "{:?}", String::from_utf8_lossy(from));
+        let mut out = bytes.to_vec();
+        out[hits[0]..hits[0] + to.len()].copy_from_slice(to);
+        out
+    }
+
+    fn position(bytes: &[u8], what: &[u8]) -> usize {
+        bytes
+            .windows(what.len())
+            .rposition(|w| w == what)
+            .unwrap_or_else(|| panic!("{what:?} not found"))
+    }
+
+    /// (local header offset, data offset) of the member whose name ends with `suffix`.
+    fn member(path: &Path, bytes: &[u8], suffix: &str) -> (u64, usize) {
+        std::fs::write(path, bytes).unwrap();
+        let file: ImageFile = File::open(path).unwrap().into();
+        let len = bytes.len() as u64;
+        let zip = ZipIndex::open(&file, len).unwrap();
+        let m = zip
+            .members
+            .iter()
+            .find(|m| m.name.ends_with(suffix))
+            .unwrap();
+        (m.header, zip::data_offset(&file, len, m).unwrap() as usize)
+    }
+
+    fn read_error(path: &Path, bytes: &[u8]) -> String {
+        let mut r = reopen(path, bytes).unwrap();
+        let mut buf = vec![0u8; 0x2000];
+        r.read_at(0x1000, &mut buf).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn corrupt_containers_are_named_by_offset() {
+        let (_dir, path, bytes) = image();
+        let mut r = reopen(&path, &bytes).unwrap();
+        let mut page = [0u8; 4096];
+        r.read_at(0x10_0000, &mut page).unwrap();
+        assert_eq!(page, [0x22; 4096]);
+        // Truncation anywhere is an error, never a panic.
+        for cut in [
+            1,
+            29,
+            30,
+            200,
+            bytes.len() / 2,
+            bytes.len() - 22,
+            bytes.len() - 1,
+        ] {
+            assert!(reopen(&path, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // The ZIP64 end record: a central directory past the end of the
+        // file, more members than any volume holds.
+        let eocd = position(&bytes, &0x0605_4b50u32.to_le_bytes()) as u64;
+        let rec = position(&bytes, &0x0606_4b50u32.to_le_bytes());
+        let mut bad = bytes.clone();
+        bad[rec + 48..rec + 56].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+        let err = reopen(&path, &bad).unwrap_err();
+        assert_eq!(err.offset(), eocd, "{err}");
+        assert!(err.to_string().contains("does not fit the file"), "{err}");
+        let mut bad = bytes.clone();
+        bad[rec + 32..rec + 40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let err = reopen(&path, &bad).unwrap_err();
+        assert!(err.to_string().contains("exceed the limit"), "{err}");
+        // The locator pointing past the end.
+        let mut bad = bytes.clone();
+        let locator = eocd as usize - 20;
+        bad[locator + 8..locator + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let err = reopen(&path, &bad).unwrap_err();
+        assert_eq!(err.offset(), locator as u64, "{err}");
+        // No information.turtle.
+        let mut bad = bytes.clone();
+        let name = position(&bytes, b"information.turtle");
+        bad[name + 17] = b'X';
+        let err = reopen(&path, &bad).unwrap_err();
+        assert!(
+            err.to_string().contains("no information.turtle member"),
+            "{err}"
+        );
+        // Every single-byte change in the central directory and end records
+        // fails cleanly or reads.
+        let cd = position(&bytes, &0x0201_4b50u32.to_le_bytes()) - 400;
+        for i in cd..bytes.len() {
+            for flip in [0x01, 0xff] {
+                let mut bad = bytes.clone();
+                bad[i] ^= flip;
+                if let Ok(mut r) = reopen(&path, &bad) {
+                    let mut buf = vec![0u8; 0x2000];
+                    let _ = r.read_at(0x1000, &mut buf);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_metadata_is_named_by_offset() {
+        let (_dir, path, bytes) = image();
+        let (turtle_at, _) = member(&path, &bytes, "information.turtle");
+        let refused = |bad: &[u8], says: &str| {
+            let err = reopen(&path, bad).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+            err.offset()
+        };
+        let bad = replaced(&bytes, b"aff4:chunkSize 32768", b"aff4:chunkSize 00000");
+        assert_eq!(refused(&bad, "out of range"), turtle_at);
+        let bad = replaced(
+            &bytes,
+            b"aff4:chunksInSegment 1024",
+            b"aff4:chunksInSegment \"ab\"",
+        );
+        assert_eq!(refused(&bad, "is not a number"), turtle_at);
+        // A stream size shorter than the map needs.
+        let (map_at, _) = member(&path, &bytes, "/map");
+        let bad = replaced(&bytes, b"aff4:size 12288", b"aff4:size 1228 ");
+        assert_eq!(refused(&bad, "past the end of the image stream"), map_at);
+        let bad = replaced(&bytes, b"aff4:size 12288 ;", b"aff4:size 12288 ]");
+        assert_eq!(refused(&bad, "information.turtle"), turtle_at);
+        let bad = replaced(&bytes, b"0x1000-0x3000", b"0x1000-0x4000");
+        assert_eq!(refused(&bad, "pmem:ranges disagrees"), turtle_at);
+    }
+
+    #[test]
+    fn corrupt_maps_and_indexes_are_named() {
+        let (_dir, path, bytes) = image();
+        let (map_at, map) = member(&path, &bytes, "/map");
+        let entry = |bytes: &mut Vec<u8>, i: usize, field: usize, value: u64| {
+            let at = map + i * 28 + field;
+            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        // An entry whose range runs past 2^64.
+        let mut bad = bytes.clone();
+        entry(&mut bad, 0, 0, u64::MAX - 0x10);
+        let err = reopen(&path, &bad).unwrap_err();
+        assert_eq!(err.offset(), map_at);
+        assert!(err.to_string().contains("runs past 2^64"), "{err}");
+        // An entry reading past the end of the image stream, or past 2^64 in it.
+        for offset in [0x3000, u64::MAX - 0x10] {
+            let mut bad = bytes.clone();
+            entry(&mut bad, 0, 16, offset);
+            let err = reopen(&path, &bad).unwrap_err();
+            assert_eq!(err.offset(), map_at);
+            assert!(
+                err.to_string().contains("past the end of the image stream"),
+                "{err}"
+            );
+        }
+        // An entry naming a target the idx member does not list.
+        let mut bad = bytes.clone();
+        bad[map + 24..map + 28].copy_from_slice(&7u32.to_le_bytes());
+        let err = reopen(&path, &bad).unwrap_err();
+        assert!(err.to_string().contains("names target 7"), "{err}");
+        // Overlapping entries.
+        let mut bad = bytes.clone();
+        entry(&mut bad, 1, 0, 0x2000);
+        assert!(reopen(&path, &bad).is_err());
+        // A bevy index entry outside its bevy: found when the chunk is read.
+        let (_, index) = member(&path, &bytes, "00000000.index");
+        for (field, value) in [(0, u64::MAX - 2), (0, 1 << 40)] {
+            let mut bad = bytes.clone();
+            bad[index + field..index + field + 8].copy_from_slice(&value.to_le_bytes());
+            let err = read_error(&path, &bad);
+            assert!(err.contains("lies outside its bevy"), "{err}");
+        }
+        // A chunk length of zero or past the bevy.
+        for length in [0u32, u32::MAX] {
+            let mut bad = bytes.clone();
+            bad[index + 8..index + 12].copy_from_slice(&length.to_le_bytes());
+            let err = read_error(&path, &bad);
+            assert!(!err.is_empty());
+        }
+    }
+}

@@ -246,12 +246,21 @@ impl ZipIndex {
             .find(|&i| le32(&tail, i) == EOCD_SIG)
             .ok_or_else(|| bad(tail_start, "no ZIP end of central directory record"))?;
         let comment_len = le16(&tail, eocd + 20) as usize;
-        let comment_end = (eocd + 22 + comment_len).min(tail.len());
-        let comment = String::from_utf8_lossy(&tail[eocd + 22..comment_end]).into_owned();
+        let eocd_at = tail_start + eocd as u64;
+        // The comment ends the file: one cut short is a truncated volume
+        // (its URN, the comment, lost).
+        let comment = tail
+            .get(eocd + 22..eocd + 22 + comment_len)
+            .ok_or_else(|| {
+                bad(
+                    eocd_at,
+                    format!("ZIP comment of {comment_len} bytes runs past the end of the file: truncated"),
+                )
+            })?;
+        let comment = String::from_utf8_lossy(comment).into_owned();
         let mut count = u64::from(le16(&tail, eocd + 10));
         let mut cd_size = u64::from(le32(&tail, eocd + 12));
         let mut cd_start = u64::from(le32(&tail, eocd + 16));
-        let eocd_at = tail_start + eocd as u64;
         if eocd >= 20 && le32(&tail, eocd - 20) == EOCD64_LOCATOR_SIG {
             let at = le64(&tail, eocd - 20 + 8);
             if at.checked_add(56).is_none_or(|end| end > len) {

@@ -1,0 +1,9 @@
+//! The elf reader on arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pmem_formats::elf::ElfReader;
+
+fuzz_target!(|data: &[u8]| {
+    pmem_fuzz::open_and_read(data, |path, file| ElfReader::open(path, file));
+});
