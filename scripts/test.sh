@@ -4,7 +4,7 @@
 #   scripts/test.sh            format, lint, unit + CLI tests, static build, pmem.exe under
 #                              Wine, Volatility checks, guest suite
 #   PMEM_SKIP_GUEST=1 scripts/test.sh   the same without the QEMU guest suite
-#   PMEM_FUZZ_SECONDS=N                 seconds per fuzz target (default 20)
+#   PMEM_FUZZ_SECONDS=N                 seconds per fuzz target (default 15)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,10 +21,11 @@ source scripts/lib/setup.sh
 # guest kernels' headers (built with gcc-12) in the guest suite. llvm: llvm-ar
 # archives ring's C for aarch64 (clang compiles it, .cargo/config.toml);
 # qemu-system-arm: the arm64 guests (testing/guest/arm64.py). openssl: test
-# certificates (presigned.rs); file: the build step's report.
+# certificates (presigned.rs); file: the build step's report; g++: libFuzzer
+# (fuzz targets, scripts/fuzz.sh).
 apt_ensure qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
     wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12 llvm qemu-system-arm \
-    openssl file
+    openssl file g++
 build_ensure
 python_ensure
 command -v npm >/dev/null 2>&1 || apt_ensure nodejs npm
@@ -85,10 +86,8 @@ python3 testing/docs/check_commands.py target/x86_64-unknown-linux-musl/release/
 step "unit, property and CLI tests"
 cargo test --workspace --all-features
 
-step "fuzz targets, ${PMEM_FUZZ_SECONDS:-20} s each (image readers, zstd, iomem, kcore; overflow checks on)"
-# Built in a cache outside the checkout: CI's fresh clone rebuilds only what changed.
-PMEM_FUZZ_TARGET_DIR="${PMEM_FUZZ_TARGET_DIR:-$HOME/.cache/pmem-fuzz/target}" \
-    scripts/fuzz.sh "${PMEM_FUZZ_SECONDS:-20}"
+step "fuzz targets, ${PMEM_FUZZ_SECONDS:-15} s each (image readers, zstd, iomem, kcore; overflow checks on)"
+scripts/fuzz.sh "${PMEM_FUZZ_SECONDS:-15}"
 
 step "compressed formats against Volatility 3 (AVML layer, time-limited)"
 testing/compress/check.sh
