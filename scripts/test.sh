@@ -67,7 +67,7 @@ export CFLAGS_x86_64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
 export CC_aarch64_apple_darwin=clang
 export CFLAGS_aarch64_apple_darwin="-ffreestanding -I$PWD/testing/cross/include"
 # macOS once (x86_64, where MacPmem runs): aarch64-apple-darwin saw the same code
-# code and cost two CI minutes.
+# and cost two more CI minutes (a full check of every dependency).
 for target in x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-unknown-linux-musl; do
     cargo clippy --workspace --all-targets --target "$target" -- -D warnings
 done
