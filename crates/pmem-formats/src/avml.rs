@@ -30,14 +30,14 @@
 //!   after its last data chunk.
 //!
 //! Frames are compressed on worker threads, a batch of [`BATCH_FRAMES`]
-//! frames per job, and taken back in order. All-zero 64 KiB frames between
-//! blocks are left out of the image (a gap between records), as AVML leaves
-//! out all-zero 16 MiB blocks; the pipeline's report and the manifest keep
-//! the fact that they were read and found zero. The first and the last
-//! frame of every range are written even when zero, so the blocks show
-//! where each range starts and ends and `pmem verify` can check the
-//! manifest's ranges against them (left-out frames lie between blocks, on
-//! the range's 64 KiB frame grid).
+//! frames per job, and taken back in order. All-zero 64 KiB frames are
+//! written too (about 3 KiB each), unlike AVML, which leaves out all-zero
+//! 16 MiB blocks: Volatility 3's AVML layer fails any read that touches a
+//! gap between blocks, and its stackers read whatever pages the kernel's
+//! structures point at. The blocks then cover every range exactly, which is
+//! what `pmem verify` checks the manifest's ranges against. The reader still
+//! reads images with gaps (AVML's own, and pmem's before this change) as
+//! zeros where the manifest says the range was read.
 
 use crate::{
     check_plan_nonempty, corrupt_in, finish_sink, nonempty_len, read_exact_at, write_all, Format,
@@ -146,15 +146,12 @@ impl FrameEncoder {
     }
 }
 
-/// One frame of a batch: where it is, whether it is all zero, and whether
-/// it is the first or last frame of its range (always written, so that the
-/// blocks show where every range starts and ends).
+/// One frame of a batch: where it is and whether it is all zero.
 #[derive(Debug, Clone, Copy)]
 struct FrameSpec {
     addr: u64,
     len: u32,
     zero: bool,
-    edge: bool,
 }
 
 /// A compression job: consecutive frames' raw bytes (zero frames take no
@@ -302,9 +299,6 @@ pub struct AvmlWriter {
     spare_chunks: Vec<Vec<u8>>,
     /// The encoded chunk of a full all-zero frame, computed once.
     zero_chunk: Vec<u8>,
-    /// An all-zero frame just left out, kept as a potential donor for an
-    /// incompressible frame right after it: (address, length).
-    held_zero: Option<(u64, usize)>,
     block: Option<OpenBlock>,
     /// The sink can patch: blocks go straight to it.
     direct: bool,
@@ -343,7 +337,6 @@ impl AvmlWriter {
             spare_raw: Vec::new(),
             spare_chunks: Vec::new(),
             zero_chunk,
-            held_zero: None,
             block: None,
             direct,
         }
@@ -394,15 +387,10 @@ impl AvmlWriter {
         if self.frame_len == 0 {
             return Ok(());
         }
-        let end = self.frame_addr + self.frame_len as u64;
-        let edge = self
-            .range
-            .is_some_and(|r| self.frame_addr == r.start || end == r.end);
         self.batch.frames.push(FrameSpec {
             addr: self.frame_addr,
             len: self.frame_len as u32,
             zero: self.frame_zero,
-            edge,
         });
         self.frame_len = 0;
         if self.batch.frames.len() == BATCH_FRAMES {
@@ -455,14 +443,14 @@ impl AvmlWriter {
         };
         let mut at = 0usize;
         for (f, &len) in encoded.frames.iter().zip(&encoded.lens) {
-            if f.zero && f.edge {
-                // A range's first or last frame is written even when zero:
-                // readers (and `pmem verify`) then see where it starts and
-                // ends.
+            if f.zero {
+                // All-zero frames are written too (a 64 KiB zero frame
+                // compresses to about 3 KiB): Volatility 3's AVML layer
+                // fails a read that touches a gap between blocks, and its
+                // stackers read such pages, so a left-out frame could make
+                // the whole image unreadable to it.
                 self.push_zero(f.addr, f.len as usize)?;
                 self.after_push()?;
-            } else if f.zero {
-                self.zero_frame(f.addr, f.len as usize)?;
             } else {
                 let chunk = &encoded.chunks[at..at + len as usize];
                 at += len as usize;
@@ -479,14 +467,6 @@ impl AvmlWriter {
     }
 
     fn data_frame(&mut self, addr: u64, raw: u32, chunk: &[u8]) -> Result<(), WriteError> {
-        if let Some((zaddr, zlen)) = self.held_zero.take() {
-            // An incompressible frame right after a left-out zero frame
-            // starts a block: take the zero frame back in as its donor.
-            let stored = chunk.len() > raw as usize;
-            if stored && self.block.is_none() && zaddr + zlen as u64 == addr {
-                self.push_zero(zaddr, zlen)?;
-            }
-        }
         self.push(addr, u64::from(raw), chunk)?;
         self.after_push()
     }
@@ -501,26 +481,6 @@ impl AvmlWriter {
             let mut chunk = Vec::new();
             self.encoder.encode(&vec![0; len], &mut chunk);
             self.push(addr, len as u64, &chunk)
-        }
-    }
-
-    /// An all-zero frame: left out of the image unless the open block needs
-    /// it as a donor.
-    fn zero_frame(&mut self, addr: u64, len: usize) -> Result<(), WriteError> {
-        match &self.block {
-            None => {
-                self.held_zero = Some((addr, len));
-                Ok(())
-            }
-            Some(b) if b.slack() >= MARGIN => {
-                self.close()?;
-                self.held_zero = Some((addr, len));
-                Ok(())
-            }
-            Some(_) => {
-                self.push_zero(addr, len)?;
-                self.after_push()
-            }
         }
     }
 
@@ -638,7 +598,6 @@ impl AvmlWriter {
         while !self.in_flight.is_empty() {
             self.take_one()?;
         }
-        self.held_zero = None;
         match &self.block {
             None => Ok(()),
             Some(b) if b.slack() >= MARGIN => self.close(),
@@ -1153,7 +1112,7 @@ mod tests {
     #[test]
     fn round_trip_mixed_with_zero_gaps() {
         let mut a = text(3 << 20, 1);
-        a.extend(vec![0u8; 1 << 20]); // left out: a gap
+        a.extend(vec![0u8; 1 << 20]); // written as compressed zero frames
         a.extend(random(7, 5 << 20)); // needs donors on both sides
         a.extend(text(3 << 20, 2));
         let b = random(9, 3 << 19);
@@ -1170,14 +1129,8 @@ mod tests {
         assert_eq!(summary.bytes, bytes.len() as u64);
         block_shapes(&bytes);
         let mut r = read_all(&path);
-        // The zero MiB is not in the image.
-        let gap = 0x10_0000 + (3 << 20);
-        assert!(
-            r.memory_map().find(gap + 0x10000).is_none(),
-            "{:x?}",
-            r.memory_map()
-        );
-        assert!(r.memory_map().covers(0x10_0000, 3 << 20));
+        // The zero MiB is in the image too: no gaps inside a range.
+        assert_eq!(r.memory_map(), &ranges);
         for (range, data) in ranges.ranges().iter().zip([&a, &b2]) {
             for piece in r
                 .memory_map()
@@ -1200,9 +1153,10 @@ mod tests {
     }
 
     #[test]
-    fn every_range_keeps_its_first_and_last_frame_even_when_zero() {
+    fn every_range_is_written_whole_zeros_included() {
         // Zeros at both ends of a range, inside it, and a range of zeros
-        // only (with a partial last frame).
+        // only (with a partial last frame): the blocks cover both ranges
+        // exactly, so no read of a listed address falls into a gap.
         let mut a = vec![0u8; 3 * FRAME];
         a.extend(text(2 * FRAME, 1));
         a.extend(vec![0u8; 4 * FRAME]);
@@ -1215,34 +1169,12 @@ mod tests {
         ]);
         let (_dir, path, result) = write(&ranges, &[a.clone(), b.clone()]);
         result.unwrap();
-        let r = read_all(&path);
-        let held = r.memory_map().ranges();
-        let frame = FRAME as u64;
-        for range in ranges.ranges() {
-            assert!(
-                held.iter().any(|h| h.start == range.start),
-                "{range}: {held:x?}"
-            );
-            assert!(
-                held.iter().any(|h| h.end == range.end),
-                "{range}: {held:x?}"
-            );
-        }
-        // Zeros inside a range are still left out.
-        let in_a = r
-            .memory_map()
-            .intersect(&map(&[(0x10_0000, 0x10_0000 + a.len() as u64)]));
-        assert!(in_a.total_bytes() < a.len() as u64, "{held:x?}");
-        // A range of zeros only: its first and last frame.
-        let b_start = 1u64 << 32;
-        assert_eq!(
-            &held[held.len() - 2..],
-            &[
-                Range::new(b_start, b_start + frame).unwrap(),
-                Range::new(b_start + 5 * frame, b_start + b.len() as u64).unwrap(),
-            ],
-            "{held:x?}"
-        );
+        let mut r = read_all(&path);
+        assert_eq!(r.memory_map(), &ranges);
+        check_content(&path, &ranges, &[a, b]);
+        let mut page = vec![1u8; 4096];
+        r.read_at((1 << 32) + 5 * FRAME as u64, &mut page).unwrap();
+        assert!(page.iter().all(|&x| x == 0));
     }
 
     #[test]
