@@ -28,6 +28,8 @@ if [[ ! -x "$root/usr/bin/apt-get" ]]; then
         || cp /etc/apt/sources.list "$root/etc/apt/sources.list"
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# debootstrap writes no /etc/hosts; every installed Debian has one (localhost).
+[[ -s "$root/etc/hosts" ]] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 # The workplace's network may pass through a proxy with a CA of its own:
 # the chroot trusts what the host trusts (a fact of the network, not of the
 # project's set-up).
