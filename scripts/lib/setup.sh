@@ -32,6 +32,13 @@ python_ensure() {
     fi
 }
 
+# Python's C headers, for the sdists the pyaff4 check builds (aff4-snappy,
+# pyyaml): Debian ships them apart from python3, in python3-dev.
+python_dev_ensure() {
+    python3 -c 'import os, sysconfig; os.stat(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+        >/dev/null 2>&1 || apt_ensure python3-dev
+}
+
 # What cargo itself needs beside rustup's toolchain: a C linker and libc's
 # development files (build scripts link against them), pkg-config for -sys
 # crates.
