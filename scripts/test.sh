@@ -22,10 +22,10 @@ source scripts/lib/setup.sh
 # archives ring's C for aarch64 (clang compiles it, .cargo/config.toml);
 # qemu-system-arm: the arm64 guests (testing/guest/arm64.py). openssl: test
 # certificates (presigned.rs); file: the build step's report; g++: libFuzzer
-# (fuzz targets, scripts/fuzz.sh).
+# (fuzz targets, scripts/fuzz.sh); patch: the pyaff4 set-up patches two sdists.
 apt_ensure qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
     wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12 llvm qemu-system-arm \
-    openssl file g++
+    openssl file g++ patch
 build_ensure
 python_ensure
 python_dev_ensure
