@@ -1011,12 +1011,7 @@ fn verify_checks_avml_ranges_against_the_blocks() {
     invent(vec![range_json(
         &Range::new(0x1000_0000, 0x1010_0000).unwrap(),
     )]);
-    pmem()
-        .arg("verify")
-        .arg(&out)
-        .assert()
-        .failure()
-        .stdout(predicates::str::contains("FAIL ranges"));
+    verify_fails(&out, "ranges");
     // convert takes only what the blocks hold, and says why.
     pmem()
         .args(["convert", "-q", "-f", "raw"])
@@ -1042,12 +1037,7 @@ fn verify_checks_avml_ranges_against_the_blocks() {
             })
             .collect(),
     );
-    pmem()
-        .arg("verify")
-        .arg(&out)
-        .assert()
-        .failure()
-        .stdout(predicates::str::contains("FAIL ranges"));
+    verify_fails(&out, "ranges");
     // Two real ranges merged into one: the hole between them is not a
     // stretch of left-out zero frames (it does not start on a frame).
     let mut man = good.clone();
@@ -1059,12 +1049,17 @@ fn verify_checks_avml_ranges_against_the_blocks() {
     });
     ranges.splice(0..2, [merged]);
     std::fs::write(&path, serde_json::to_vec(&man).unwrap()).unwrap();
+    verify_fails(&out, "ranges");
+}
+
+/// `pmem verify IMAGE` fails, and its report fails the named check.
+fn verify_fails(image: &Path, check: &str) {
     pmem()
         .arg("verify")
-        .arg(&out)
+        .arg(image)
         .assert()
         .failure()
-        .stdout(predicates::str::contains("FAIL ranges"));
+        .stdout(predicates::str::contains(format!("FAIL {check}")));
 }
 
 #[test]
@@ -1098,30 +1093,15 @@ fn unreadable_pages_are_shown_by_info_and_checked_by_verify() {
         serde_json::json!([{"start": "0x2000", "pages": 2}]),
         u64::MAX,
     );
-    pmem()
-        .arg("verify")
-        .arg(&out)
-        .assert()
-        .failure()
-        .stdout(predicates::str::contains("FAIL unreadable pages"));
+    verify_fails(&out, "unreadable pages");
     // A run outside every range.
     with(serde_json::json!([{"start": "0x10000000", "pages": 1}]), 1);
-    pmem()
-        .arg("verify")
-        .arg(&out)
-        .assert()
-        .failure()
-        .stdout(predicates::str::contains("FAIL unreadable pages"));
+    verify_fails(&out, "unreadable pages");
     with(
         serde_json::json!([{"start": "0x2000", "pages": u64::MAX}]),
         u64::MAX,
     );
-    pmem()
-        .arg("verify")
-        .arg(&out)
-        .assert()
-        .failure()
-        .stdout(predicates::str::contains("FAIL unreadable pages"));
+    verify_fails(&out, "unreadable pages");
 }
 
 #[test]
