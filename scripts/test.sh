@@ -59,6 +59,12 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The fuzz crate is its own workspace (libFuzzer flags): lint it here too, so
+# a library change it has not followed fails in minutes, not at the fuzz step.
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+
+step "no import cycle between the modules of any crate"
+python3 scripts/module-cycles.py
 
 step "clippy for Windows, macOS and arm64 Linux (the whole workspace builds everywhere)"
 # ring (rustls' crypto) compiles C: for macOS with clang and the stand-in SDK
@@ -109,6 +115,9 @@ python3 -c 'import sys; sys.path.insert(0, "testing/guest"); import env; env.ens
 "$PMEM_GUEST_CACHE/venv/bin/python3" testing/windows/vol3_dmp.py \
     target/release/pmem target/vol3-dmp 256
 rm -rf target/vol3-dmp
+
+step "pmem symbols: the ISF of a real BTF sample against Volatility 3's schemas and symbol tables"
+PMEM_BIN=target/release/pmem testing/symbols/isf-check.sh
 
 step "Windows crash dumps (full and bitmap) against kdmp-parser 0.7.4 (page-exact; broken headers refused)"
 python3 testing/windows/kdmp_check.py target/release/pmem target/kdmp-dmp 128

@@ -10,6 +10,7 @@ use std::path::Path;
 
 /// Three pages of RAM in two ranges, with text and zero pages: AVML and
 /// AFF4 compress the text, leave the zero page out or map it as zeros.
+/// Every piece of metadata a format carries is there, a symbol bundle too.
 fn plan() -> Plan {
     let ranges = MemoryMap::new(vec![
         Range::new(0x1000, 0x3000).unwrap(),
@@ -20,6 +21,8 @@ fn plan() -> Plan {
     plan.vmcoreinfo = Some(b"OSRELEASE=6.1.0\nPAGESIZE=4096\n".to_vec());
     plan.metadata_json = Some(r#"{"tool":"pmem"}"#.into());
     plan.direct_map_offset = Some(0xffff_8880_0000_0000);
+    // Small: the formats carry it as opaque bytes whatever its size.
+    plan.symbols = Some(b"a symbol bundle: BTF, kallsyms, banner\n".to_vec());
     plan.windows = Some(WindowsMetadata {
         cr3: 0x1aa000,
         nt_build_number: 0xF000_4A61,

@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 use pmem_formats::elf::ElfReader;
 
 fuzz_target!(|data: &[u8]| {
-    pmem_fuzz::open_and_read(data, |path, file| ElfReader::open(path, file));
+    pmem_fuzz::open_and_read(data, ElfReader::open);
 });

@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 use pmem_formats::lime::LimeReader;
 
 fuzz_target!(|data: &[u8]| {
-    pmem_fuzz::open_and_read(data, |path, file| LimeReader::open(path, file));
+    pmem_fuzz::open_and_read(data, LimeReader::open);
 });

@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 use pmem_formats::macho::MachoReader;
 
 fuzz_target!(|data: &[u8]| {
-    pmem_fuzz::open_and_read(data, |path, file| MachoReader::open(path, file));
+    pmem_fuzz::open_and_read(data, MachoReader::open);
 });

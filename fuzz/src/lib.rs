@@ -33,14 +33,16 @@ pub fn open_and_read<R: ImageReader>(
 const READ: u64 = 64 << 10;
 
 pub fn exercise(reader: &mut dyn ImageReader) {
+    let metadata = reader.metadata();
     let _ = (
         reader.format(),
-        reader.arch(),
-        reader.metadata_json().map(str::len),
-        reader.vmcoreinfo().map(<[u8]>::len),
-        reader.direct_map_offset(),
-        reader.windows(),
-        reader.unreadable(),
+        metadata.arch,
+        metadata.metadata_json.as_deref().map(str::len),
+        metadata.vmcoreinfo.as_deref().map(<[u8]>::len),
+        metadata.symbols.as_deref().map(<[u8]>::len),
+        metadata.direct_map_offset,
+        metadata.windows.as_ref(),
+        metadata.unreadable.len(),
     );
     let ranges = reader.memory_map().ranges().to_vec();
     let mut buf = vec![0u8; READ as usize];

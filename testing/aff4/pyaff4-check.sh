@@ -9,6 +9,9 @@
 #    ImageStream, chunk size, compression IRI) and reads gaps as it defines them;
 #    file and pipe output are identical.
 #  * negative: a flipped byte in a chunk and a wrong reference must be reported.
+#  * the symbol bundle: an ELF core carrying one (a PMEM "PSYM" note) ->
+#    `pmem convert --format aff4` -> pyaff4 reads the memory and follows the
+#    map's pmem:symbols to the member holding the bundle, byte-exact.
 #  * pyaff4 -> pmem: pyaff4's writer (AFF4Map over an ImageStream; snappy,
 #    zlib) -> `pmem convert --format lime` gives the source memory byte-exact.
 #    Not lz4: pyaff4 0.34 writes lz4 chunks with python-lz4's 4-byte size
@@ -31,6 +34,10 @@ done
 "$pmem" convert -q --arch x86_64 --format aff4 --manifest "$work/piped.json" "$work/src.lime" - >"$work/piped.aff4" 2>/dev/null
 cmp "$work/snappy.aff4" "$work/piped.aff4"
 "$py" $check negative "$work/snappy.aff4" "$work/src.lime" "$work"
+"$py" $check symbols-elf "$work/src.lime" "$work/symbols.elf" "$work/bundle"
+"$pmem" convert -q --arch x86_64 --format aff4 "$work/symbols.elf" "$work/symbols.aff4" 2>/dev/null
+"$py" $check read "$work/symbols.aff4" "$work/src.lime" snappy
+"$py" $check symbols "$work/symbols.aff4" "$work/bundle"
 
 "$py" $check merged "$work/src.lime" "$work/merged.lime"
 for method in snappy deflate; do

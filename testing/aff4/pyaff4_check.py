@@ -8,15 +8,24 @@
   pyaff4_check.py negative IMAGE.aff4 SOURCE.lime WORK
         the same read must fail on a corrupted chunk and on a wrong reference.
   pyaff4_check.py merged SOURCE.lime OUT.lime     adjacent ranges as one
+  pyaff4_check.py symbols-elf SOURCE.lime OUT.elf BUNDLE
+        the memory as an ELF core carrying a symbol bundle (a PMEM note of
+        type "PSYM"), written here byte by byte; the bundle to BUNDLE.
+  pyaff4_check.py symbols IMAGE.aff4 BUNDLE
+        pyaff4 follows the map's pmem:symbols to a member of the volume
+        and reads the bundle from it byte-exact.
   pyaff4_check.py write SOURCE.lime OUT.aff4 METHOD
         pyaff4 writes the memory as an aff4:Map (category memory/physical)
         for pmem to read.
 """
+import io
+import json
 import os
 import random
 import shutil
 import struct
 import sys
+import tarfile
 import zipfile
 
 LIME_MAGIC = 0x4C694D45
@@ -271,6 +280,71 @@ def write(lime, out, method):
     print(f"pyaff4 wrote {out} ({method}, {os.path.getsize(out)} bytes)")
 
 
+PMEM_NS = "https://github.com/pmem-rs/pmem/aff4#"
+
+
+def symbol_bundle(btf):
+    """A symbol bundle as pmem writes one (a tar: capture.json first, then
+    the members), made with Python's tarfile: pmem checks what it carries."""
+    record = {"kind": "pmem-symbols-bundle", "version": 1, "kallsyms_addresses": "absent",
+              "files": [{"name": "btf/vmlinux", "source": "pyaff4_check.py", "bytes": len(btf)}],
+              "seconds": 0.0}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("capture.json", json.dumps(record).encode()), ("btf/vmlinux", btf)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def symbols_elf(lime, out, bundle_path):
+    """An ELF64 core (as pmem lays it out: PT_NOTE, then one PT_LOAD per
+    range at page-aligned offsets) with a symbol bundle note."""
+    ranges = lime_ranges(lime)
+    bundle = symbol_bundle(random.Random(7).randbytes(3 * MiB + 5))
+    with open(bundle_path, "wb") as f:
+        f.write(bundle)
+
+    def pad4(b):
+        return b + bytes(-len(b) % 4)
+
+    # namesz, descsz, type ("PSYM" little-endian), name, descriptor.
+    note = struct.pack("<III", 5, len(bundle), int.from_bytes(b"PSYM", "little"))
+    note += pad4(b"PMEM\0") + pad4(bundle)
+    phnum = 1 + len(ranges)
+    notes_at = 64 + 56 * phnum
+    offsets, at = [], notes_at + len(note)
+    for _, data in ranges:
+        at = (at + 4095) // 4096 * 4096
+        offsets.append(at)
+        at += len(data)
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 0, 0, 0)
+    phdrs = struct.pack("<IIQQQQQQ", 4, 0, notes_at, 0, 0, len(note), len(note), 4)
+    for (start, data), offset in zip(ranges, offsets):
+        phdrs += struct.pack("<IIQQQQQQ", 1, 7, offset, 0, start, len(data), len(data), 0)
+    with open(out, "wb") as f:
+        f.write(ehdr + phdrs + note)
+        for (_, data), offset in zip(ranges, offsets):
+            f.seek(offset)
+            f.write(data)
+
+
+def check_symbols(image, bundle_path):
+    container, lexicon, rdfvalue, aff4_map = pyaff4()
+    c = open_memory(image)
+    r, m = c.resolver, c.image.dataStream.urn
+    named = [str(o) for o in r.QuerySubjectPredicate(c.urn, m, PMEM_NS + "symbols")]
+    assert len(named) == 1, named
+    with r.AFF4FactoryOpen(rdfvalue.URN(named[0])) as member:
+        got = member.Read(member.Size())
+    with open(bundle_path, "rb") as f:
+        want = f.read()
+    assert got == want, (named[0], len(got), len(want))
+    print(f"pyaff4: pmem:symbols names {named[0]} ({type(member).__name__}), {len(got)} bytes read byte-exact")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "make":
@@ -281,6 +355,10 @@ def main():
         negative(*args)
     elif cmd == "write":
         write(*args)
+    elif cmd == "symbols-elf":
+        symbols_elf(*args)
+    elif cmd == "symbols":
+        check_symbols(*args)
     elif cmd == "merged":
         write_lime(args[1], merged(lime_ranges(args[0])))
     else:

@@ -25,6 +25,11 @@ caches dropped before each step; one warm-up acquisition first):
               pmem's AVML chunk encoder, nothing written (with the
               compressed step)
   sha256      the hash floor: pmem's SHA-256 code over as many bytes as RAM
+  symbols     (only with --steps ...,symbols) the cost of capturing the
+              kernel's symbols: `pmem acquire --no-hash` (captures them,
+              the default) vs the same with --no-symbols; prints the
+              capture's own seconds (from the manifest), the bundle's size
+              and the peak-RSS and wall-time differences
 Times and peak RSS (VmHWM, from wait4) come from `pmem-guest-agent
 measure`. Prints medians with the spread (min-max) and the ratios:
 pmem/AVML speed, pmem/dd (the read limit) and pmem/floor (the disk floor
@@ -34,6 +39,7 @@ Not a test: numbers depend on the host; run it with no other guest up.
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -87,11 +93,14 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
         "cat /proc/version > $OUT/version.txt",
         "nproc > $OUT/nproc.txt",
         # Warm-up: the first acquisition of a boot is 30-40% slower.
-        "drop; /data/bin/pmem acquire -q --format lime $OUT/img; rm -f $OUT/img $OUT/img.json",
+        "drop; /data/bin/pmem acquire -q --format lime $OUT/img; rm -f $OUT/img $OUT/img.json $OUT/img.symbols",
     ]
     for rep in range(reps):
         order = ["pmem", "avml", "pmem-nohash"] if rep % 2 == 0 else ["pmem-nohash", "avml", "pmem"]
         for step in steps:
+            if step == "symbols":
+                lines += symbols_lines(m, rep)
+                continue
             for tool in order:
                 cmd = TOOLS[step][tool]
                 lines.append("drop")
@@ -102,7 +111,7 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
                 if step == "pipe":
                     lines.append("wait $reader")
                 lines.append(f"res {rep} {step} {tool}")
-                lines.append("rm -f $OUT/img $OUT/img.json")
+                lines.append("rm -f $OUT/img $OUT/img.json $OUT/img.symbols")
         lines.append("drop")
         lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent read-kcore")
         lines.append(f"res {rep} dd dd")
@@ -131,6 +140,43 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
     lines += ["drop", "/data/bin/pmem acquire -q --format lime $OUT/keep.lime",
               "sync", 'echo "@@pmem-guest done"']
     return "\n".join(lines) + "\n"
+
+
+SYMBOLS = {"pmem": "/data/bin/pmem acquire -q --no-hash --format lime $OUT/img",
+           "pmem-nosym": "/data/bin/pmem acquire -q --no-hash --no-symbols --format lime $OUT/img"}
+
+
+def symbols_lines(m, rep):
+    """The symbols step of one repetition: with and without the capture
+    (order alternating), keeping each captured manifest."""
+    lines = []
+    for tool in (("pmem", "pmem-nosym") if rep % 2 == 0 else ("pmem-nosym", "pmem")):
+        lines += ["drop", f"{m} /tmp/m -- sh -c '{SYMBOLS[tool]} 2>/tmp/err' ; "
+                  "[ -s /tmp/err ] && grep -v '^pmem: symbols captured' /tmp/err "
+                  "| sed 's/^/@@pmem-guest error /' | head -3",
+                  f"res {rep} symbols {tool}"]
+        if tool == "pmem":
+            lines.append(f"cp $OUT/img.json $OUT/symbols-{rep}.json")
+        lines.append("rm -f $OUT/img $OUT/img.json $OUT/img.symbols")
+    return lines
+
+
+def symbols_summary(rows, out):
+    """The capture's cost, from the symbols step's rows and manifests."""
+    by = {}
+    for r in rows:
+        if r["step"] == "symbols":
+            by.setdefault(r["tool"], []).append(r)
+    manifests = [json.loads(p.read_text()) for p in sorted(out.glob("symbols-*.json"))]
+    if not by.get("pmem") or not by.get("pmem-nosym") or not manifests:
+        return
+    capture = [m["symbols"]["capture"]["seconds"] for m in manifests]
+    size = [m["symbols"]["bytes"] / 2**20 for m in manifests]
+    rss = med([r["rss"] for r in by["pmem"]]) - med([r["rss"] for r in by["pmem-nosym"]])
+    wall = med([r["secs"] for r in by["pmem"]]) - med([r["secs"] for r in by["pmem-nosym"]])
+    say(f"\nsymbols capture: {med(capture):.3f} s (median of {len(capture)}, "
+        f"{spread(capture)}), bundle {med(size):.1f} MiB; with vs --no-symbols: "
+        f"peak RSS {rss:+.1f} MiB, wall {wall:+.2f} s (medians)")
 
 
 def run_config(kernel_key, memory, smp, reps, pmem, agent, steps):
@@ -307,6 +353,7 @@ def main():
             rows, out, release = run_config(kernel, int(memory), int(smp), args.reps, pmem, agent,
                                             [s for s in args.steps.split(",") if s])
             table(rows, int(memory), f"{release}, {memory} MiB, {smp} vCPU(s), {args.reps} repetitions")
+            symbols_summary(rows, out)
             if (out / "keep.lime").exists():
                 keep = out / "keep.lime"
     if not args.no_convert:

@@ -239,7 +239,7 @@ def cases(Case):
     return [
         # Streaming is the same code on every architecture (proven on x86-64).
         Case("6.1-arm64", KERNEL.key, 1024, ["lime", "elf"], [], ["avml"], machine="virt",
-             timeout=900, hook=Arm64Hook(kpti=True),
+             timeout=900, hook=Arm64Hook(kpti=True), symbols_isf=True,
              note="arm64 direct boot (virt, cortex-a57, KPTI on): lime, elf, AVML"),
         # raw here: its zero padding then also fills the firmware's reserved gaps.
         Case("6.1-arm64-uefi", KERNEL.key, 768, ["raw", "elf", "macho", "aff4"], machine="virt+uefi",

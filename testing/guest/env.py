@@ -130,12 +130,15 @@ def venv_python():
 
 def ensure_volatility():
     """Volatility 3, pinned, in a venv of its own so the host's Python stays clean."""
-    stamp = CACHE / "venv" / f".{VOLATILITY}"
+    # jsonschema: testing/symbols/isf_check.py checks pmem's ISFs against
+    # vol3's schema files with it.
+    stamp = CACHE / "venv" / f".{VOLATILITY}+jsonschema"
     if stamp.exists():
         return
-    log(f"installing {VOLATILITY} into {CACHE / 'venv'}")
+    log(f"installing {VOLATILITY} and jsonschema into {CACHE / 'venv'}")
     run([sys.executable, "-m", "venv", str(CACHE / "venv")])
-    run([str(venv_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check", VOLATILITY])
+    run([str(venv_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check", VOLATILITY,
+         "jsonschema"])
     stamp.touch()
 
 

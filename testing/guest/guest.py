@@ -35,6 +35,7 @@ import images
 import initramfs
 import markers
 import module_cases
+import symcheck
 import vm
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +70,9 @@ class Case:
     hook: object = None
     # crash and drgn open the ELF image with the guest's debug vmlinux (crashcheck.py).
     debuggers: bool = False
+    # `pmem symbols` on the captured symbols, and Volatility 3's pslist
+    # through that ISF alone (symcheck.py; arm64: a schema check).
+    symbols_isf: bool = False
 
     @property
     def seed(self):
@@ -82,12 +86,15 @@ class Case:
 # kernels, but not every format in every layout.
 CASES = [
     Case("6.1-1g", "6.1", 1024, ["lime", "raw", "elf"], ["lime"], ["avml"], debuggers=True,
-         note="every format, streamed lime, AVML compressed LiME; crash and drgn on the ELF image"),
+         symbols_isf=True,
+         note="every format, streamed lime, AVML compressed LiME; crash and drgn on the ELF image; "
+              "vol3 pslist through the ISF of the captured symbols"),
     # raw.zst (COMPRESSED) is not in a case: ruzstd needs ~240 s per GiB
     # under TCG, too much for CI; `zstd -d` round trips are in the CLI tests.
     Case("6.12-1g", "6.12", 1024, ["raw", "elf", "macho"], ["raw"],
          note="raw, elf and Mach-O, streamed raw"),
-    Case("6.12-2g", "6.12", 2048, ["lime"], note="2 GiB guest (lime on 6.12)"),
+    Case("6.12-2g", "6.12", 2048, ["lime"], symbols_isf=True,
+         note="2 GiB guest (lime on 6.12); vol3 pslist through the ISF of the captured symbols"),
     # 1 GiB below the PCI hole, 512 MiB from 4 GiB up: the smallest guest whose
     # RAM continues above 4 GiB (as -m 3584 would, with 2 GiB more to copy).
     Case("6.1-hole", "6.1", 1536, ["elf", "aff4"], machine="pc,max-ram-below-4g=1G",
@@ -118,11 +125,21 @@ def case_script(case):
         "echo never > /sys/kernel/mm/transparent_hugepage/enabled",
         "cat /proc/iomem > $OUT/iomem.txt",
         "cat /proc/version > $OUT/version.txt",
+        # Sockets for Volatility's linux.sockstat and lsof to find (a guest
+        # with none proves nothing): a TCP listener, a connected TCP pair over
+        # loopback, and syslogd's unix datagram socket.
+        "ip link set lo up",
+        "sleep 3600 | nc -l -p 4444 > /dev/null 2>&1 &",
+        "sleep 3600 | nc -l -p 4445 > /dev/null 2>&1 &",
+        "sleep 0.5; sleep 3600 | nc 127.0.0.1 4445 > /dev/null 2>&1 &",
+        "syslogd -O /tmp/messages",
         "t0=$(now)",
         f"/data/bin/pmem-guest-agent plant --seed {case.seed:#x} --pages {MARKER_PAGES} "
         "--list $OUT/markers.txt --ready /tmp/ready --release /tmp/release "
         "--report $OUT/agent-report.txt --timeout-secs 3600 &",
         "agent=$!",
+        # symcheck.py looks for the agent at this PID in vol3's pslist.
+        "echo $agent > $OUT/agent.pid",
         "while [ ! -e /tmp/ready ] && kill -0 $agent 2>/dev/null; do sleep 0.1; done",
         'echo "@@pmem-guest step plant-markers $t0 $(now) $([ -e /tmp/ready ] && echo 0 || echo 1)"',
     ]
@@ -317,9 +334,13 @@ class Volatility:
         threading.Thread(target=self._work, daemon=True).start()
 
     def submit(self, case, subject, fmt, path, release):
+        self.submit_task(case, subject, lambda: self._check(case, subject, fmt, path, release))
+
+    def submit_task(self, case, subject, task):
+        """Runs `task()` on the worker, counted as one of the case's checks."""
         with self.lock:
             self.pending[case] = self.pending.get(case, 0) + 1
-        self.jobs.put((case, subject, fmt, path, release))
+        self.jobs.put((case, subject, task))
 
     def when_done(self, case, action):
         """Runs `action` once the case's checks are done (now if they are)."""
@@ -343,7 +364,7 @@ class Volatility:
         while True:
             job = self.jobs.get()
             try:
-                self._check(*job)
+                job[2]()
             except Exception as e:  # report, never lose the worker
                 self.results.add(job[0], job[1], "volatility3", False, f"harness error: {e!r}")
             finally:
@@ -400,6 +421,7 @@ def check_image(results, case, subject, fmt, path, manifest_path, ctx, timing, v
     if to_ranges(manifest.get("system_ram", [])) != ram:
         problems.append(f"system_ram {fmt_ranges(to_ranges(manifest.get('system_ram', [])))}")
     results.add(case.name, subject, "manifest", not problems, "; ".join(problems) or "complete, nothing skipped")
+    symcheck.check_manifest(results, case, subject, fmt, path, manifest, streamed=subject.endswith("(stream)"))
 
     try:
         image = images.open_image(path, fmt, manifest)
@@ -482,6 +504,7 @@ def check_container(results, case, name, path, pmem, want_format):
     verify = subprocess.run([str(pmem), "verify", str(path)], capture_output=True, text=True)
     results.add(case.name, name, "pmem verify", verify.returncode == 0,
                 "" if verify.returncode == 0 else (verify.stdout + verify.stderr).strip()[-300:])
+    symcheck.check_manifest(results, case, name, want_format, path, manifest)
     return manifest
 
 
@@ -671,6 +694,10 @@ def run_case(case, pmem, agent, results, timings, other_markers, vol):
                          (out / "version.txt").read_text())
     if case.hook:
         case.hook.check(results, case, out)
+    if case.symbols_isf and vol:
+        arm = env.KERNELS[case.kernel].target != env.MUSL
+        vol.submit_task(case.name, "symbols", lambda: symcheck.check_case(
+            results, case, pmem, out, work, timings[case.name], arm64=arm))
     return marker_list, work
 
 

@@ -3,7 +3,9 @@
 module from the wire format in crates/pmem-upload/src/tls.rs (not from pmem's
 code), for the tests in crates/pmem/tests/tls.rs.
 
-  tls_peer.py receive CERT KEY OUT      receive one image (then its manifest)
+  tls_peer.py receive CERT KEY OUT      receive one acquisition: the image (OUT), then
+                                        the symbols (OUT.symbols) and the manifest
+                                        (OUT.json), until an object says nothing follows
   tls_peer.py cut-receiver CERT KEY N   read N payload bytes, then drop the connection
   tls_peer.py cut-sender HOST PORT N    send a header and N bytes, then close without trailer
 
@@ -17,6 +19,7 @@ import struct
 import sys
 
 MAGIC = b"PMEMTLS1"
+SUFFIX = {b"I": "", b"S": ".symbols", b"M": ".json"}
 
 
 def listen(cert, key):
@@ -44,7 +47,9 @@ def receive_one(conn, out):
     header = read_exact(conn, 10)
     assert header[:8] == MAGIC, header
     kind, follows = header[8:9], header[9] & 1
-    path = out if kind == b"I" else out + ".json"
+    if kind not in SUFFIX:
+        raise SystemExit(f"unknown object kind {kind!r}")
+    path = out + SUFFIX[kind]
     digest, total = hashlib.sha256(), 0
     with open(path + ".partial", "wb") as f:
         while True:
@@ -78,7 +83,7 @@ def receive(cert, key, out):
                 conn.unwrap()
             except (OSError, ssl.SSLError):
                 pass
-        if kind == b"M" or not follows:
+        if not follows:
             return
 
 

@@ -5,8 +5,11 @@
 /// number so that `info` and `convert` can still carry them through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arch {
+    /// 64-bit x86 (AMD64, Intel 64); ELF `EM_X86_64`.
     X86_64,
+    /// 64-bit Arm (ARMv8-A and later); ELF `EM_AARCH64`.
     Aarch64,
+    /// 32-bit x86; ELF `EM_386`. The one 32-bit architecture pmem names.
     X86,
     /// Any other ELF e_machine value.
     Other(u16),
@@ -37,6 +40,9 @@ impl Arch {
         }
     }
 
+    /// The architecture of an ELF `e_machine` value; the inverse of
+    /// [`elf_machine`](Self::elf_machine). Never fails: unknown values
+    /// become [`Arch::Other`].
     pub fn from_elf_machine(machine: u16) -> Arch {
         match machine {
             62 => Arch::X86_64,
@@ -56,6 +62,9 @@ impl Arch {
         }
     }
 
+    /// Parses a name as [`name`](Self::name) writes it, and the aliases
+    /// other tools use (`amd64`, `arm64`, `i386`, `x86`). `None` for a name
+    /// pmem does not know.
     pub fn from_name(name: &str) -> Option<Arch> {
         match name {
             "x86_64" | "amd64" => Some(Arch::X86_64),

@@ -5,7 +5,10 @@
 //!
 //! Data flows source -> [`pipeline`] -> format writer -> [`sink`].
 
+#![warn(missing_docs)]
+
 pub mod arch;
+pub mod file_map;
 pub mod pipeline;
 pub mod range;
 pub mod sink;
@@ -14,9 +17,10 @@ pub mod windows;
 pub mod writer;
 
 pub use arch::Arch;
+pub use file_map::{FileMap, FilePiece, Located};
 pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport, PageRun};
 pub use range::{MemoryMap, MemoryMapError, Range};
-pub use sink::{ByteSink, SinkSummary};
+pub use sink::{ByteSink, Patch, SinkSummary};
 pub use source::{PhysicalMemory, ReadError};
 pub use windows::WindowsMetadata;
 pub use writer::{Chunk, ImageWriter, Plan, WriteError};

@@ -20,6 +20,9 @@ use crate::PAGE_SIZE;
 use sha2::{Digest, Sha256};
 use std::sync::mpsc;
 
+/// How [`copy_memory`] reads: request size, memory in flight, and whether
+/// to hash the memory as well as the image. The default reads 1 MiB at a
+/// time through 4 buffers, without a memory hash.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
     /// Bytes per read request. Rounded to the source's read granularity.
@@ -46,7 +49,9 @@ impl Default for CopyOptions {
 /// A run of consecutive pages, as the manifest records unreadable memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRun {
+    /// Physical address of the first page (a multiple of [`PAGE_SIZE`]).
     pub start: u64,
+    /// Number of [`PAGE_SIZE`] pages in the run; at least 1.
     pub pages: u64,
 }
 
@@ -69,18 +74,25 @@ pub struct CopyReport {
 }
 
 impl CopyReport {
+    /// Total number of unreadable pages, over all runs.
     pub fn unreadable_pages(&self) -> u64 {
         self.unreadable.iter().map(|r| r.pages).sum()
     }
 }
 
+/// Why a copy stopped. Unreadable pages do not stop it (they are in
+/// [`CopyReport::unreadable`]); these do.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CopyError {
+    /// The source failed fatally ([`ReadError::Fatal`]).
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The writer or its sink failed.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A planned range is not readable from the source or not aligned to
+    /// its read granularity; nothing was read.
     #[error("the source's memory map does not match the plan: {0}")]
     Plan(String),
 }

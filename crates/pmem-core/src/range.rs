@@ -9,7 +9,9 @@ use std::fmt;
 /// A non-empty, half-open range of physical addresses `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Range {
+    /// First address in the range.
     pub start: u64,
+    /// One past the last address (exclusive); always greater than `start`.
     pub end: u64,
 }
 
@@ -28,6 +30,7 @@ impl Range {
         last.checked_add(1).map(|end| Range { start, end })
     }
 
+    /// Size in bytes; never 0.
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
@@ -42,10 +45,13 @@ impl Range {
         self.end - 1
     }
 
+    /// Whether `addr` lies in `[start, end)`.
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
 
+    /// The addresses both ranges hold; `None` when they do not overlap
+    /// (touching ranges do not overlap).
     pub fn intersect(&self, other: &Range) -> Option<Range> {
         Range::new(self.start.max(other.start), self.end.min(other.end))
     }
@@ -67,11 +73,29 @@ impl fmt::Display for Range {
     }
 }
 
+/// Why a list of ranges is not a valid [`MemoryMap`] (or
+/// [`FileMap`](crate::FileMap)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MemoryMapError {
+    /// Two neighbouring ranges are out of order or overlap.
     #[error("range {next} starts before the previous range {previous} ends: memory maps must be sorted and disjoint")]
-    Unsorted { previous: Range, next: Range },
+    Unsorted {
+        /// The earlier range in the list.
+        previous: Range,
+        /// The range after it, which starts before `previous` ends.
+        next: Range,
+    },
+    /// A file piece whose bytes would run past file offset `u64::MAX`.
+    #[error(
+        "range {range} at file offset {file_offset:#x} would end past the largest file offset"
+    )]
+    FileOffsetOverflow {
+        /// The physical range of the piece.
+        range: Range,
+        /// The file offset the piece starts at.
+        file_offset: u64,
+    },
 }
 
 /// Sorted, disjoint physical ranges. Adjacent ranges stay separate so that a
@@ -108,14 +132,17 @@ impl MemoryMap {
         MemoryMap { ranges: merged }
     }
 
+    /// The ranges, sorted and disjoint.
     pub fn ranges(&self) -> &[Range] {
         &self.ranges
     }
 
+    /// Whether the map holds no range at all.
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
 
+    /// Number of ranges (not bytes: see [`total_bytes`](Self::total_bytes)).
     pub fn len(&self) -> usize {
         self.ranges.len()
     }

@@ -9,12 +9,25 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadError {
+    /// Some page of the request could not be read; the source is still
+    /// usable.
     #[error("physical address {addr:#x} is unreadable: {source}")]
-    Unreadable { addr: u64, source: io::Error },
+    Unreadable {
+        /// The physical address the read failed at (the request's start
+        /// when the source cannot tell which page failed).
+        addr: u64,
+        /// What the operating system or device said.
+        source: io::Error,
+    },
+    /// The source can no longer be read at all (device gone, image file
+    /// truncated): retrying page by page would not help.
     #[error("{what} at physical address {addr:#x}: {source}")]
     Fatal {
+        /// What was being done, naming the source (e.g. `reading /dev/crash`).
         what: String,
+        /// The physical address of the failed request.
         addr: u64,
+        /// The underlying error.
         source: io::Error,
     },
 }

@@ -13,12 +13,16 @@ pub struct WindowsMetadata {
     /// The kernel's `NtBuildNumber` as reported (free builds carry 0xF in
     /// the top nibble of the low 32 bits, e.g. 0xF0004A61 for 19041).
     pub nt_build_number: u64,
+    /// Load address of the kernel image (ntoskrnl.exe).
     pub kernel_base: u64,
     /// Address of the KDBG block; 0 when unknown (drivers since 2.x no
     /// longer fill it, Volatility 3 finds the kernel by scanning).
     pub kdbg: u64,
+    /// Address of the page frame number database (`MmPfnDatabase`).
     pub pfn_database: u64,
+    /// Address of `PsLoadedModuleList`, the head of the loaded driver list.
     pub ps_loaded_module_list: u64,
+    /// Address of `PsActiveProcessHead`, the head of the process list.
     pub ps_active_process_head: u64,
     /// Number of processors (count of KPCR entries the driver filled).
     pub processors: u32,

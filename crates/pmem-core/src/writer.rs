@@ -10,7 +10,9 @@ use std::io;
 /// given (an ELF header lists them all up front) and the metadata it embeds.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The ranges the writer will be given, in this order, each whole.
     pub ranges: MemoryMap,
+    /// The machine the memory belongs to (ELF and Mach-O headers name it).
     pub arch: Arch,
     /// Kernel virtual address of physical address 0 in the direct map
     /// (Linux page_offset_base), when the source knows it.
@@ -21,6 +23,10 @@ pub struct Plan {
     pub metadata_json: Option<String>,
     /// Kernel facts of a Windows machine, needed by the crash dump format.
     pub windows: Option<WindowsMetadata>,
+    /// The symbol bundle captured with the memory (a tar of the kernel's
+    /// BTF, kallsyms, banner, ...; opaque bytes here), carried by the
+    /// formats that have room for it (pmem_formats' `Format::carries_symbols`).
+    pub symbols: Option<Vec<u8>>,
 }
 
 impl Plan {
@@ -33,6 +39,7 @@ impl Plan {
             vmcoreinfo: None,
             metadata_json: None,
             windows: None,
+            symbols: None,
         }
     }
 }
@@ -41,6 +48,8 @@ impl Plan {
 /// address order.
 #[derive(Debug, Clone, Copy)]
 pub enum Chunk<'a> {
+    /// Bytes as read (the pipeline sends the pages it finds all zero as
+    /// [`Chunk::Zero`] instead).
     Data(&'a [u8]),
     /// `len` bytes that are all zero (read and found zero, or unreadable and
     /// zero-filled; the pipeline's report tells which).
@@ -48,6 +57,7 @@ pub enum Chunk<'a> {
 }
 
 impl Chunk<'_> {
+    /// Bytes of memory the chunk stands for (for `Zero`, its count).
     pub fn len(&self) -> u64 {
         match self {
             Chunk::Data(d) => d.len() as u64,
@@ -55,25 +65,52 @@ impl Chunk<'_> {
         }
     }
 
+    /// Whether the chunk stands for no bytes at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// Why an image could not be written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
+    /// The sink failed (disk full, broken stream, disk limit reached).
     #[error("at image offset {offset}: {source}")]
-    Io { offset: u64, source: io::Error },
+    Io {
+        /// Image offset (bytes from the start of the image) of the write
+        /// that failed.
+        offset: u64,
+        /// The sink's error.
+        source: io::Error,
+    },
+    /// The plan cannot be written in this format (no ranges, too many
+    /// ranges for the header, missing metadata the format requires), or
+    /// the writer was finished before every planned byte arrived. The
+    /// message says which.
     #[error("{0}")]
     Plan(String),
+    /// A chunk broke the order contract of
+    /// [`ImageWriter::write_chunk`]: a bug in the caller, not in the data.
     #[error("chunk at {addr:#x} (+{len:#x}) does not follow on from the previous one or lies outside the planned ranges")]
-    OutOfOrder { addr: u64, len: u64 },
+    OutOfOrder {
+        /// Physical address of the rejected chunk.
+        addr: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// The format cannot hold this memory as required (an AVML block that
     /// would be longer compressed than raw). Nothing of it was written; the
     /// caller may start again in another format.
     #[error("memory at {addr:#x} (+{len:#x}) cannot be written in this format: {reason}")]
-    Unrepresentable { addr: u64, len: u64, reason: String },
+    Unrepresentable {
+        /// Physical address of the memory the format cannot hold.
+        addr: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// Why not, for the user.
+        reason: String,
+    },
 }
 
 /// Frames range contents into one image format.
@@ -81,7 +118,14 @@ pub enum WriteError {
 /// `finish` is the only commit point: a writer dropped without it leaves an
 /// incomplete image, and the manifest says so.
 pub trait ImageWriter: Send {
+    /// Called once, before any chunk: checks that the format can hold the
+    /// plan and writes what comes before the first range's bytes (an ELF
+    /// or Mach-O header with every segment, for instance).
     fn begin(&mut self, plan: &Plan) -> Result<(), WriteError>;
+    /// The next piece of memory, starting at physical address `addr`.
+    /// Chunks arrive in ascending order with no gaps inside a range, and
+    /// together cover exactly the planned ranges (checked with a
+    /// [`ChunkCursor`]; anything else is [`WriteError::OutOfOrder`]).
     fn write_chunk(&mut self, addr: u64, chunk: Chunk<'_>) -> Result<(), WriteError>;
     /// `len` bytes at `addr` that could not be read. Formats without a way
     /// to say so write zeros (the manifest lists the pages); AFF4 maps them
@@ -89,6 +133,9 @@ pub trait ImageWriter: Send {
     fn write_unreadable(&mut self, addr: u64, len: u64) -> Result<(), WriteError> {
         self.write_chunk(addr, Chunk::Zero(len))
     }
+    /// Writes what follows the last range (an index, a trailer), then
+    /// finishes the sink: the image's commit point. Fails with
+    /// [`WriteError::Plan`] if a planned byte is missing.
     fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError>;
 }
 
@@ -113,6 +160,7 @@ pub struct ChunkPosition {
 }
 
 impl ChunkCursor {
+    /// A cursor expecting the first byte of the first range of `ranges`.
     pub fn new(ranges: &MemoryMap) -> ChunkCursor {
         ChunkCursor {
             ranges: ranges.clone(),

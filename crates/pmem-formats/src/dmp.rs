@@ -22,14 +22,15 @@
 //! Unused header bytes are zero, so the output depends only on the plan.
 //! Zero pages are holes on file sinks, as in the other formats.
 
-use crate::{
-    check_plan_nonempty, corrupt_in, file_len, finish_sink, read_exact_at, write_all, write_body,
-    Format, FormatError, ImageFile, ImageReader, Segments,
-};
+use crate::bytes::{u32_le, uint_le};
+use crate::image_file::Parsing;
+use crate::reader::{mapped_file_reader, MappedFile};
+use crate::write::{check_plan_nonempty, finish_sink, plan_error, write_all, write_body};
+use crate::{Format, FormatError, ImageFile, ImageMetadata};
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
-    Arch, ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError,
-    SinkSummary, WindowsMetadata, WriteError, PAGE_SIZE,
+    Arch, ByteSink, Chunk, FileMap, FilePiece, ImageWriter, MemoryMap, Plan, Range, SinkSummary,
+    WindowsMetadata, WriteError, PAGE_SIZE,
 };
 #[cfg(test)]
 use std::fs::File;
@@ -58,7 +59,9 @@ const MAJOR_CHECKED: u32 = 0xC;
 /// `_DUMP_HEADER` as Volatility 3's crash64/crash symbol tables define them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
+    /// `_DUMP_HEADER64`, signature "PAGE" "DU64": x86-64 machines.
     Bits64,
+    /// `_DUMP_HEADER`, signature "PAGE" "DUMP": 32-bit x86 machines.
     Bits32,
 }
 
@@ -164,6 +167,8 @@ impl Layout {
         (f.runs_end - f.runs) / (2 * f.word)
     }
 
+    /// The machine a dump of this layout comes from (the inverse of
+    /// [`for_arch`](Self::for_arch)).
     pub fn arch(self) -> Arch {
         match self {
             Layout::Bits64 => Arch::X86_64,
@@ -176,12 +181,6 @@ fn put(buf: &mut [u8], at: usize, width: usize, value: u64) {
     buf[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
 }
 
-fn get(buf: &[u8], at: usize, width: usize) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes[..width].copy_from_slice(&buf[at..at + width]);
-    u64::from_le_bytes(bytes)
-}
-
 /// How the pages of a dump are listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DumpKind {
@@ -192,16 +191,13 @@ pub enum DumpKind {
 }
 
 impl DumpKind {
+    /// The header's DumpType value for this kind (1 or 5).
     pub fn dump_type(self) -> u32 {
         match self {
             DumpKind::Full => DUMP_TYPE_FULL,
             DumpKind::Bitmap => DUMP_TYPE_BITMAP,
         }
     }
-}
-
-fn plan_error(what: impl Into<String>) -> WriteError {
-    WriteError::Plan(what.into())
 }
 
 /// Streams a crash dump: the header (and bitmap) is fixed in `begin`; page
@@ -214,6 +210,8 @@ pub struct DmpWriter {
 }
 
 impl DmpWriter {
+    /// A writer sending the dump to `sink`: a full dump (runs in the
+    /// header) when the plan's ranges fit there, a bitmap dump otherwise.
     pub fn new(sink: Box<dyn ByteSink>) -> DmpWriter {
         DmpWriter {
             sink,
@@ -269,7 +267,6 @@ pub fn header(plan: &Plan, force_kind: Option<DumpKind>) -> Result<Vec<u8>, Writ
             plan.arch.name()
         ))
     })?;
-    let f = layout.fields();
     for range in plan.ranges.ranges() {
         if range.start % PAGE_SIZE != 0 || range.end % PAGE_SIZE != 0 {
             return Err(plan_error(format!(
@@ -277,6 +274,21 @@ pub fn header(plan: &Plan, force_kind: Option<DumpKind>) -> Result<Vec<u8>, Writ
             )));
         }
     }
+    let kind = dump_kind(plan, layout, force_kind)?;
+    let mut head = common_header(plan, windows, layout, kind)?;
+    match kind {
+        DumpKind::Full => put_runs(&mut head, plan, layout)?,
+        DumpKind::Bitmap => put_bitmap(&mut head, plan, layout)?,
+    }
+    Ok(head)
+}
+
+/// The kind asked for, else a full dump when the runs fit the header.
+fn dump_kind(
+    plan: &Plan,
+    layout: Layout,
+    force_kind: Option<DumpKind>,
+) -> Result<DumpKind, WriteError> {
     let kind = force_kind.unwrap_or(if plan.ranges.len() <= layout.max_runs() {
         DumpKind::Full
     } else {
@@ -289,23 +301,37 @@ pub fn header(plan: &Plan, force_kind: Option<DumpKind>) -> Result<Vec<u8>, Writ
             layout.max_runs()
         )));
     }
+    Ok(kind)
+}
+
+/// `value` when it fits a pointer-sized field of `layout`.
+fn word(layout: Layout, name: &str, value: u64) -> Result<u64, WriteError> {
+    let f = layout.fields();
     let max_word = if f.word == 8 {
         u64::MAX
     } else {
         u64::from(u32::MAX)
     };
-    let word = |name: &str, value: u64| -> Result<u64, WriteError> {
-        if value > max_word {
-            Err(plan_error(format!(
-                "{name} {value:#x} does not fit the {}-bit crash dump header",
-                f.word * 8
-            )))
-        } else {
-            Ok(value)
-        }
-    };
-    let total_pages = plan.ranges.total_bytes() / PAGE_SIZE;
+    if value > max_word {
+        Err(plan_error(format!(
+            "{name} {value:#x} does not fit the {}-bit crash dump header",
+            f.word * 8
+        )))
+    } else {
+        Ok(value)
+    }
+}
 
+/// The header fields both dump kinds share.
+fn common_header(
+    plan: &Plan,
+    windows: &WindowsMetadata,
+    layout: Layout,
+    kind: DumpKind,
+) -> Result<Vec<u8>, WriteError> {
+    let f = layout.fields();
+    let word = |name: &str, value: u64| word(layout, name, value);
+    let total_pages = plan.ranges.total_bytes() / PAGE_SIZE;
     let mut head = vec![0u8; f.header_len as usize];
     head[0..4].copy_from_slice(b"PAGE");
     head[4..8].copy_from_slice(f.valid_dump);
@@ -356,193 +382,238 @@ pub fn header(plan: &Plan, force_kind: Option<DumpKind>) -> Result<Vec<u8>, Writ
         f.word,
         word("NumberOfPages", total_pages)?,
     );
+    Ok(head)
+}
 
-    let data_len = plan.ranges.total_bytes();
-    match kind {
-        DumpKind::Full => {
-            put(&mut head, f.number_of_runs, 4, plan.ranges.len() as u64);
-            for (i, range) in plan.ranges.ranges().iter().enumerate() {
-                let at = f.runs + i * 2 * f.word;
-                put(
-                    &mut head,
-                    at,
-                    f.word,
-                    word("a run's base page", range.start / PAGE_SIZE)?,
-                );
-                put(&mut head, at + f.word, f.word, range.len() / PAGE_SIZE);
-            }
-            let required = f.header_len + data_len;
-            put(&mut head, f.required_space, 8, required);
-        }
-        DumpKind::Bitmap => {
-            // Whole 32-bit words of bits: kdmp-parser and rizin read
-            // BitmapSize / 8 bytes, so a size that is not a multiple of 8
-            // would lose the top pages there.
-            let bits = (plan.ranges.end() / PAGE_SIZE).next_multiple_of(32);
-            let bitmap_len = bits / 8;
-            if bitmap_len > MAX_BITMAP_BYTES {
-                return Err(plan_error(format!(
-                    "memory up to {:#x} needs a {bitmap_len}-byte page bitmap, more than the {MAX_BITMAP_BYTES} pmem writes",
-                    plan.ranges.end()
-                )));
-            }
-            let header_size = (f.header_len + SUMMARY_LEN + bitmap_len).next_multiple_of(PAGE_SIZE);
-            put(&mut head, f.required_space, 8, header_size + data_len);
-            head.resize(header_size as usize, 0);
-            let summary = f.header_len as usize;
-            head[summary..summary + 4].copy_from_slice(SUMMARY_SIGNATURE_FULL);
-            head[summary + 4..summary + 8].copy_from_slice(SUMMARY_VALID_DUMP);
-            put(&mut head, summary + 0x20, 8, header_size);
-            put(&mut head, summary + 0x28, 8, total_pages);
-            put(&mut head, summary + 0x30, 8, bits);
-            let bitmap = &mut head[summary + SUMMARY_LEN as usize..];
-            for range in plan.ranges.ranges() {
-                for page in range.start / PAGE_SIZE..range.end / PAGE_SIZE {
-                    bitmap[(page / 8) as usize] |= 1 << (page % 8);
-                }
-            }
+/// A full dump's runs, in the header's physical memory descriptor.
+fn put_runs(head: &mut [u8], plan: &Plan, layout: Layout) -> Result<(), WriteError> {
+    let f = layout.fields();
+    put(head, f.number_of_runs, 4, plan.ranges.len() as u64);
+    for (i, range) in plan.ranges.ranges().iter().enumerate() {
+        let at = f.runs + i * 2 * f.word;
+        put(
+            head,
+            at,
+            f.word,
+            word(layout, "a run's base page", range.start / PAGE_SIZE)?,
+        );
+        put(head, at + f.word, f.word, range.len() / PAGE_SIZE);
+    }
+    let required = f.header_len + plan.ranges.total_bytes();
+    put(head, f.required_space, 8, required);
+    Ok(())
+}
+
+/// A bitmap dump's summary and bitmap after the header, padded to
+/// HeaderSize.
+fn put_bitmap(head: &mut Vec<u8>, plan: &Plan, layout: Layout) -> Result<(), WriteError> {
+    let f = layout.fields();
+    let total_pages = plan.ranges.total_bytes() / PAGE_SIZE;
+    // Whole 32-bit words of bits: kdmp-parser and rizin read BitmapSize / 8
+    // bytes, so a size that is not a multiple of 8 would lose the top pages
+    // there.
+    let bits = (plan.ranges.end() / PAGE_SIZE).next_multiple_of(32);
+    let bitmap_len = bits / 8;
+    if bitmap_len > MAX_BITMAP_BYTES {
+        return Err(plan_error(format!(
+            "memory up to {:#x} needs a {bitmap_len}-byte page bitmap, more than the {MAX_BITMAP_BYTES} pmem writes",
+            plan.ranges.end()
+        )));
+    }
+    let header_size = (f.header_len + SUMMARY_LEN + bitmap_len).next_multiple_of(PAGE_SIZE);
+    put(
+        head,
+        f.required_space,
+        8,
+        header_size + plan.ranges.total_bytes(),
+    );
+    head.resize(header_size as usize, 0);
+    let summary = f.header_len as usize;
+    head[summary..summary + 4].copy_from_slice(SUMMARY_SIGNATURE_FULL);
+    head[summary + 4..summary + 8].copy_from_slice(SUMMARY_VALID_DUMP);
+    put(head, summary + 0x20, 8, header_size);
+    put(head, summary + 0x28, 8, total_pages);
+    put(head, summary + 0x30, 8, bits);
+    let bitmap = &mut head[summary + SUMMARY_LEN as usize..];
+    for range in plan.ranges.ranges() {
+        for page in range.start / PAGE_SIZE..range.end / PAGE_SIZE {
+            bitmap[(page / 8) as usize] |= 1 << (page % 8);
         }
     }
-    Ok(head)
+    Ok(())
 }
 
 /// A crash dump opened for reading: full (DumpType 1) and bitmap
 /// (DumpType 5) dumps in both layouts.
 #[derive(Debug)]
 pub struct DmpReader {
-    segments: Segments,
+    mapped: MappedFile,
+    metadata: ImageMetadata,
     layout: Layout,
     kind: DumpKind,
-    windows: WindowsMetadata,
 }
 
+mapped_file_reader!(DmpReader, Format::Dmp);
+
 impl DmpReader {
+    /// Reads the signature and the header, finds the pages (the header's
+    /// runs or the summary's bitmap), and maps them onto the page data.
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<DmpReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = file_len(path, &file)?;
-        let corrupt = corrupt_in(path, Format::Dmp);
-        if len < 8 {
-            return Err(corrupt(0, format!("truncated: {len} bytes")));
-        }
-        let mut magic = [0u8; 8];
-        read_exact_at(path, &file, 0, &mut magic)?;
-        if &magic[..4] != b"PAGE" {
-            return Err(corrupt(0, "no \"PAGE\" signature".into()));
-        }
-        let layout = match &magic[4..] {
-            b"DU64" => Layout::Bits64,
-            b"DUMP" => Layout::Bits32,
-            other => {
-                return Err(corrupt(
-                    4,
-                    format!("unknown ValidDump {:?}", String::from_utf8_lossy(other)),
-                ))
-            }
-        };
-        let f = layout.fields();
-        if len < f.header_len {
-            return Err(corrupt(
-                0,
-                format!(
-                    "truncated header: the file has {len} bytes, the header needs {}",
-                    f.header_len
-                ),
-            ));
-        }
-        let mut head = vec![0u8; f.header_len as usize];
-        read_exact_at(path, &file, 0, &mut head)?;
-        let dump_type = get(&head, f.dump_type, 4) as u32;
-        let (kind, map, data_start) = match dump_type {
-            DUMP_TYPE_FULL => {
-                let (map, start) = full_runs(&head, layout, &corrupt)?;
-                (DumpKind::Full, map, start)
-            }
-            DUMP_TYPE_BITMAP => {
-                let (map, start) = bitmap_runs(path, &file, len, layout, &corrupt)?;
-                (DumpKind::Bitmap, map, start)
-            }
-            other => {
-                return Err(FormatError::Unsupported {
-                    path: path.into(),
-                    offset: f.dump_type as u64,
-                    reason: format!(
-                        "crash dump type {other} is not a full memory dump (only types 1 and 5 hold all physical memory)"
-                    ),
-                })
-            }
-        };
-        if map.is_empty() {
-            return Err(corrupt(
-                f.number_of_runs as u64,
-                "the dump lists no pages".into(),
-            ));
-        }
-        let mut offsets = Vec::with_capacity(map.len());
-        let mut at = data_start;
-        for range in map.ranges() {
-            offsets.push(at);
-            at = at
-                .checked_add(range.len())
-                .ok_or_else(|| corrupt(0, "page data past 2^64 bytes".into()))?;
-        }
-        if at > len {
-            return Err(corrupt(
-                len,
-                format!("the page data ends at {at:#x} but the file ends at {len:#x}: truncated"),
-            ));
-        }
-        let minor = get(&head, 0xC, 4);
-        let major = get(&head, 0x8, 4) as u32;
-        let marker = if major == MAJOR_CHECKED {
-            0xC000_0000
-        } else {
-            0xF000_0000
-        };
-        let windows = WindowsMetadata {
-            cr3: get(&head, f.dtb, f.word),
-            nt_build_number: marker | minor,
-            kernel_base: 0,
-            kdbg: get(&head, f.kdbg, f.word),
-            pfn_database: get(&head, f.pfn_database, f.word),
-            ps_loaded_module_list: get(&head, f.ps_loaded_module_list, f.word),
-            ps_active_process_head: get(&head, f.ps_active_process_head, f.word),
-            processors: get(&head, f.processors, 4) as u32,
-            system_time: get(&head, f.system_time, 8),
-        };
+        let image = Parsing::new(path, &file, Format::Dmp)?;
+        let layout = read_signature(image)?;
+        let head = read_header(image, layout)?;
+        let (kind, map, data_start) = page_runs(image, &head, layout)?;
+        let pieces = place_pages(image, &map, data_start)?;
+        let map = FileMap::new(pieces).map_err(|e| image.corrupt(0, e.to_string()))?;
         Ok(DmpReader {
-            segments: Segments {
-                path: path.into(),
-                file,
-                map,
-                offsets,
+            mapped: MappedFile::new(path, file, map),
+            metadata: ImageMetadata {
+                arch: Some(layout.arch()),
+                windows: Some(windows_of(&head, layout)),
+                ..ImageMetadata::default()
             },
             layout,
             kind,
-            windows,
         })
     }
 
+    /// How the dump lists its pages (runs or bitmap).
     pub fn kind(&self) -> DumpKind {
         self.kind
     }
 
+    /// The header layout the signature named.
     pub fn layout(&self) -> Layout {
         self.layout
     }
 }
 
-type Corrupt<'a> = dyn Fn(u64, String) -> FormatError + 'a;
+/// The layout the signature ("PAGE" "DU64" or "PAGE" "DUMP") names.
+fn read_signature(image: Parsing<'_>) -> Result<Layout, FormatError> {
+    let len = image.len;
+    if len < 8 {
+        return Err(image.corrupt(0, format!("truncated: {len} bytes")));
+    }
+    let mut magic = [0u8; 8];
+    image.read_exact_at(0, &mut magic)?;
+    if &magic[..4] != b"PAGE" {
+        return Err(image.corrupt(0, "no \"PAGE\" signature"));
+    }
+    match &magic[4..] {
+        b"DU64" => Ok(Layout::Bits64),
+        b"DUMP" => Ok(Layout::Bits32),
+        other => Err(image.corrupt(
+            4,
+            format!("unknown ValidDump {:?}", String::from_utf8_lossy(other)),
+        )),
+    }
+}
+
+/// The whole dump header of `layout`.
+fn read_header(image: Parsing<'_>, layout: Layout) -> Result<Vec<u8>, FormatError> {
+    let (f, len) = (layout.fields(), image.len);
+    if len < f.header_len {
+        return Err(image.corrupt(
+            0,
+            format!(
+                "truncated header: the file has {len} bytes, the header needs {}",
+                f.header_len
+            ),
+        ));
+    }
+    let mut head = vec![0u8; f.header_len as usize];
+    image.read_exact_at(0, &mut head)?;
+    Ok(head)
+}
+
+/// The dump's kind, its memory and where page data starts.
+fn page_runs(
+    image: Parsing<'_>,
+    head: &[u8],
+    layout: Layout,
+) -> Result<(DumpKind, MemoryMap, u64), FormatError> {
+    let f = layout.fields();
+    let (kind, (map, data_start)) = match uint_le(head, f.dump_type, 4) as u32 {
+        DUMP_TYPE_FULL => (DumpKind::Full, full_runs(image, head, layout)?),
+        DUMP_TYPE_BITMAP => (DumpKind::Bitmap, bitmap_runs(image, layout)?),
+        other => {
+            return Err(FormatError::Unsupported {
+                path: image.path.into(),
+                offset: f.dump_type as u64,
+                reason: format!(
+                    "crash dump type {other} is not a full memory dump (only types 1 and 5 hold all physical memory)"
+                ),
+            })
+        }
+    };
+    if map.is_empty() {
+        return Err(image.corrupt(f.number_of_runs as u64, "the dump lists no pages"));
+    }
+    Ok((kind, map, data_start))
+}
+
+/// Where each range's pages are: back to back from `data_start`, inside
+/// the file.
+fn place_pages(
+    image: Parsing<'_>,
+    map: &MemoryMap,
+    data_start: u64,
+) -> Result<Vec<FilePiece>, FormatError> {
+    let len = image.len;
+    let mut pieces = Vec::with_capacity(map.len());
+    let mut at = data_start;
+    for &range in map.ranges() {
+        pieces.push(FilePiece {
+            phys: range,
+            file_offset: at,
+        });
+        at = at
+            .checked_add(range.len())
+            .ok_or_else(|| image.corrupt(0, "page data past 2^64 bytes"))?;
+    }
+    if at > len {
+        return Err(image.corrupt(
+            len,
+            format!("the page data ends at {at:#x} but the file ends at {len:#x}: truncated"),
+        ));
+    }
+    Ok(pieces)
+}
+
+/// The Windows kernel facts the header records.
+fn windows_of(head: &[u8], layout: Layout) -> WindowsMetadata {
+    let f = layout.fields();
+    let minor = uint_le(head, 0xC, 4);
+    let major = uint_le(head, 0x8, 4) as u32;
+    let marker = if major == MAJOR_CHECKED {
+        0xC000_0000
+    } else {
+        0xF000_0000
+    };
+    WindowsMetadata {
+        cr3: uint_le(head, f.dtb, f.word),
+        nt_build_number: marker | minor,
+        kernel_base: 0,
+        kdbg: uint_le(head, f.kdbg, f.word),
+        pfn_database: uint_le(head, f.pfn_database, f.word),
+        ps_loaded_module_list: uint_le(head, f.ps_loaded_module_list, f.word),
+        ps_active_process_head: uint_le(head, f.ps_active_process_head, f.word),
+        processors: uint_le(head, f.processors, 4) as u32,
+        system_time: uint_le(head, f.system_time, 8),
+    }
+}
 
 /// The runs of a full dump's header and where page data starts.
 fn full_runs(
+    image: Parsing<'_>,
     head: &[u8],
     layout: Layout,
-    corrupt: &Corrupt<'_>,
 ) -> Result<(MemoryMap, u64), FormatError> {
     let f = layout.fields();
-    let count = get(head, f.number_of_runs, 4);
+    let count = uint_le(head, f.number_of_runs, 4);
     if count > layout.max_runs() as u64 {
-        return Err(corrupt(
+        return Err(image.corrupt(
             f.number_of_runs as u64,
             format!(
                 "NumberOfRuns {count} exceeds the {} the header holds",
@@ -554,14 +625,14 @@ fn full_runs(
     let mut pages = 0u64;
     for i in 0..count as usize {
         let at = f.runs + i * 2 * f.word;
-        let base = get(head, at, f.word);
-        let count = get(head, at + f.word, f.word);
+        let base = uint_le(head, at, f.word);
+        let count = uint_le(head, at + f.word, f.word);
         let range = base
             .checked_mul(PAGE_SIZE)
             .zip(count.checked_mul(PAGE_SIZE))
             .and_then(|(start, len)| Range::new(start, start.checked_add(len)?))
             .ok_or_else(|| {
-                corrupt(
+                image.corrupt(
                     at as u64,
                     format!("run {i} (base page {base:#x}, {count} pages) is empty or overflows"),
                 )
@@ -569,10 +640,10 @@ fn full_runs(
         pages += count;
         ranges.push(range);
     }
-    let map = MemoryMap::new(ranges).map_err(|e| corrupt(f.runs as u64, e.to_string()))?;
-    let declared = get(head, f.number_of_pages, f.word);
+    let map = MemoryMap::new(ranges).map_err(|e| image.corrupt(f.runs as u64, e.to_string()))?;
+    let declared = uint_le(head, f.number_of_pages, f.word);
     if declared != pages {
-        return Err(corrupt(
+        return Err(image.corrupt(
             f.number_of_pages as u64,
             format!("NumberOfPages is {declared} but the runs hold {pages} pages"),
         ));
@@ -580,23 +651,28 @@ fn full_runs(
     Ok((map, f.header_len))
 }
 
-/// The runs of set bits in a bitmap dump and where page data starts
-/// (HeaderSize, an absolute file offset, as Volatility 3 reads it).
-fn bitmap_runs(
-    path: &Path,
-    file: &ImageFile,
-    len: u64,
-    layout: Layout,
-    corrupt: &Corrupt<'_>,
-) -> Result<(MemoryMap, u64), FormatError> {
-    let base = layout.header_len();
+/// What a bitmap dump's `_SUMMARY_DUMP` says.
+struct Summary {
+    /// File offset of the summary.
+    at: u64,
+    /// HeaderSize: where page data starts.
+    header_size: u64,
+    declared_pages: u64,
+    /// BitmapSize, in bits (pages).
+    bits: u64,
+    bitmap_len: u64,
+}
+
+/// Reads and checks the summary after the header.
+fn read_summary(image: Parsing<'_>, layout: Layout) -> Result<Summary, FormatError> {
+    let (base, len) = (layout.header_len(), image.len);
     if len < base + SUMMARY_LEN {
-        return Err(corrupt(len, "truncated before the bitmap summary".into()));
+        return Err(image.corrupt(len, "truncated before the bitmap summary"));
     }
     let mut summary = [0u8; SUMMARY_LEN as usize];
-    read_exact_at(path, file, base, &mut summary)?;
+    image.read_exact_at(base, &mut summary)?;
     if !matches!(&summary[..4], b"SDMP" | b"FDMP") {
-        return Err(corrupt(
+        return Err(image.corrupt(
             base,
             format!(
                 "bitmap summary signature {:?} is neither SDMP nor FDMP",
@@ -608,7 +684,7 @@ fn bitmap_runs(
     // wrote here.
     let valid = &summary[4..8];
     if valid != SUMMARY_VALID_DUMP && valid != layout.fields().valid_dump {
-        return Err(corrupt(
+        return Err(image.corrupt(
             base + 4,
             format!(
                 "bitmap summary ValidDump {:?} is not DUMP",
@@ -616,33 +692,60 @@ fn bitmap_runs(
             ),
         ));
     }
-    let header_size = get(&summary, 0x20, 8);
-    let declared_pages = get(&summary, 0x28, 8);
-    let bits = get(&summary, 0x30, 8);
+    let header_size = uint_le(&summary, 0x20, 8);
+    let bits = uint_le(&summary, 0x30, 8);
     let bitmap_len = bits.div_ceil(32).saturating_mul(4);
     let bitmap_end = base + SUMMARY_LEN + bitmap_len;
     if bitmap_len > MAX_BITMAP_BYTES || bitmap_end > len {
-        return Err(corrupt(
+        return Err(image.corrupt(
             base + 0x30,
             format!("BitmapSize {bits} bits needs {bitmap_len} bytes past the end of the file"),
         ));
     }
     if header_size < bitmap_end || header_size > len {
-        return Err(corrupt(
+        return Err(image.corrupt(
             base + 0x20,
             format!(
                 "HeaderSize {header_size:#x} lies before the end of the bitmap ({bitmap_end:#x}) or past the end of the file"
             ),
         ));
     }
-    let mut bitmap = vec![0u8; bitmap_len as usize];
-    read_exact_at(path, file, base + SUMMARY_LEN, &mut bitmap)?;
+    Ok(Summary {
+        at: base,
+        header_size,
+        declared_pages: uint_le(&summary, 0x28, 8),
+        bits,
+        bitmap_len,
+    })
+}
+
+/// The runs of set bits in a bitmap dump and where page data starts
+/// (HeaderSize, an absolute file offset, as Volatility 3 reads it).
+fn bitmap_runs(image: Parsing<'_>, layout: Layout) -> Result<(MemoryMap, u64), FormatError> {
+    let summary = read_summary(image, layout)?;
+    let mut bitmap = vec![0u8; summary.bitmap_len as usize];
+    image.read_exact_at(summary.at + SUMMARY_LEN, &mut bitmap)?;
+    let (ranges, pages) = set_pages(&bitmap, summary.bits);
+    let declared_pages = summary.declared_pages;
+    if pages != declared_pages {
+        return Err(image.corrupt(
+            summary.at + 0x28,
+            format!("the summary says {declared_pages} pages but the bitmap marks {pages}"),
+        ));
+    }
+    let map = MemoryMap::new(ranges).expect("ascending bits give sorted ranges");
+    Ok((map, summary.header_size))
+}
+
+/// The ranges of the pages whose bits are set among the first `bits`, and
+/// how many pages that is.
+fn set_pages(bitmap: &[u8], bits: u64) -> (Vec<Range>, u64) {
     let mut ranges: Vec<Range> = Vec::new();
     let mut pages = 0u64;
     let mut page = 0u64;
     // Walk 32-bit words so that empty and full words cost one step each.
     for word in bitmap.chunks_exact(4) {
-        let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        let word = u32_le(word, 0);
         for bit in 0..32 {
             let p = page + bit;
             if p >= bits {
@@ -668,45 +771,17 @@ fn bitmap_runs(
         }
         page += 32;
     }
-    if pages != declared_pages {
-        return Err(corrupt(
-            base + 0x28,
-            format!("the summary says {declared_pages} pages but the bitmap marks {pages}"),
-        ));
-    }
-    let map = MemoryMap::new(ranges).expect("ascending bits give sorted ranges");
-    Ok((map, header_size))
-}
-
-impl PhysicalMemory for DmpReader {
-    fn memory_map(&self) -> &MemoryMap {
-        &self.segments.map
-    }
-
-    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.segments.read_at(addr, buf)
-    }
-}
-
-impl ImageReader for DmpReader {
-    fn format(&self) -> Format {
-        Format::Dmp
-    }
-
-    fn arch(&self) -> Option<Arch> {
-        Some(self.layout.arch())
-    }
-
-    fn windows(&self) -> Option<WindowsMetadata> {
-        Some(self.windows)
-    }
+    (ranges, pages)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bytes::u64_le;
     use crate::test_util::map;
+    use crate::ImageReader;
     use pmem_core::sink::HashingSink;
+    use pmem_core::PhysicalMemory;
 
     fn windows() -> WindowsMetadata {
         WindowsMetadata {
@@ -726,13 +801,6 @@ mod tests {
         let mut plan = Plan::new(map(ranges), arch);
         plan.windows = Some(windows());
         plan
-    }
-
-    fn u32_at(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-    }
-    fn u64_at(b: &[u8], at: usize) -> u64 {
-        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
     }
 
     /// Writes a dump of `plan` whose page `n` is filled with byte `n + 1`.
@@ -771,22 +839,22 @@ mod tests {
         let (_dir, path) = write(&plan, None);
         let b = std::fs::read(&path).unwrap();
         assert_eq!(&b[..8], b"PAGEDU64");
-        assert_eq!(u32_at(&b, 0x8), 0xF);
-        assert_eq!(u32_at(&b, 0xC), 19041);
-        assert_eq!(u64_at(&b, 0x10), 0x1aa000);
-        assert_eq!(u64_at(&b, 0x18), 0xffff_c000_0000_0000);
-        assert_eq!(u64_at(&b, 0x20), 0xffff_f800_12e2_a2a0);
-        assert_eq!(u64_at(&b, 0x28), 0xffff_f800_12e1_e0a0);
-        assert_eq!(u32_at(&b, 0x30), 0x8664);
-        assert_eq!(u32_at(&b, 0x34), 4);
-        assert_eq!(u64_at(&b, 0x80), 0xffff_f800_12c0_0000);
-        assert_eq!(u32_at(&b, 0x88), 2);
-        assert_eq!(u64_at(&b, 0x90), 3);
-        assert_eq!((u64_at(&b, 0x98), u64_at(&b, 0xA0)), (1, 2));
-        assert_eq!((u64_at(&b, 0xA8), u64_at(&b, 0xB0)), (0x100, 1));
-        assert_eq!(u32_at(&b, 0xF98), 1);
-        assert_eq!(u64_at(&b, 0xFA0), 0x2000 + 3 * 0x1000);
-        assert_eq!(u64_at(&b, 0xFA8), 133_485_408_000_000_000);
+        assert_eq!(u32_le(&b, 0x8), 0xF);
+        assert_eq!(u32_le(&b, 0xC), 19041);
+        assert_eq!(u64_le(&b, 0x10), 0x1aa000);
+        assert_eq!(u64_le(&b, 0x18), 0xffff_c000_0000_0000);
+        assert_eq!(u64_le(&b, 0x20), 0xffff_f800_12e2_a2a0);
+        assert_eq!(u64_le(&b, 0x28), 0xffff_f800_12e1_e0a0);
+        assert_eq!(u32_le(&b, 0x30), 0x8664);
+        assert_eq!(u32_le(&b, 0x34), 4);
+        assert_eq!(u64_le(&b, 0x80), 0xffff_f800_12c0_0000);
+        assert_eq!(u32_le(&b, 0x88), 2);
+        assert_eq!(u64_le(&b, 0x90), 3);
+        assert_eq!((u64_le(&b, 0x98), u64_le(&b, 0xA0)), (1, 2));
+        assert_eq!((u64_le(&b, 0xA8), u64_le(&b, 0xB0)), (0x100, 1));
+        assert_eq!(u32_le(&b, 0xF98), 1);
+        assert_eq!(u64_le(&b, 0xFA0), 0x2000 + 3 * 0x1000);
+        assert_eq!(u64_le(&b, 0xFA8), 133_485_408_000_000_000);
         assert_eq!(b.len(), 0x2000 + 3 * 0x1000);
         assert!(b[0x2000..0x3000].iter().all(|&x| x == 2), "page 1 first");
         assert!(
@@ -796,12 +864,12 @@ mod tests {
         let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
         assert_eq!(r.kind(), DumpKind::Full);
         assert_eq!(r.memory_map(), &plan.ranges);
-        assert_eq!(r.arch(), Some(Arch::X86_64));
+        assert_eq!(r.metadata().arch, Some(Arch::X86_64));
         let expected = WindowsMetadata {
             kernel_base: 0, // not part of the header
             ..windows()
         };
-        assert_eq!(r.windows(), Some(expected));
+        assert_eq!(r.metadata().windows, Some(expected));
         check_pages(&mut r, &plan);
     }
 
@@ -834,8 +902,8 @@ mod tests {
             let b = std::fs::read(&path).unwrap();
             assert_eq!(&b[summary..summary + 4], b"FDMP", "{arch:?} Signature");
             assert_eq!(&b[summary + 4..summary + 8], b"DUMP", "{arch:?} ValidDump");
-            assert_eq!(u32_at(&b, summary + 8), 0, "{arch:?} DumpOptions");
-            let bits = u64_at(&b, summary + 0x30);
+            assert_eq!(u32_le(&b, summary + 8), 0, "{arch:?} DumpOptions");
+            let bits = u64_le(&b, summary + 0x30);
             assert_eq!(
                 bits, 0x1020,
                 "{arch:?} BitmapSize: pfn 0x1003 rounded up to 32"
@@ -844,9 +912,9 @@ mod tests {
             // byte-wise reader takes.
             let bitmap = &b[summary + 0x38..summary + 0x38 + (bits / 8) as usize];
             let set: u64 = bitmap.iter().map(|x| u64::from(x.count_ones())).sum();
-            assert_eq!(set, u64_at(&b, summary + 0x28), "{arch:?} Pages");
+            assert_eq!(set, u64_le(&b, summary + 0x28), "{arch:?} Pages");
             assert_eq!(set, 53);
-            let header_size = u64_at(&b, summary + 0x20);
+            let header_size = u64_le(&b, summary + 0x20);
             assert_eq!(header_size % PAGE_SIZE, 0);
             assert!(header_size >= (summary as u64) + 0x38 + bits / 8);
             assert_eq!(b.len() as u64, header_size + 53 * PAGE_SIZE);
@@ -890,19 +958,19 @@ mod tests {
         let plan = plan(&ranges, Arch::X86_64);
         let (_dir, path) = write(&plan, None);
         let b = std::fs::read(&path).unwrap();
-        assert_eq!(u32_at(&b, 0xF98), 5);
-        assert_eq!(u32_at(&b, 0x88), 0, "the bitmap is the map");
+        assert_eq!(u32_le(&b, 0xF98), 5);
+        assert_eq!(u32_le(&b, 0x88), 0, "the bitmap is the map");
         assert_eq!(&b[0x2000..0x2008], b"FDMPDUMP");
-        let header_size = u64_at(&b, 0x2020);
-        let bits = u64_at(&b, 0x2030);
+        let header_size = u64_le(&b, 0x2020);
+        let bits = u64_le(&b, 0x2030);
         assert_eq!(bits, 0x1020);
-        assert_eq!(u64_at(&b, 0x2028), 52);
+        assert_eq!(u64_le(&b, 0x2028), 52);
         assert_eq!(
             header_size,
             (0x2000u64 + 0x38 + bits / 8).next_multiple_of(0x1000)
         );
         assert_eq!(b.len() as u64, header_size + 52 * 0x1000);
-        assert_eq!(u64_at(&b, 0xFA0), b.len() as u64);
+        assert_eq!(u64_le(&b, 0xFA0), b.len() as u64);
         // Bit 1 (page 1) set, bit 0 and 2 clear.
         assert_eq!(b[0x2038] & 0b111, 0b010);
         let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
@@ -936,23 +1004,23 @@ mod tests {
             let (_d, path) = write(&plan32, Some(kind));
             let b = std::fs::read(&path).unwrap();
             assert_eq!(&b[..8], b"PAGEDUMP");
-            assert_eq!(u32_at(&b, 0x10), 0x185000);
-            assert_eq!(u32_at(&b, 0x20), 0x14C);
-            assert_eq!(u32_at(&b, 0x60), 0x8273_0c28);
-            assert_eq!(u32_at(&b, 0xF88), kind.dump_type());
-            assert_eq!(u64_at(&b, 0xFC0), 133_485_408_000_000_000);
+            assert_eq!(u32_le(&b, 0x10), 0x185000);
+            assert_eq!(u32_le(&b, 0x20), 0x14C);
+            assert_eq!(u32_le(&b, 0x60), 0x8273_0c28);
+            assert_eq!(u32_le(&b, 0xF88), kind.dump_type());
+            assert_eq!(u64_le(&b, 0xFC0), 133_485_408_000_000_000);
             if kind == DumpKind::Full {
-                assert_eq!(u32_at(&b, 0x64), 2);
-                assert_eq!(u32_at(&b, 0x68), 3);
-                assert_eq!((u32_at(&b, 0x6C), u32_at(&b, 0x70)), (1, 2));
-                assert_eq!((u32_at(&b, 0x74), u32_at(&b, 0x78)), (0x10_0000, 1));
+                assert_eq!(u32_le(&b, 0x64), 2);
+                assert_eq!(u32_le(&b, 0x68), 3);
+                assert_eq!((u32_le(&b, 0x6C), u32_le(&b, 0x70)), (1, 2));
+                assert_eq!((u32_le(&b, 0x74), u32_le(&b, 0x78)), (0x10_0000, 1));
                 assert_eq!(b.len(), 0x1000 + 3 * 0x1000);
             } else {
                 assert_eq!(&b[0x1000..0x1008], b"FDMPDUMP");
             }
             let mut r = DmpReader::open(&path, File::open(&path).unwrap()).unwrap();
-            assert_eq!(r.arch(), Some(Arch::X86));
-            assert_eq!(r.windows().unwrap().cr3, 0x185000);
+            assert_eq!(r.metadata().arch, Some(Arch::X86));
+            assert_eq!(r.metadata().windows.unwrap().cr3, 0x185000);
             check_pages(&mut r, &plan32);
         }
         // A 64-bit kernel address cannot go into a 32-bit header.
@@ -971,14 +1039,14 @@ mod tests {
             .map(|i| (i * 0x2000, i * 0x2000 + 0x1000))
             .collect();
         assert_eq!(
-            u32_at(&header(&plan(&ranges, Arch::X86_64), None).unwrap(), 0xF98),
+            u32_le(&header(&plan(&ranges, Arch::X86_64), None).unwrap(), 0xF98),
             1
         );
         let ranges: Vec<(u64, u64)> = (0..43u64)
             .map(|i| (i * 0x2000, i * 0x2000 + 0x1000))
             .collect();
         assert_eq!(
-            u32_at(&header(&plan(&ranges, Arch::X86_64), None).unwrap(), 0xF98),
+            u32_le(&header(&plan(&ranges, Arch::X86_64), None).unwrap(), 0xF98),
             5
         );
         assert!(header(&plan(&ranges, Arch::X86_64), Some(DumpKind::Full)).is_err());

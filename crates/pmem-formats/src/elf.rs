@@ -3,9 +3,10 @@
 //!
 //! Layout written: ELF header, program headers, notes, then the data of each
 //! range at a page-aligned file offset. The program headers are a `PT_NOTE`
-//! (only when there is a note to carry) holding a VMCOREINFO note and a
-//! `PMEM` note with the acquisition metadata JSON, then one `PT_LOAD` per
-//! range in ascending `p_paddr` order with `p_filesz == p_memsz`.
+//! (only when there is a note to carry) holding a VMCOREINFO note, a `PMEM`
+//! note with the acquisition metadata JSON and a `PMEM` note with the symbol
+//! bundle, then one `PT_LOAD` per range in ascending `p_paddr` order with
+//! `p_filesz == p_memsz`.
 //!
 //! The image is shaped like a kdump vmcore (/proc/vmcore, makedumpfile's
 //! ELF output, QEMU's dump-guest-memory), which is what crash and drgn know:
@@ -20,21 +21,20 @@
 //! * The `PMEM` note's type is [`NT_PMEM_METADATA`], a number no core file
 //!   reader knows. crash, gdb (BFD) and drgn go by `n_type` whatever the
 //!   note's name, and took the type 1 of older images for `NT_PRSTATUS`
-//!   (register state read from pmem's JSON).
+//!   (register state read from pmem's JSON). The symbol bundle's note is
+//!   typed likewise, [`NT_PMEM_SYMBOLS`].
 //!
 //! 32-bit x86 plans are written as ELF64 with `EM_386`, as kexec-tools does
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
-use crate::{
-    corrupt_in, nonempty_len, read_exact_at, Format, FormatError, ImageFile, ImageReader,
-    LaidOutWriter, Segments,
-};
+use crate::image_file::Parsing;
+use crate::reader::{mapped_file_reader, MappedFile};
+use crate::write::{plan_error, plan_symbols};
+use crate::{Format, FormatError, ImageFile, ImageMetadata, LaidOutWriter};
 use object::elf::{self as E, FileHeader64, NoteHeader64, ProgramHeader64};
 use object::read::elf::{FileHeader as _, NoteIterator, ProgramHeader as _};
 use object::{LittleEndian as LE, ReadCache, U16, U32, U64};
-use pmem_core::{
-    Arch, ByteSink, MemoryMap, PhysicalMemory, Plan, Range, ReadError, WriteError, PAGE_SIZE,
-};
+use pmem_core::{Arch, ByteSink, FileMap, FilePiece, Plan, Range, WriteError, PAGE_SIZE};
 #[cfg(test)]
 use std::fs::File;
 use std::mem::size_of;
@@ -42,6 +42,8 @@ use std::path::Path;
 
 /// Name of the kernel's VMCOREINFO note, as /proc/kcore and vmcore carry it.
 pub const VMCOREINFO_NAME: &[u8] = b"VMCOREINFO";
+/// Note type of the VMCOREINFO note: 0, as the kernel writes it (the
+/// name, not the type, identifies it).
 pub const NT_VMCOREINFO: u32 = 0;
 /// Name of pmem's own note; its namespace makes the type number ours.
 pub const PMEM_NAME: &[u8] = b"PMEM";
@@ -52,9 +54,14 @@ pub const NT_PMEM_METADATA: u32 = u32::from_le_bytes(*b"PMEM");
 /// The type the metadata note had in older pmem images (until 2026-12):
 /// 1, which is NT_PRSTATUS to every other reader. Still read.
 pub const NT_PMEM_METADATA_OLD: u32 = 1;
+/// Type of the `PMEM` note whose descriptor is the symbol bundle (opaque
+/// bytes): the bytes "PSYM" read little-endian, named as
+/// [`NT_PMEM_METADATA`] is.
+pub const NT_PMEM_SYMBOLS: u32 = u32::from_le_bytes(*b"PSYM");
 /// Largest `PT_NOTE` segment read (or written): notes are read whole into
-/// memory, and real ones (VMCOREINFO, per-CPU status) are kilobytes.
-pub const MAX_NOTE_SEGMENT: u64 = 16 << 20;
+/// memory. Real ones (VMCOREINFO, per-CPU status) are kilobytes; 16 MiB for
+/// them, plus room for a symbol bundle of up to [`crate::MAX_SYMBOLS`].
+pub const MAX_NOTE_SEGMENT: u64 = (16 << 20) + crate::MAX_SYMBOLS;
 
 const EHDR_LEN: u64 = size_of::<FileHeader64<LE>>() as u64;
 const PHDR_LEN: u64 = size_of::<ProgramHeader64<LE>>() as u64;
@@ -65,10 +72,6 @@ const NOTE_ALIGN: usize = 4;
 /// which bytes only ever go forward.
 pub fn writer(sink: Box<dyn ByteSink>) -> LaidOutWriter {
     LaidOutWriter::new(Format::Elf, layout, sink)
-}
-
-fn plan_error(what: impl Into<String>) -> WriteError {
-    WriteError::Plan(what.into())
 }
 
 fn page_align(offset: u64) -> Option<u64> {
@@ -167,7 +170,7 @@ fn file_header(arch: Arch, phnum: u16) -> FileHeader64<LE> {
 }
 
 /// The `PT_NOTE` contents: VMCOREINFO first (where crash and drgn look),
-/// then pmem's metadata.
+/// then pmem's metadata, then the symbol bundle.
 fn notes(plan: &Plan) -> Result<Vec<u8>, WriteError> {
     let mut out = Vec::new();
     if let Some(desc) = &plan.vmcoreinfo {
@@ -175,6 +178,9 @@ fn notes(plan: &Plan) -> Result<Vec<u8>, WriteError> {
     }
     if let Some(json) = &plan.metadata_json {
         push_note(&mut out, PMEM_NAME, NT_PMEM_METADATA, json.as_bytes())?;
+    }
+    if let Some(symbols) = plan_symbols(plan)? {
+        push_note(&mut out, PMEM_NAME, NT_PMEM_SYMBOLS, symbols)?;
     }
     if out.len() as u64 > MAX_NOTE_SEGMENT {
         // Readers (ours included) bound what they load from a PT_NOTE.
@@ -216,11 +222,8 @@ fn push_note(out: &mut Vec<u8>, name: &[u8], n_type: u32, desc: &[u8]) -> Result
 /// * the rest, sorted by `p_paddr`, must not overlap (adjacent is fine).
 #[derive(Debug)]
 pub struct ElfReader {
-    segments: Segments,
-    arch: Arch,
-    metadata_json: Option<String>,
-    vmcoreinfo: Option<Vec<u8>>,
-    direct_map_offset: Option<u64>,
+    mapped: MappedFile,
+    metadata: ImageMetadata,
 }
 
 /// One `PT_LOAD` kept for the memory map.
@@ -231,180 +234,271 @@ struct Load {
     index: usize,
 }
 
+impl Load {
+    fn piece(&self) -> FilePiece {
+        FilePiece {
+            phys: self.range,
+            file_offset: self.offset,
+        }
+    }
+}
+
+mapped_file_reader!(ElfReader, Format::Elf);
+
 impl ElfReader {
+    /// Checks the identification, reads the program headers, collects the
+    /// notes and the `PT_LOAD` segments, and maps each segment's bytes.
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<ElfReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = nonempty_len(path, &file)?;
-        let corrupt = corrupt_in(path, Format::Elf);
-        let unsupported = |offset: u64, reason: &str| FormatError::Unsupported {
-            path: path.into(),
-            offset,
-            reason: reason.into(),
-        };
-        // Check the identification ourselves first: object would only say
-        // "unsupported", and ELF32 or big-endian deserve a clear message.
-        if len < EHDR_LEN {
-            return Err(corrupt(
-                0,
-                format!(
-                    "truncated ELF header: the file has {len} bytes, the header needs {EHDR_LEN}"
-                ),
-            ));
-        }
-        let mut ident = [0u8; 16];
-        read_exact_at(path, &file, 0, &mut ident)?;
-        match ident[4] {
-            E::ELFCLASS64 => {}
-            E::ELFCLASS32 => {
-                return Err(unsupported(
-                    4,
-                    "32-bit ELF (ELFCLASS32) images are not supported, only ELF64",
-                ))
-            }
-            class => return Err(corrupt(4, format!("unknown ELF class {class}"))),
-        }
-        match ident[5] {
-            E::ELFDATA2LSB => {}
-            E::ELFDATA2MSB => {
-                return Err(unsupported(5, "big-endian ELF images are not supported"))
-            }
-            data => return Err(corrupt(5, format!("unknown ELF data encoding {data}"))),
-        }
-
+        let image = Parsing::new(path, &file, Format::Elf)?.nonempty()?;
+        check_ident(image)?;
         // ReadCache reads only the ranges asked for, so the (possibly huge)
         // segment data is never loaded while parsing.
         let cache = ReadCache::new(&file);
-        let data = &cache;
-        let header =
-            FileHeader64::<LE>::parse(data).map_err(|e| corrupt(0, format!("ELF header: {e}")))?;
-        let e_type = header.e_type(LE);
-        if e_type != E::ET_CORE {
-            return Err(corrupt(
-                0x10,
-                format!(
-                    "e_type {e_type} is not ET_CORE ({}): not a memory image",
-                    E::ET_CORE
-                ),
-            ));
-        }
+        let header = core_header(image, &cache)?;
         let phoff = header.e_phoff(LE);
-        let phnum = header
-            .phnum(LE, data)
-            .map_err(|e| corrupt(0x38, format!("e_phnum: {e}")))?;
-        if phoff != 0 && phnum != 0 {
-            // Checked before object reads the table, so that a lying phnum
-            // cannot make it allocate more than the file holds.
-            let table = (phnum as u64).saturating_mul(PHDR_LEN);
-            if phoff.checked_add(table).is_none_or(|end| end > len) {
-                return Err(corrupt(phoff, format!(
-                    "the program header table ({phnum} entries of {PHDR_LEN} bytes) runs past the end of the file ({len:#x} bytes): truncated"
-                )));
-            }
-        }
-        let phdrs = header
-            .program_headers(LE, data)
-            .map_err(|e| corrupt(phoff, format!("program headers: {e}")))?;
-
-        let mut vmcoreinfo = None;
-        let mut metadata_json = None;
+        let mut notes = Notes::default();
         let mut loads = Vec::new();
-        for (index, phdr) in phdrs.iter().enumerate() {
-            let at = phoff + index as u64 * PHDR_LEN;
-            let (offset, filesz) = (phdr.p_offset(LE), phdr.p_filesz(LE));
-            let in_file = offset.checked_add(filesz).is_some_and(|end| end <= len);
+        for (index, phdr) in program_headers(image, header, &cache)?.iter().enumerate() {
+            let segment = Segment { index, phdr, phoff };
             match phdr.p_type(LE) {
-                E::PT_NOTE => {
-                    if filesz > MAX_NOTE_SEGMENT {
-                        return Err(corrupt(at, format!("program header {index}: PT_NOTE of {filesz:#x} bytes exceeds the {MAX_NOTE_SEGMENT:#x}-byte limit")));
-                    }
-                    if !in_file {
-                        return Err(corrupt(at, format!("program header {index}: PT_NOTE data at {offset:#x} (+{filesz:#x}) runs past the end of the file: truncated")));
-                    }
-                    let bytes = phdr.data(LE, data).map_err(|()| {
-                        corrupt(
-                            offset,
-                            format!("program header {index}: cannot read the PT_NOTE data"),
-                        )
-                    })?;
-                    // Tools disagree on p_align for notes (0, 4, 8, 4096):
-                    // only 8 means 8-byte alignment, as for binutils.
-                    let align = if phdr.p_align(LE) == 8 { 8 } else { 4 };
-                    let mut notes = NoteIterator::<FileHeader64<LE>>::new(LE, align, bytes)
-                        .map_err(|e| corrupt(offset, format!("program header {index}: {e}")))?;
-                    while let Some(note) = notes.next().map_err(|e| {
-                        corrupt(
-                            offset,
-                            format!("program header {index}: malformed note: {e}"),
-                        )
-                    })? {
-                        if note.name() == VMCOREINFO_NAME && vmcoreinfo.is_none() {
-                            vmcoreinfo = Some(note.desc().to_vec());
-                        } else if note.name() == PMEM_NAME
-                            && [NT_PMEM_METADATA, NT_PMEM_METADATA_OLD].contains(&note.n_type(LE))
-                            && metadata_json.is_none()
-                        {
-                            let json = String::from_utf8(note.desc().to_vec()).map_err(|_| {
-                                corrupt(offset, format!("program header {index}: the PMEM metadata note is not UTF-8"))
-                            })?;
-                            metadata_json = Some(json);
-                        }
-                    }
-                }
-                E::PT_LOAD => {
-                    let paddr = phdr.p_paddr(LE);
-                    if filesz == 0 || paddr == u64::MAX {
-                        continue;
-                    }
-                    let range = paddr
-                        .checked_add(filesz)
-                        .and_then(|end| Range::new(paddr, end))
-                        .ok_or_else(|| corrupt(at, format!("program header {index}: PT_LOAD at {paddr:#x} (+{filesz:#x}) runs past 2^64")))?;
-                    if !in_file {
-                        return Err(corrupt(at, format!("program header {index}: PT_LOAD {range} data at file offset {offset:#x} (+{filesz:#x}) runs past the end of the file ({len:#x} bytes): truncated")));
-                    }
-                    loads.push(Load {
-                        range,
-                        offset,
-                        vaddr: phdr.p_vaddr(LE),
-                        index,
-                    });
-                }
+                E::PT_NOTE => notes.read(image, &cache, segment)?,
+                E::PT_LOAD => loads.extend(segment.load(image)?),
                 _ => {}
             }
         }
         let machine = header.e_machine(LE);
         drop(cache);
-
-        loads.sort_by_key(|l| l.range.start);
-        for pair in loads.windows(2) {
-            let (a, b) = (&pair[0], &pair[1]);
-            if b.range.start < a.range.end {
-                return Err(corrupt(
-                    phoff + b.index as u64 * PHDR_LEN,
-                    format!(
-                        "program header {}: PT_LOAD {} overlaps program header {} ({})",
-                        b.index, b.range, a.index, a.range
-                    ),
-                ));
-            }
-        }
+        sort_disjoint(image, phoff, &mut loads)?;
         let direct_map_offset = direct_map_offset(&loads);
-        let offsets = loads.iter().map(|l| l.offset).collect();
-        let map = MemoryMap::new(loads.iter().map(|l| l.range).collect())
-            .map_err(|e| corrupt(phoff, e.to_string()))?;
+        let map = FileMap::new(loads.iter().map(Load::piece).collect())
+            .map_err(|e| image.corrupt(phoff, e.to_string()))?;
         Ok(ElfReader {
-            segments: Segments {
-                path: path.into(),
-                file,
-                map,
-                offsets,
+            mapped: MappedFile::new(path, file, map),
+            metadata: ImageMetadata {
+                arch: Some(Arch::from_elf_machine(machine)),
+                metadata_json: notes.metadata_json,
+                vmcoreinfo: notes.vmcoreinfo,
+                symbols: notes.symbols,
+                direct_map_offset,
+                ..ImageMetadata::default()
             },
-            arch: Arch::from_elf_machine(machine),
-            metadata_json,
-            vmcoreinfo,
-            direct_map_offset,
         })
     }
+}
+
+/// The bytes `object` parses an image from.
+type Cache<'f> = ReadCache<&'f ImageFile>;
+
+/// Checks the identification ourselves first: object would only say
+/// "unsupported", and ELF32 or big-endian deserve a clear message.
+fn check_ident(image: Parsing<'_>) -> Result<(), FormatError> {
+    let len = image.len;
+    let unsupported = |offset: u64, reason: &str| FormatError::Unsupported {
+        path: image.path.into(),
+        offset,
+        reason: reason.into(),
+    };
+    if len < EHDR_LEN {
+        return Err(image.corrupt(
+            0,
+            format!("truncated ELF header: the file has {len} bytes, the header needs {EHDR_LEN}"),
+        ));
+    }
+    let mut ident = [0u8; 16];
+    image.read_exact_at(0, &mut ident)?;
+    match ident[4] {
+        E::ELFCLASS64 => {}
+        E::ELFCLASS32 => {
+            return Err(unsupported(
+                4,
+                "32-bit ELF (ELFCLASS32) images are not supported, only ELF64",
+            ))
+        }
+        class => return Err(image.corrupt(4, format!("unknown ELF class {class}"))),
+    }
+    match ident[5] {
+        E::ELFDATA2LSB => {}
+        E::ELFDATA2MSB => return Err(unsupported(5, "big-endian ELF images are not supported")),
+        data => return Err(image.corrupt(5, format!("unknown ELF data encoding {data}"))),
+    }
+    Ok(())
+}
+
+/// The ELF header of a core file (`ET_CORE`).
+fn core_header<'d>(
+    image: Parsing<'_>,
+    data: &'d Cache<'_>,
+) -> Result<&'d FileHeader64<LE>, FormatError> {
+    let header = FileHeader64::<LE>::parse(data)
+        .map_err(|e| image.corrupt(0, format!("ELF header: {e}")))?;
+    let e_type = header.e_type(LE);
+    if e_type != E::ET_CORE {
+        return Err(image.corrupt(
+            0x10,
+            format!(
+                "e_type {e_type} is not ET_CORE ({}): not a memory image",
+                E::ET_CORE
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// The program header table, checked to lie inside the file.
+fn program_headers<'d>(
+    image: Parsing<'_>,
+    header: &FileHeader64<LE>,
+    data: &'d Cache<'_>,
+) -> Result<&'d [ProgramHeader64<LE>], FormatError> {
+    let len = image.len;
+    let phoff = header.e_phoff(LE);
+    let phnum = header
+        .phnum(LE, data)
+        .map_err(|e| image.corrupt(0x38, format!("e_phnum: {e}")))?;
+    if phoff != 0 && phnum != 0 {
+        // Checked before object reads the table, so that a lying phnum
+        // cannot make it allocate more than the file holds.
+        let table = (phnum as u64).saturating_mul(PHDR_LEN);
+        if phoff.checked_add(table).is_none_or(|end| end > len) {
+            return Err(image.corrupt(phoff, format!(
+                "the program header table ({phnum} entries of {PHDR_LEN} bytes) runs past the end of the file ({len:#x} bytes): truncated"
+            )));
+        }
+    }
+    header
+        .program_headers(LE, data)
+        .map_err(|e| image.corrupt(phoff, format!("program headers: {e}")))
+}
+
+/// One program header and where it is.
+#[derive(Clone, Copy)]
+struct Segment<'d> {
+    index: usize,
+    phdr: &'d ProgramHeader64<LE>,
+    /// File offset of the program header table.
+    phoff: u64,
+}
+
+impl Segment<'_> {
+    /// File offset of this program header (where its errors point).
+    fn at(&self) -> u64 {
+        self.phoff + self.index as u64 * PHDR_LEN
+    }
+
+    /// Whether the segment's data lies inside the file.
+    fn in_file(&self, len: u64) -> bool {
+        let (offset, filesz) = (self.phdr.p_offset(LE), self.phdr.p_filesz(LE));
+        offset.checked_add(filesz).is_some_and(|end| end <= len)
+    }
+
+    /// The memory a `PT_LOAD` holds; `None` for one that holds none (no
+    /// file bytes, or p_paddr unknown).
+    fn load(&self, image: Parsing<'_>) -> Result<Option<Load>, FormatError> {
+        let (index, at, len) = (self.index, self.at(), image.len);
+        let (offset, filesz) = (self.phdr.p_offset(LE), self.phdr.p_filesz(LE));
+        let paddr = self.phdr.p_paddr(LE);
+        if filesz == 0 || paddr == u64::MAX {
+            return Ok(None);
+        }
+        let range = paddr
+            .checked_add(filesz)
+            .and_then(|end| Range::new(paddr, end))
+            .ok_or_else(|| image.corrupt(at, format!("program header {index}: PT_LOAD at {paddr:#x} (+{filesz:#x}) runs past 2^64")))?;
+        if !self.in_file(len) {
+            return Err(image.corrupt(at, format!("program header {index}: PT_LOAD {range} data at file offset {offset:#x} (+{filesz:#x}) runs past the end of the file ({len:#x} bytes): truncated")));
+        }
+        Ok(Some(Load {
+            range,
+            offset,
+            vaddr: self.phdr.p_vaddr(LE),
+            index,
+        }))
+    }
+}
+
+/// The notes pmem reads: the first of each kind wins.
+#[derive(Default)]
+struct Notes {
+    vmcoreinfo: Option<Vec<u8>>,
+    metadata_json: Option<String>,
+    symbols: Option<Vec<u8>>,
+}
+
+impl Notes {
+    /// Reads the notes of a `PT_NOTE` segment (at most
+    /// [`MAX_NOTE_SEGMENT`] bytes, read whole).
+    fn read(
+        &mut self,
+        image: Parsing<'_>,
+        data: &Cache<'_>,
+        segment: Segment<'_>,
+    ) -> Result<(), FormatError> {
+        let (index, at, phdr) = (segment.index, segment.at(), segment.phdr);
+        let (offset, filesz) = (phdr.p_offset(LE), phdr.p_filesz(LE));
+        if filesz > MAX_NOTE_SEGMENT {
+            return Err(image.corrupt(at, format!("program header {index}: PT_NOTE of {filesz:#x} bytes exceeds the {MAX_NOTE_SEGMENT:#x}-byte limit")));
+        }
+        if !segment.in_file(image.len) {
+            return Err(image.corrupt(at, format!("program header {index}: PT_NOTE data at {offset:#x} (+{filesz:#x}) runs past the end of the file: truncated")));
+        }
+        let bytes = phdr.data(LE, data).map_err(|()| {
+            image.corrupt(
+                offset,
+                format!("program header {index}: cannot read the PT_NOTE data"),
+            )
+        })?;
+        // Tools disagree on p_align for notes (0, 4, 8, 4096): only 8 means
+        // 8-byte alignment, as for binutils.
+        let align = if phdr.p_align(LE) == 8 { 8 } else { 4 };
+        let mut notes = NoteIterator::<FileHeader64<LE>>::new(LE, align, bytes)
+            .map_err(|e| image.corrupt(offset, format!("program header {index}: {e}")))?;
+        while let Some(note) = notes.next().map_err(|e| {
+            image.corrupt(
+                offset,
+                format!("program header {index}: malformed note: {e}"),
+            )
+        })? {
+            if note.name() == VMCOREINFO_NAME && self.vmcoreinfo.is_none() {
+                self.vmcoreinfo = Some(note.desc().to_vec());
+            } else if note.name() == PMEM_NAME
+                && [NT_PMEM_METADATA, NT_PMEM_METADATA_OLD].contains(&note.n_type(LE))
+                && self.metadata_json.is_none()
+            {
+                let json = String::from_utf8(note.desc().to_vec()).map_err(|_| {
+                    image.corrupt(
+                        offset,
+                        format!("program header {index}: the PMEM metadata note is not UTF-8"),
+                    )
+                })?;
+                self.metadata_json = Some(json);
+            } else if note.name() == PMEM_NAME
+                && note.n_type(LE) == NT_PMEM_SYMBOLS
+                && self.symbols.is_none()
+            {
+                self.symbols = Some(note.desc().to_vec());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sorts the loads by address and refuses overlapping ones.
+fn sort_disjoint(image: Parsing<'_>, phoff: u64, loads: &mut [Load]) -> Result<(), FormatError> {
+    loads.sort_by_key(|l| l.range.start);
+    for pair in loads.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if b.range.start < a.range.end {
+            return Err(image.corrupt(
+                phoff + b.index as u64 * PHDR_LEN,
+                format!(
+                    "program header {}: PT_LOAD {} overlaps program header {} ({})",
+                    b.index, b.range, a.index, a.range
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The direct-map base when every segment was mapped at p_paddr + base.
@@ -420,40 +514,14 @@ fn direct_map_offset(loads: &[Load]) -> Option<u64> {
     (consistent && base != 0).then_some(base)
 }
 
-impl PhysicalMemory for ElfReader {
-    fn memory_map(&self) -> &MemoryMap {
-        &self.segments.map
-    }
-
-    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.segments.read_at(addr, buf)
-    }
-}
-
-impl ImageReader for ElfReader {
-    fn format(&self) -> Format {
-        Format::Elf
-    }
-    fn arch(&self) -> Option<Arch> {
-        Some(self.arch)
-    }
-    fn metadata_json(&self) -> Option<&str> {
-        self.metadata_json.as_deref()
-    }
-    fn vmcoreinfo(&self) -> Option<&[u8]> {
-        self.vmcoreinfo.as_deref()
-    }
-    fn direct_map_offset(&self) -> Option<u64> {
-        self.direct_map_offset
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::map;
+    use crate::test_util::{check_symbols_and_memory, map, symbol_bundle};
+    use crate::ImageReader;
     use pmem_core::sink::HashingSink;
     use pmem_core::ImageWriter;
+    use pmem_core::PhysicalMemory;
 
     fn image(plan: &Plan) -> Vec<u8> {
         crate::test_util::write_image(Format::Elf, plan)
@@ -532,6 +600,7 @@ mod tests {
         let mut plan = Plan::new(map(&[(0, 0x1000), (0x3000, 0x5000)]), Arch::X86_64);
         plan.vmcoreinfo = Some(b"KERNELOFFSET=1a000000\n".to_vec());
         plan.metadata_json = Some("{\"tool\":\"pmem\"}".into());
+        plan.symbols = Some(b"symbols.tar".to_vec());
         let bytes = image(&plan);
         let header = FileHeader64::<LE>::parse(&bytes[..]).unwrap();
         let phdrs = header.program_headers(LE, &bytes[..]).unwrap();
@@ -547,10 +616,13 @@ mod tests {
         // (NT_PRSTATUS 1, NT_FPREGSET 2, NT_PRPSINFO 3, NT_TASKSTRUCT 4,
         // NT_AUXV 6), whatever its name.
         let notes = notes_of(&bytes);
-        assert_eq!(notes.len(), 2);
+        assert_eq!(notes.len(), 3);
         assert_eq!(notes[0].0, b"VMCOREINFO");
         assert_eq!(notes[0].1, NT_VMCOREINFO);
         assert_eq!((&notes[1].0[..], notes[1].1), (PMEM_NAME, 0x4d45_4d50));
+        // The symbol bundle last, padded to the 4-byte note alignment.
+        assert_eq!((&notes[2].0[..], notes[2].1), (PMEM_NAME, 0x4d59_5350));
+        assert_eq!(notes[2].2, b"symbols.tar");
         for (name, n_type, _) in &notes {
             assert!(
                 ![1, 2, 3, 4, 6].contains(n_type),
@@ -569,10 +641,59 @@ mod tests {
         assert_eq!(bytes[n_type..n_type + 4], NT_PMEM_METADATA.to_le_bytes());
         bytes[n_type..n_type + 4].copy_from_slice(&NT_PMEM_METADATA_OLD.to_le_bytes());
         let r = open_bytes(&bytes).unwrap();
-        assert_eq!(r.metadata_json(), Some("{\"old\":true}"));
+        assert_eq!(
+            r.metadata().metadata_json.as_deref(),
+            Some("{\"old\":true}")
+        );
         // Any other type under the PMEM name is not pmem's metadata.
         bytes[n_type..n_type + 4].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(open_bytes(&bytes).unwrap().metadata_json(), None);
+        assert_eq!(open_bytes(&bytes).unwrap().metadata().metadata_json, None);
+    }
+
+    /// An image with the three notes; the offset of the symbol bundle's
+    /// note header.
+    fn image_with_symbols(symbols: &[u8]) -> (Vec<u8>, usize) {
+        let mut plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
+        plan.vmcoreinfo = Some(b"OSRELEASE=6.1.0\n".to_vec());
+        plan.metadata_json = Some("{}".into());
+        plan.symbols = Some(symbols.to_vec());
+        let bytes = image(&plan);
+        // VMCOREINFO: 12 + 12 + 16; the metadata: 12 + 8 + 4.
+        (bytes, phdr_at(2) + 40 + 24)
+    }
+
+    #[test]
+    fn symbol_bundle_round_trip() {
+        let symbols = symbol_bundle();
+        let (bytes, at) = image_with_symbols(&symbols);
+        assert_eq!(&bytes[at..at + 4], &5u32.to_le_bytes(), "namesz");
+        assert_eq!(&bytes[at + 8..at + 12], b"PSYM");
+        let mut r = open_bytes(&bytes).unwrap();
+        check_symbols_and_memory(&mut r, &symbols, 0);
+        assert_eq!(r.metadata().metadata_json.as_deref(), Some("{}"));
+        // Without a bundle, none is read; under another type, the
+        // descriptor is not taken for one.
+        let plan = Plan::new(map(&[(0, 0x1000)]), Arch::X86_64);
+        assert_eq!(open_bytes(&image(&plan)).unwrap().metadata().symbols, None);
+        let mut other = bytes.clone();
+        other[at + 8..at + 12].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(open_bytes(&other).unwrap().metadata().symbols, None);
+    }
+
+    #[test]
+    fn a_symbol_note_claiming_more_than_its_segment_is_refused() {
+        let (bytes, at) = image_with_symbols(&[7; 100]);
+        for descsz in [0xffff_fff0u32, 101] {
+            let mut b = bytes.clone();
+            b[at + 4..at + 8].copy_from_slice(&descsz.to_le_bytes());
+            let err = open_bytes(&b).unwrap_err();
+            assert_eq!(err.offset(), phdr_at(2) as u64, "{err}");
+            assert!(err.to_string().contains("malformed note"), "{err}");
+        }
+        // The file cut inside the bundle: the PT_NOTE runs past its end.
+        let err = open_bytes(&bytes[..at + 50]).unwrap_err();
+        assert_eq!(err.offset(), phdr_at(0) as u64, "{err}");
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]
@@ -689,19 +810,19 @@ mod tests {
         put_u64(&mut b, phdr_at(2) + 16, base + 0x5000);
         let r = open_bytes(&b).unwrap();
         assert_eq!(r.memory_map(), &map(&[(0x2000, 0x3000), (0x5000, 0x6000)]));
-        assert_eq!(r.direct_map_offset(), Some(base));
+        assert_eq!(r.metadata().direct_map_offset, Some(base));
         put_u64(&mut b, phdr_at(2) + 32, 0); // filesz 0: skipped
         put_u64(&mut b, phdr_at(1) + 16, 0); // vaddr 0: no direct map
         let r = open_bytes(&b).unwrap();
         assert_eq!(r.memory_map(), &map(&[(0x2000, 0x3000)]));
-        assert_eq!(r.direct_map_offset(), None);
+        assert_eq!(r.metadata().direct_map_offset, None);
     }
 
     #[test]
     fn x86_is_written_as_elf64_em_386() {
         let bytes = image(&Plan::new(map(&[(0, 0x1000)]), Arch::X86));
         assert_eq!(bytes[4], E::ELFCLASS64);
-        assert_eq!(open_bytes(&bytes).unwrap().arch(), Some(Arch::X86));
+        assert_eq!(open_bytes(&bytes).unwrap().metadata().arch, Some(Arch::X86));
     }
 
     #[test]

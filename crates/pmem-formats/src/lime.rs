@@ -3,34 +3,135 @@
 //! followed by the range's bytes. Records are in ascending address order,
 //! which Volatility's LiME layer relies on.
 
-use crate::{
-    avml_unsupported, check_plan_nonempty, corrupt_in, finish_sink, nonempty_len, read_exact_at,
-    write_all, write_body, Format, FormatError, ImageFile, ImageReader, Segments,
-};
+use crate::bytes::{u32_le, u64_le};
+use crate::error::avml_unsupported;
+use crate::image_file::{read_exact_at, Parsing};
+use crate::reader::{mapped_file_reader, MappedFile};
+use crate::write::{check_plan_nonempty, finish_sink, write_all, write_body};
+use crate::{Format, FormatError, ImageFile, ImageMetadata};
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
-    ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError, SinkSummary,
+    ByteSink, Chunk, FileMap, FilePiece, ImageWriter, MemoryMap, Plan, Range, SinkSummary,
     WriteError,
 };
 #[cfg(test)]
 use std::fs::File;
 use std::path::Path;
 
+/// The record header's magic, "LiME" as a little-endian u32 (so "EMiL"
+/// in file order).
 pub const MAGIC: u32 = 0x4C69_4D45;
+/// The only LiME header version there is.
 pub const VERSION: u32 = 1;
+/// Bytes of a record header.
 pub const HEADER_LEN: u64 = 32;
-/// AVML's compressed records reuse the header shape with this magic.
+/// AVML's compressed records reuse the header shape with this magic
+/// ("AVML" on disk; [`crate::avml::MAGIC`] is this one).
 pub const AVML_MAGIC: u32 = 0x4C4D_5641;
 
 /// The record header for `range`.
 pub fn header(range: Range) -> [u8; HEADER_LEN as usize] {
+    header_for(MAGIC, VERSION, range)
+}
+
+/// A record header of the shape LiME and AVML share (AVML writes its own
+/// magic and version 2): magic, version, start, inclusive end, reserved.
+pub fn header_for(magic: u32, version: u32, range: Range) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
-    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    h[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    h[0..4].copy_from_slice(&magic.to_le_bytes());
+    h[4..8].copy_from_slice(&version.to_le_bytes());
     h[8..16].copy_from_slice(&range.start.to_le_bytes());
     h[16..24].copy_from_slice(&range.last().to_le_bytes());
     // Bytes 24..32 are LiME's reserved field, zero.
     h
+}
+
+/// The fields of a LiME-style record header, as read (not yet checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// [`MAGIC`] or [`AVML_MAGIC`] in a valid header.
+    pub magic: u32,
+    /// [`VERSION`] for LiME, [`avml::VERSION`](crate::avml::VERSION) for AVML.
+    pub version: u32,
+    /// First physical address of the record.
+    pub start: u64,
+    /// The inclusive end.
+    pub last: u64,
+}
+
+impl RecordHeader {
+    /// Splits a header into its fields.
+    pub fn parse(h: &[u8; HEADER_LEN as usize]) -> RecordHeader {
+        RecordHeader {
+            magic: u32_le(h, 0),
+            version: u32_le(h, 4),
+            start: u64_le(h, 8),
+            last: u64_le(h, 16),
+        }
+    }
+}
+
+impl RecordHeader {
+    /// The range of a header whose magic is right, once its version is
+    /// `version`. `noun` names the record in errors: "record" (LiME) or
+    /// "block" (AVML).
+    pub(crate) fn checked_range(
+        &self,
+        image: Parsing<'_>,
+        offset: u64,
+        version: u32,
+        noun: &str,
+    ) -> Result<Range, FormatError> {
+        let RecordHeader { start, last, .. } = *self;
+        if self.version != version {
+            return Err(image.corrupt(
+                offset,
+                format!(
+                    "{noun} version {}, only version {version} is supported",
+                    self.version
+                ),
+            ));
+        }
+        Range::from_inclusive(start, last).ok_or_else(|| {
+            image.corrupt(
+                offset,
+                format!(
+                    "{noun} range {start:#x}-{last:#x} (inclusive end) is reversed or ends at 2^64"
+                ),
+            )
+        })
+    }
+}
+
+/// Refuses a record (`noun`, as for [`RecordHeader::checked_range`]) that
+/// does not ascend from the `previous` one: readers of both formats rely
+/// on ascending records.
+pub(crate) fn check_ascends(
+    image: Parsing<'_>,
+    offset: u64,
+    noun: &str,
+    range: Range,
+    previous: Option<Range>,
+) -> Result<(), FormatError> {
+    match previous {
+        Some(previous) if range.start < previous.end => Err(image.corrupt(
+            offset,
+            format!("{noun} {range} overlaps or precedes the previous {noun} {previous}: {noun}s must ascend"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the record header at `offset` (the caller has checked that the
+/// file holds [`HEADER_LEN`] bytes there).
+pub(crate) fn read_record_header(
+    path: &Path,
+    file: &ImageFile,
+    offset: u64,
+) -> Result<RecordHeader, FormatError> {
+    let mut h = [0u8; HEADER_LEN as usize];
+    read_exact_at(path, file, offset, &mut h)?;
+    Ok(RecordHeader::parse(&h))
 }
 
 /// Writes one LiME record per planned range.
@@ -41,6 +142,7 @@ pub struct LimeWriter {
 }
 
 impl LimeWriter {
+    /// A writer sending the image to `sink`.
     pub fn new(sink: Box<dyn ByteSink>) -> LimeWriter {
         LimeWriter {
             sink,
@@ -75,113 +177,85 @@ impl ImageWriter for LimeWriter {
 /// A LiME file opened for reading.
 #[derive(Debug)]
 pub struct LimeReader {
-    segments: Segments,
+    mapped: MappedFile,
+    metadata: ImageMetadata,
 }
+
+mapped_file_reader!(LimeReader, Format::Lime);
 
 impl LimeReader {
     /// Walks the record headers (seeking over the data) and checks that
     /// they describe ascending, disjoint ranges that fit in the file.
     pub fn open(path: &Path, file: impl Into<ImageFile>) -> Result<LimeReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = nonempty_len(path, &file)?;
-        let corrupt = corrupt_in(path, Format::Lime);
-        let mut ranges: Vec<Range> = Vec::new();
-        let mut offsets = Vec::new();
+        let image = Parsing::new(path, &file, Format::Lime)?.nonempty()?;
+        let len = image.len;
+        let mut pieces: Vec<FilePiece> = Vec::new();
         let mut offset = 0u64;
         while offset < len {
-            if len - offset < HEADER_LEN {
-                return Err(corrupt(
-                    offset,
-                    format!(
-                        "truncated record header: {} bytes left in the file, a header needs {HEADER_LEN}",
-                        len - offset
-                    ),
-                ));
-            }
-            let mut h = [0u8; HEADER_LEN as usize];
-            read_exact_at(path, &file, offset, &mut h)?;
-            let field32 = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-            let field64 = |at: usize| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&h[at..at + 8]);
-                u64::from_le_bytes(b)
-            };
-            let (magic, version, start, last) = (field32(0), field32(4), field64(8), field64(16));
-            if magic == AVML_MAGIC {
-                return Err(avml_unsupported(path, offset));
-            }
-            if magic != MAGIC {
-                return Err(corrupt(
-                    offset,
-                    format!("bad record magic {magic:#010x}, expected {MAGIC:#010x}"),
-                ));
-            }
-            if version != VERSION {
-                return Err(corrupt(
-                    offset,
-                    format!("record version {version}, only version {VERSION} is supported"),
-                ));
-            }
-            let range = Range::from_inclusive(start, last).ok_or_else(|| {
-                corrupt(
-                    offset,
-                    format!("record range {start:#x}-{last:#x} (inclusive end) is reversed or ends at 2^64"),
-                )
-            })?;
-            let data = offset + HEADER_LEN;
-            if range.len() > len - data {
-                return Err(corrupt(
-                    offset,
-                    format!(
-                        "record {range} holds {:#x} bytes but only {:#x} remain in the file: truncated",
-                        range.len(),
-                        len - data
-                    ),
-                ));
-            }
-            if let Some(previous) = ranges.last() {
-                if range.start < previous.end {
-                    return Err(corrupt(
-                        offset,
-                        format!("record {range} overlaps or precedes the previous record {previous}: records must ascend"),
-                    ));
-                }
-            }
-            ranges.push(range);
-            offsets.push(data);
-            offset = data + range.len();
+            let piece = record_at(image, offset, pieces.last())?;
+            offset = piece.file_offset + piece.phys.len();
+            pieces.push(piece);
         }
-        let map = MemoryMap::new(ranges).map_err(|e| corrupt(0, e.to_string()))?;
+        let map = FileMap::new(pieces).map_err(|e| image.corrupt(0, e.to_string()))?;
         Ok(LimeReader {
-            segments: Segments {
-                path: path.into(),
-                file,
-                map,
-                offsets,
-            },
+            mapped: MappedFile::new(path, file, map),
+            metadata: ImageMetadata::default(),
         })
     }
 }
 
-impl PhysicalMemory for LimeReader {
-    fn memory_map(&self) -> &MemoryMap {
-        &self.segments.map
+/// The record whose header is at `offset`: a whole LiME header whose range
+/// fits the file and ascends from the `previous` record's.
+fn record_at(
+    image: Parsing<'_>,
+    offset: u64,
+    previous: Option<&FilePiece>,
+) -> Result<FilePiece, FormatError> {
+    let len = image.len;
+    if len - offset < HEADER_LEN {
+        return Err(image.corrupt(
+            offset,
+            format!(
+                "truncated record header: {} bytes left in the file, a header needs {HEADER_LEN}",
+                len - offset
+            ),
+        ));
     }
-
-    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.segments.read_at(addr, buf)
+    let header = read_record_header(image.path, image.file, offset)?;
+    let magic = header.magic;
+    if magic == AVML_MAGIC {
+        return Err(avml_unsupported(image.path, offset));
     }
-}
-
-impl ImageReader for LimeReader {
-    fn format(&self) -> Format {
-        Format::Lime
+    if magic != MAGIC {
+        return Err(image.corrupt(
+            offset,
+            format!("bad record magic {magic:#010x}, expected {MAGIC:#010x}"),
+        ));
     }
+    let range = header.checked_range(image, offset, VERSION, "record")?;
+    let data = offset + HEADER_LEN;
+    if range.len() > len - data {
+        return Err(image.corrupt(
+            offset,
+            format!(
+                "record {range} holds {:#x} bytes but only {:#x} remain in the file: truncated",
+                range.len(),
+                len - data
+            ),
+        ));
+    }
+    check_ascends(image, offset, "record", range, previous.map(|p| p.phys))?;
+    Ok(FilePiece {
+        phys: range,
+        file_offset: data,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pmem_core::PhysicalMemory;
     use std::io::Write;
 
     #[test]

@@ -3,25 +3,28 @@
 //! range's end. The file cannot say which parts are memory, so the reader
 //! takes a map from the caller (the manifest) or assumes one range.
 
-use crate::{
-    check_plan_nonempty, corrupt_in, file_len, finish_sink, write_body, write_zeros, Format,
-    FormatError, ImageFile, ImageReader, Segments,
-};
+use crate::image_file::Parsing;
+use crate::reader::{mapped_file_reader, MappedFile};
+use crate::write::{check_plan_nonempty, finish_sink, write_body, write_zeros};
+use crate::{Format, FormatError, ImageFile, ImageMetadata};
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{
-    ByteSink, Chunk, ImageWriter, MemoryMap, PhysicalMemory, Plan, Range, ReadError, SinkSummary,
+    ByteSink, Chunk, FileMap, FilePiece, ImageWriter, MemoryMap, Plan, Range, SinkSummary,
     WriteError,
 };
 #[cfg(test)]
 use std::fs::File;
 use std::path::Path;
 
+/// Writes a zero-padded raw image: each range's bytes at the file offset
+/// equal to its address, zeros (holes) before and between.
 pub struct RawWriter {
     sink: Box<dyn ByteSink>,
     cursor: ChunkCursor,
 }
 
 impl RawWriter {
+    /// A writer sending the image to `sink`.
     pub fn new(sink: Box<dyn ByteSink>) -> RawWriter {
         RawWriter {
             sink,
@@ -51,10 +54,14 @@ impl ImageWriter for RawWriter {
     }
 }
 
+/// A raw file opened for reading, with the map of where its memory is.
 #[derive(Debug)]
 pub struct RawReader {
-    segments: Segments,
+    mapped: MappedFile,
+    metadata: ImageMetadata,
 }
+
+mapped_file_reader!(RawReader, Format::Raw);
 
 impl RawReader {
     /// `map` says which addresses hold memory; `None` means the whole file
@@ -65,7 +72,8 @@ impl RawReader {
         map: Option<MemoryMap>,
     ) -> Result<RawReader, FormatError> {
         let file: ImageFile = file.into();
-        let len = file_len(path, &file)?;
+        let image = Parsing::new(path, &file, Format::Raw)?;
+        let len = image.len;
         let map = match map {
             Some(map) => map,
             None => {
@@ -74,15 +82,11 @@ impl RawReader {
                 MemoryMap::new(vec![whole]).expect("a single range is a valid map")
             }
         };
-        let corrupt = corrupt_in(path, Format::Raw);
         if map.is_empty() {
-            return Err(corrupt(
-                0,
-                "the memory map given for the raw image is empty".into(),
-            ));
+            return Err(image.corrupt(0, "the memory map given for the raw image is empty"));
         }
         if map.end() > len {
-            return Err(corrupt(
+            return Err(image.corrupt(
                 len,
                 format!(
                     "the memory map reaches {:#x} but the file ends at {len:#x}: truncated or a different image",
@@ -90,31 +94,20 @@ impl RawReader {
                 ),
             ));
         }
-        let offsets = map.ranges().iter().map(|r| r.start).collect();
+        // The file offset of every byte is its address.
+        let pieces = map
+            .ranges()
+            .iter()
+            .map(|&phys| FilePiece {
+                phys,
+                file_offset: phys.start,
+            })
+            .collect();
+        let map = FileMap::new(pieces).map_err(|e| image.corrupt(0, e.to_string()))?;
         Ok(RawReader {
-            segments: Segments {
-                path: path.into(),
-                file,
-                map,
-                offsets,
-            },
+            mapped: MappedFile::new(path, file, map),
+            metadata: ImageMetadata::default(),
         })
-    }
-}
-
-impl PhysicalMemory for RawReader {
-    fn memory_map(&self) -> &MemoryMap {
-        &self.segments.map
-    }
-
-    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.segments.read_at(addr, buf)
-    }
-}
-
-impl ImageReader for RawReader {
-    fn format(&self) -> Format {
-        Format::Raw
     }
 }
 
@@ -122,6 +115,7 @@ impl ImageReader for RawReader {
 mod tests {
     use super::*;
     use crate::test_util::map;
+    use pmem_core::PhysicalMemory;
 
     #[test]
     fn map_must_fit_the_file() {

@@ -1,6 +1,6 @@
 //! Helpers shared by the format modules' unit tests.
 
-use crate::Format;
+use crate::{Format, ImageReader};
 use pmem_core::sink::{create_image_file, HashingSink};
 use pmem_core::{Chunk, MemoryMap, Plan, Range};
 
@@ -28,4 +28,20 @@ pub(crate) fn write_image(format: Format, plan: &Plan) -> Vec<u8> {
     }
     writer.finish().unwrap();
     std::fs::read(&path).unwrap()
+}
+
+/// A symbol bundle for the tests: every byte value (not UTF-8), and a
+/// length neither 4 nor 8 divides (note padding).
+pub(crate) fn symbol_bundle() -> Vec<u8> {
+    (0..=255).chain(0..7).collect()
+}
+
+/// Checks that `reader` gives `symbols` as its bundle and still reads the
+/// first page of range `index` of a [`write_image`] byte-exact.
+pub(crate) fn check_symbols_and_memory(reader: &mut dyn ImageReader, symbols: &[u8], index: u8) {
+    assert_eq!(reader.metadata().symbols.as_deref(), Some(symbols));
+    let start = reader.memory_map().ranges()[index as usize].start;
+    let mut page = [0u8; 0x1000];
+    reader.read_at(start, &mut page).unwrap();
+    assert_eq!(page, [0x11 * (index + 1); 0x1000]);
 }

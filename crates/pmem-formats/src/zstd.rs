@@ -14,6 +14,8 @@
 //! by decompressing one frame. `.zst` files without one (from `zstd`
 //! itself) are indexed by decompressing each frame once when opened.
 
+use crate::bytes::u32_le;
+use pmem_core::sink::fill_buffer;
 use pmem_core::{ByteSink, SinkSummary};
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -38,6 +40,8 @@ pub struct ZstdSink {
 }
 
 impl ZstdSink {
+    /// A sink compressing into `inner`, which receives the `.zst` file's
+    /// bytes (and so hashes the compressed file).
     pub fn new(inner: Box<dyn ByteSink>) -> ZstdSink {
         ZstdSink {
             inner,
@@ -80,31 +84,12 @@ impl ZstdSink {
 }
 
 impl ByteSink for ZstdSink {
-    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.position += buf.len() as u64;
-        while !buf.is_empty() {
-            let n = (FRAME_INPUT - self.buffer.len()).min(buf.len());
-            self.buffer.extend_from_slice(&buf[..n]);
-            buf = &buf[n..];
-            if self.buffer.len() == FRAME_INPUT {
-                self.flush_frame()?;
-            }
-        }
-        Ok(())
+        fill_buffer(self, buf, FRAME_INPUT, |s| &mut s.buffer, Self::flush_frame)
     }
 
-    fn write_zeros(&mut self, mut len: u64) -> io::Result<()> {
-        self.position += len;
-        while len > 0 {
-            let n = ((FRAME_INPUT - self.buffer.len()) as u64).min(len) as usize;
-            self.buffer.resize(self.buffer.len() + n, 0);
-            len -= n as u64;
-            if self.buffer.len() == FRAME_INPUT {
-                self.flush_frame()?;
-            }
-        }
-        Ok(())
-    }
+    // Zeros compress like any bytes: the trait's write_zeros writes them.
 
     /// The offset in the uncompressed image: formats lay out by it.
     fn position(&self) -> u64 {
@@ -179,7 +164,10 @@ impl<R: Read + Seek> Read for FrameBytes<R> {
 #[derive(Debug, thiserror::Error)]
 #[error("zstd at file offset {offset:#x}: {reason}")]
 pub struct ZstdError {
+    /// Offset in the compressed file of the bad structure (frame, block
+    /// or seek table).
     pub offset: u64,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -203,10 +191,6 @@ fn invalid(offset: u64, reason: impl std::fmt::Display) -> io::Error {
 fn read_at<R: Read + Seek>(source: &mut R, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     source.seek(SeekFrom::Start(offset))?;
     source.read_exact(buf)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
 /// A decoder at the start of the frame `f`, over `source`.
@@ -305,11 +289,11 @@ fn seek_table<R: Read + Seek>(source: &mut R, file_len: u64) -> io::Result<Optio
     }
     let mut footer = [0u8; FOOTER_LEN as usize];
     read_at(source, file_len - FOOTER_LEN, &mut footer)?;
-    if le32(&footer, 5) != SEEKABLE_MAGIC {
+    if u32_le(&footer, 5) != SEEKABLE_MAGIC {
         return Ok(None);
     }
     let at = file_len - FOOTER_LEN;
-    let count = u64::from(le32(&footer, 0));
+    let count = u64::from(u32_le(&footer, 0));
     let descriptor = footer[4];
     if descriptor & 0x7c != 0 {
         return Err(invalid(at, "seek table descriptor has reserved bits set"));
@@ -326,8 +310,8 @@ fn seek_table<R: Read + Seek>(source: &mut R, file_len: u64) -> io::Result<Optio
         })?;
     let mut table = vec![0u8; (8 + table_len) as usize];
     read_at(source, frame_start, &mut table)?;
-    if le32(&table, 0) != SEEK_TABLE_FRAME_MAGIC
-        || u64::from(le32(&table, 4)) != table_len + FOOTER_LEN
+    if u32_le(&table, 0) != SEEK_TABLE_FRAME_MAGIC
+        || u64::from(u32_le(&table, 4)) != table_len + FOOTER_LEN
     {
         return Err(invalid(
             frame_start,
@@ -338,8 +322,8 @@ fn seek_table<R: Read + Seek>(source: &mut R, file_len: u64) -> io::Result<Optio
     let (mut file_offset, mut image_offset) = (0u64, 0u64);
     for i in 0..count as usize {
         let e = 8 + i * entry as usize;
-        let compressed = u64::from(le32(&table, e));
-        let len = u64::from(le32(&table, e + 4));
+        let compressed = u64::from(u32_le(&table, e));
+        let len = u64::from(u32_le(&table, e + 4));
         frames.push(Frame {
             file_offset,
             compressed,
@@ -364,13 +348,17 @@ fn seek_table<R: Read + Seek>(source: &mut R, file_len: u64) -> io::Result<Optio
 fn walk_frames<R: Read + Seek>(mut source: &mut R, file_len: u64) -> io::Result<Vec<Frame>> {
     let mut frames = Vec::new();
     let (mut at, mut image_offset) = (0u64, 0u64);
+    // Where the last skippable frame began: the offset to name when its
+    // stated length runs past the end of the file.
+    let mut skippable_at = 0u64;
     while at < file_len {
         let mut head = [0u8; 8];
         let n = head.len().min((file_len - at) as usize);
         read_at(source, at, &mut head[..n])?;
-        if n >= 8 && le32(&head, 0) & 0xffff_fff0 == 0x184D_2A50 {
+        if n >= 8 && u32_le(&head, 0) & 0xffff_fff0 == 0x184D_2A50 {
             // Saturating: a length running past 2^64 runs past the file too.
-            at = at.saturating_add(8 + u64::from(le32(&head, 4)));
+            skippable_at = at;
+            at = at.saturating_add(8 + u64::from(u32_le(&head, 4)));
             continue;
         }
         if n < 4 || head[..4] != MAGIC {
@@ -404,7 +392,7 @@ fn walk_frames<R: Read + Seek>(mut source: &mut R, file_len: u64) -> io::Result<
     }
     if at != file_len {
         return Err(invalid(
-            at,
+            skippable_at,
             "a skippable frame runs past the end of the file",
         ));
     }
@@ -702,5 +690,80 @@ mod tests {
             err.to_string().contains("file offset 0x11"),
             "names the frame whose size overflows: {err}"
         );
+    }
+
+    /// A LiME image inside the zstd layer, as `--compress zstd` writes it,
+    /// in a file: what [`crate::open_image`] opens.
+    fn zstd_lime_file() -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+        let plan = pmem_core::Plan::new(
+            crate::test_util::map(&[(0x1000, 0x3000), (0x8000, 0x9000)]),
+            pmem_core::Arch::X86_64,
+        );
+        let lime = crate::test_util::write_image(crate::Format::Lime, &plan);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.lime.zst");
+        (dir, path, compressed(&lime))
+    }
+
+    fn open_image(path: &std::path::Path, bytes: &[u8]) -> Result<(), crate::FormatError> {
+        std::fs::write(path, bytes).unwrap();
+        let mut reader = crate::open_image(path, None)?;
+        let ranges = reader.memory_map().ranges().to_vec();
+        for range in ranges {
+            let mut buf = vec![0u8; range.len() as usize];
+            reader
+                .read_at(range.start, &mut buf)
+                .expect("an image that opens reads");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_seek_tables_are_format_errors_naming_the_file_and_offset() {
+        let (_dir, path, bytes) = zstd_lime_file();
+        open_image(&path, &bytes).unwrap();
+        let n = bytes.len();
+        let footer_at = (n - FOOTER_LEN as usize) as u64;
+        // A frame count longer than the file.
+        let mut bad = bytes.clone();
+        bad[n - 9..n - 5].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = open_image(&path, &bad).unwrap_err();
+        assert_eq!(err.path(), path);
+        assert_eq!(err.offset(), footer_at, "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with(&path.display().to_string()), "{text}");
+        assert!(text.contains("longer than the file"), "{text}");
+        // Not a zstd frame where the first one should be: the file is
+        // then no zstd file at all but a raw image, which opens.
+        let mut bad = bytes.clone();
+        bad[0] ^= 0xff;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(crate::detect(&path), Ok(crate::Format::Raw)));
+        // A reserved block type in the frame: found when the frame is
+        // decoded (the seek table spares the walk), named at the frame.
+        let mut bad = bytes.clone();
+        bad[6] |= 0b110;
+        let err = open_image(&path, &bad).unwrap_err();
+        assert_eq!(err.path(), path);
+        assert_eq!(err.offset(), 0, "{err}");
+        assert!(err.to_string().contains("Reserved block"), "{err}");
+    }
+
+    #[test]
+    fn truncated_zstd_images_are_format_errors_naming_the_file() {
+        let (_dir, path, bytes) = zstd_lime_file();
+        for cut in (5..bytes.len())
+            .step_by(37)
+            .chain(bytes.len() - 12..bytes.len())
+        {
+            let err = open_image(&path, &bytes[..cut]).expect_err("truncated");
+            assert_eq!(err.path(), path, "cut at {cut}: {err}");
+            assert!(
+                err.to_string().contains("file offset"),
+                "cut at {cut}: {err}"
+            );
+            // The offset named is one the truncated file has.
+            assert!((err.offset() as usize) < cut, "cut at {cut}: {err}");
+        }
     }
 }

@@ -28,6 +28,7 @@ impl Memory {
         plan.vmcoreinfo = Some(b"OSRELEASE=6.1.0\nPAGESIZE=4096\n".to_vec());
         plan.metadata_json = Some(r#"{"tool":"pmem","hostname":"h\u00e9"}"#.into());
         plan.direct_map_offset = Some(0xffff_8880_0000_0000);
+        plan.symbols = Some(symbol_bundle());
         plan.windows = Some(pmem_core::WindowsMetadata {
             cr3: 0x1aa000,
             nt_build_number: 0xF000_4A61,
@@ -43,6 +44,12 @@ impl Memory {
             .iter()
             .all(|(r, _)| r.start % PAGE == 0 && r.end % PAGE == 0)
     }
+}
+
+/// Stands for a symbol bundle (opaque to the formats): every byte value,
+/// not UTF-8, and a length that is no multiple of the ELF note alignment.
+fn symbol_bundle() -> Vec<u8> {
+    (0..5003u32).map(|i| (i * 7 + i / 256) as u8).collect()
 }
 
 /// Hands each range to `w` in `chunk`-byte pieces; all-zero pieces go as
@@ -118,6 +125,11 @@ fn check_elf_structure(bytes: &[u8], plan: &Plan) {
                 pmem_formats::elf::NT_PMEM_METADATA,
                 plan.metadata_json.clone().unwrap().into_bytes()
             ),
+            (
+                b"PMEM".to_vec(),
+                pmem_formats::elf::NT_PMEM_SYMBOLS,
+                plan.symbols.clone().unwrap()
+            ),
         ]
     );
     let loads: Vec<_> = phdrs[1..].iter().collect();
@@ -142,7 +154,7 @@ fn check_elf_structure(bytes: &[u8], plan: &Plan) {
 
 /// Checks the Mach-O image with object's Mach-O parser, independent of
 /// ours: header fields, one LC_SEGMENT_64 per range in ascending order with
-/// page-aligned data equal to the memory, and the two LC_NOTEs.
+/// page-aligned data equal to the memory, and the three LC_NOTEs.
 fn check_macho_structure(bytes: &[u8], plan: &Plan, mem: &Memory) {
     use object::macho as M;
     use object::read::macho::{MachHeader as _, Segment as _};
@@ -151,7 +163,7 @@ fn check_macho_structure(bytes: &[u8], plan: &Plan, mem: &Memory) {
     assert_eq!(header.magic(), M::MH_CIGAM_64);
     assert_eq!(header.cputype(LE), M::CPU_TYPE_X86_64);
     assert_eq!(header.filetype(LE), M::MH_CORE);
-    assert_eq!(header.ncmds(LE) as usize, plan.ranges.len() + 2);
+    assert_eq!(header.ncmds(LE) as usize, plan.ranges.len() + 3);
     let mut commands = header.load_commands(LE, bytes, 0).unwrap();
     let mut segments = Vec::new();
     let mut notes = Vec::new();
@@ -187,6 +199,7 @@ fn check_macho_structure(bytes: &[u8], plan: &Plan, mem: &Memory) {
                 b"pmem.metadata".to_vec(),
                 plan.metadata_json.clone().unwrap().into_bytes()
             ),
+            (b"pmem.symbols".to_vec(), plan.symbols.clone().unwrap()),
         ]
     );
 }
@@ -229,6 +242,10 @@ fn check_aff4_independently(path: &Path, plan: &Plan, mem: &Memory) {
     assert!(has("#chunksInSegment", "1024"));
     assert!(has("#compressionMethod", "snappy"));
     assert!(has("aff4#metadata", "hostname"));
+    // The symbol bundle: a member of its own, which the Turtle names.
+    assert!(has("aff4#symbols", "/pmem-symbols.tar>"));
+    let file = std::fs::File::open(path).unwrap();
+    assert!(zip_entry(file, "pmem-symbols.tar") == plan.symbols.clone().unwrap());
     // The Standard's (and pyaff4's) layout: an aff4:Image subject whose
     // aff4:dataStream is the Map; the Map itself is no aff4:Image (readers
     // delegate an Image to its dataStream).
@@ -308,13 +325,21 @@ fn round_trip(mem: &Memory, chunk: usize) {
             "{format}: file and stream differ"
         );
 
+        // The formats with room carry the symbol bundle (compared below);
+        // the others leave it out.
+        assert_eq!(
+            reader.metadata().symbols.is_some(),
+            format.carries_symbols(),
+            "{format}"
+        );
         match format {
             Format::Elf => {
                 check_elf_structure(&bytes, &plan);
-                assert_eq!(reader.arch(), Some(Arch::X86_64));
-                assert_eq!(reader.vmcoreinfo(), plan.vmcoreinfo.as_deref());
-                assert_eq!(reader.metadata_json(), plan.metadata_json.as_deref());
-                assert_eq!(reader.direct_map_offset(), plan.direct_map_offset);
+                assert_eq!(reader.metadata().arch, Some(Arch::X86_64));
+                assert_eq!(reader.metadata().vmcoreinfo, plan.vmcoreinfo);
+                assert_eq!(reader.metadata().metadata_json, plan.metadata_json);
+                assert_eq!(reader.metadata().symbols, plan.symbols);
+                assert_eq!(reader.metadata().direct_map_offset, plan.direct_map_offset);
             }
             Format::Raw => {
                 assert_eq!(
@@ -333,28 +358,30 @@ fn round_trip(mem: &Memory, chunk: usize) {
                 let mut all = vec![0xa5; bytes.len()];
                 whole.read_at(0, &mut all).unwrap();
                 assert!(all == bytes);
-                assert_eq!(reader.arch(), None);
+                assert_eq!(reader.metadata().arch, None);
             }
             Format::Dmp => {
-                assert_eq!(reader.arch(), Some(Arch::X86_64));
-                assert_eq!(reader.windows(), plan.windows);
+                assert_eq!(reader.metadata().arch, Some(Arch::X86_64));
+                assert_eq!(reader.metadata().windows, plan.windows);
             }
             Format::Aff4 => {
                 check_aff4_independently(&path, &plan, mem);
-                assert_eq!(reader.arch(), Some(Arch::X86_64));
-                assert_eq!(reader.vmcoreinfo(), plan.vmcoreinfo.as_deref());
-                assert_eq!(reader.metadata_json(), plan.metadata_json.as_deref());
-                assert_eq!(reader.direct_map_offset(), plan.direct_map_offset);
+                assert_eq!(reader.metadata().arch, Some(Arch::X86_64));
+                assert_eq!(reader.metadata().vmcoreinfo, plan.vmcoreinfo);
+                assert_eq!(reader.metadata().metadata_json, plan.metadata_json);
+                assert_eq!(reader.metadata().symbols, plan.symbols);
+                assert_eq!(reader.metadata().direct_map_offset, plan.direct_map_offset);
             }
             Format::Macho => {
                 check_macho_structure(&bytes, &plan, mem);
-                assert_eq!(reader.arch(), Some(Arch::X86_64));
-                assert_eq!(reader.vmcoreinfo(), plan.vmcoreinfo.as_deref());
-                assert_eq!(reader.metadata_json(), plan.metadata_json.as_deref());
+                assert_eq!(reader.metadata().arch, Some(Arch::X86_64));
+                assert_eq!(reader.metadata().vmcoreinfo, plan.vmcoreinfo);
+                assert_eq!(reader.metadata().metadata_json, plan.metadata_json);
+                assert_eq!(reader.metadata().symbols, plan.symbols);
             }
             _ => {
-                assert_eq!(reader.arch(), None);
-                assert_eq!(reader.metadata_json(), None);
+                assert_eq!(reader.metadata().arch, None);
+                assert_eq!(reader.metadata().metadata_json, None);
             }
         }
     }
@@ -421,9 +448,16 @@ fn elf_without_notes_or_direct_map() {
     assert_eq!(phdrs[0].p_type(LE), E::PT_LOAD);
     assert_eq!(phdrs[0].p_vaddr(LE), 0);
     let mut reader = open_image(&path, None).unwrap();
-    assert_eq!(reader.arch(), Some(Arch::Aarch64));
-    assert_eq!((reader.vmcoreinfo(), reader.metadata_json()), (None, None));
-    assert_eq!(reader.direct_map_offset(), None);
+    assert_eq!(reader.metadata().arch, Some(Arch::Aarch64));
+    assert_eq!(
+        (
+            &reader.metadata().vmcoreinfo,
+            &reader.metadata().metadata_json
+        ),
+        (&None, &None)
+    );
+    assert_eq!(reader.metadata().direct_map_offset, None);
+    assert_eq!(reader.metadata().symbols, None);
     check_read_back(reader.as_mut(), &mem);
 }
 
@@ -558,6 +592,25 @@ fn format_names() {
 }
 
 #[test]
+fn symbol_bundles_over_the_limit_are_refused_where_carried() {
+    let mem = memory(&[(0x1000, 0x2000)], 9);
+    let mut plan = mem.plan();
+    // calloc'd: the pages are never touched.
+    plan.symbols = Some(vec![0; pmem_formats::MAX_SYMBOLS as usize + 1]);
+    for format in Format::ALL {
+        let sink = HashingSink::stream(Box::new(std::io::sink()));
+        let begun = writer(format, Box::new(sink)).begin(&plan);
+        if format.carries_symbols() {
+            let err = begun.unwrap_err();
+            assert!(err.to_string().contains("symbol bundle"), "{format}: {err}");
+        } else {
+            // Nothing of it is written, so nothing to refuse.
+            begun.unwrap();
+        }
+    }
+}
+
+#[test]
 fn writers_enforce_the_chunk_contract() {
     let mem = memory(&[(0x1000, 0x2000), (0x1000, 0x1000)], 2);
     let plan = mem.plan();
@@ -632,7 +685,7 @@ fn aff4_maps_zero_runs_and_unreadable_pages() {
     let mut reader = open_image(&path, None).unwrap();
     assert_eq!(reader.memory_map(), &map, "adjacent ranges stay apart");
     assert_eq!(
-        reader.unreadable(),
+        reader.metadata().unreadable,
         vec![
             Range::new(0x40_0000, 0x40_2000).unwrap(),
             Range::new(0x100_0000, 0x100_1000).unwrap()

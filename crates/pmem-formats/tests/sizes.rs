@@ -35,6 +35,8 @@ fn plan(ranges: &[(u64, u64)]) -> Plan {
     let mut plan = Plan::new(map, Arch::X86_64);
     plan.vmcoreinfo = Some(b"OSRELEASE=6.1.0\n".to_vec());
     plan.metadata_json = Some(r#"{"tool":"pmem"}"#.into());
+    // A symbol bundle of a length no note alignment divides.
+    plan.symbols = Some(vec![0x5a; 70_001]);
     plan.windows = Some(pmem_core::WindowsMetadata {
         cr3: 0x1aa000,
         processors: 1,

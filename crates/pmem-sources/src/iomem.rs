@@ -10,11 +10,16 @@ use pmem_core::{MemoryMap, Range};
 /// Every entry of an iomem listing, in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Iomem {
+    /// The entries, parents before their children.
     pub entries: Vec<IomemEntry>,
 }
 
+/// One line of /proc/iomem: a resource and the physical addresses it
+/// takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IomemEntry {
+    /// The physical addresses (bytes; iomem's inclusive end made
+    /// exclusive).
     pub range: Range,
     /// As printed, e.g. "System RAM", "Kernel code", "PCI Bus 0000:00".
     pub name: String,
@@ -24,12 +29,16 @@ pub struct IomemEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+/// A line of an iomem listing that does not parse.
 pub enum IomemError {
+    /// The line, what it says and what is wrong with it.
     #[error("line {line}: {reason}: {text:?}")]
     Line {
         /// 1-based.
         line: usize,
+        /// The line as read.
         text: String,
+        /// What is wrong, e.g. "no ' : ' separator".
         reason: &'static str,
     },
 }

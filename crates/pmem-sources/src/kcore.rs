@@ -10,7 +10,7 @@ use crate::reader::{read_full, ReadAt};
 use object::elf;
 use object::read::elf::{FileHeader, NoteIterator, ProgramHeader};
 use object::Endianness;
-use pmem_core::{Arch, MemoryMap, Range, PAGE_SIZE};
+use pmem_core::{Arch, FileMap, FilePiece, MemoryMap, Range, PAGE_SIZE};
 use std::io;
 
 /// p_paddr of segments that are not RAM (vmalloc, vmemmap, modules) on
@@ -32,8 +32,10 @@ pub struct KcoreHeader {
     pub vmcoreinfo: Option<Vec<u8>>,
 }
 
+/// One PT_LOAD program header of kcore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadSegment {
+    /// Kernel virtual address of the segment's first byte (p_vaddr).
     pub vaddr: u64,
     /// [`NO_PADDR`] for non-RAM segments; 0 for all segments before 4.11.
     pub paddr: u64,
@@ -41,13 +43,6 @@ pub struct LoadSegment {
     pub offset: u64,
     /// Bytes in the file (p_filesz).
     pub size: u64,
-}
-
-/// A physical range and the file offset holding its first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Piece {
-    pub phys: Range,
-    pub file_offset: u64,
 }
 
 /// How physical addresses were assigned to segments.
@@ -60,34 +55,52 @@ pub enum MappingMethod {
     DirectMapMatch,
 }
 
+/// Where kcore holds each byte of physical memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KcoreMapping {
-    /// Sorted by physical address, disjoint.
-    pub pieces: Vec<Piece>,
+    /// Which file offset holds each physical byte that a RAM segment gives.
+    pub file_map: FileMap,
     /// Kernel virtual address of physical 0 in the direct map.
     pub direct_map_offset: Option<u64>,
+    /// How the physical addresses were found.
     pub method: MappingMethod,
 }
 
+/// Why a kcore file can't be read as the kernel's ELF core.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KcoreError {
+    /// A read of the file failed or came up short.
     #[error("reading the {what} at offset {offset:#x}: {source}")]
     Io {
+        /// What was being read, e.g. "ELF header".
         what: &'static str,
+        /// Its file offset (bytes).
         offset: u64,
+        /// The read's error.
         source: io::Error,
     },
+    /// The file does not start with ELF's magic.
     #[error("not an ELF file (bad magic)")]
     NotElf,
+    /// An ELF file, but not a core file the kernel would write.
     #[error("malformed ELF core: {0}")]
     Malformed(String),
+    /// The note segment is larger than pmem reads (an untrusted size).
     #[error("PT_NOTE segment of {size} bytes is larger than the {MAX_NOTE_SIZE}-byte limit")]
-    NoteTooLarge { size: u64 },
+    NoteTooLarge {
+        /// The segment's size (bytes).
+        size: u64,
+    },
+    /// A pre-4.11 kernel's segments match no System RAM range.
     #[error("no PT_LOAD segment matches a System RAM range, so the kernel's direct map can't be located (p_paddr is 0 on this pre-4.11 kernel)")]
     NoDirectMap,
+    /// A pre-4.11 kernel's segments match System RAM at several offsets.
     #[error("segments match System RAM at {candidates} different direct-map offsets equally well; refusing to guess")]
-    AmbiguousDirectMap { candidates: usize },
+    AmbiguousDirectMap {
+        /// How many offsets matched equally well.
+        candidates: usize,
+    },
 }
 
 fn read_exact<R: ReadAt + ?Sized>(
@@ -280,7 +293,7 @@ pub fn map_physical(
         (chosen, offset, MappingMethod::PhysicalAddresses)
     };
     Ok(KcoreMapping {
-        pieces: assign(&chosen, system_ram),
+        file_map: assign(&chosen, system_ram)?,
         direct_map_offset,
         method,
     })
@@ -364,7 +377,7 @@ fn match_direct_map(segments: &[LoadSegment], ram: &MemoryMap) -> Result<u64, Kc
 /// byte comes from the first segment covering it. Segments that touch no
 /// RAM are left out, which also keeps the work small on kcores with many
 /// vmemmap segments.
-fn assign(chosen: &[(LoadSegment, u64)], ram: &MemoryMap) -> Vec<Piece> {
+fn assign(chosen: &[(LoadSegment, u64)], ram: &MemoryMap) -> Result<FileMap, KcoreError> {
     let mut pieces = Vec::new();
     let mut covered = MemoryMap::default();
     for (s, phys) in chosen {
@@ -381,7 +394,7 @@ fn assign(chosen: &[(LoadSegment, u64)], ram: &MemoryMap) -> Vec<Piece> {
             continue;
         };
         for part in span_map.subtract(&covered).ranges() {
-            pieces.push(Piece {
+            pieces.push(FilePiece {
                 phys: *part,
                 file_offset: s.offset + (part.start - phys),
             });
@@ -391,7 +404,10 @@ fn assign(chosen: &[(LoadSegment, u64)], ram: &MemoryMap) -> Vec<Piece> {
         covered = MemoryMap::normalized(all);
     }
     pieces.sort_by_key(|p| p.phys.start);
-    pieces
+    // Disjoint by construction, and every file run lies inside a segment
+    // whose end was checked above: FileMap's checks can't fail here, but a
+    // corrupt kcore is refused rather than trusted if they ever did.
+    FileMap::new(pieces).map_err(|e| KcoreError::Malformed(format!("segment table: {e}")))
 }
 
 #[cfg(test)]
@@ -414,6 +430,15 @@ mod tests {
         }
     }
 
+    /// Each piece's physical range and file offset.
+    fn pieces(m: &KcoreMapping) -> Vec<(Range, u64)> {
+        m.file_map
+            .pieces()
+            .iter()
+            .map(|p| (p.phys, p.file_offset))
+            .collect()
+    }
+
     fn ram(ranges: &[(u64, u64)]) -> MemoryMap {
         MemoryMap::new(ranges.iter().map(|&(s, e)| r(s, e)).collect()).unwrap()
     }
@@ -432,17 +457,8 @@ mod tests {
         assert_eq!(m.method, MappingMethod::PhysicalAddresses);
         assert_eq!(m.direct_map_offset, Some(DIRECT));
         assert_eq!(
-            m.pieces,
-            [
-                Piece {
-                    phys: r(0x1000, 0x9f000),
-                    file_offset: 0x2000
-                },
-                Piece {
-                    phys: r(MIB, 512 * MIB),
-                    file_offset: 0x10_0000
-                },
-            ]
+            pieces(&m),
+            [(r(0x1000, 0x9f000), 0x2000), (r(MIB, 512 * MIB), 0x10_0000)]
         );
     }
 
@@ -456,9 +472,8 @@ mod tests {
         ];
         let m = map_physical(&segments, &ram).unwrap();
         assert_eq!(m.direct_map_offset, Some(DIRECT));
-        let phys: Vec<(Range, u64)> = m.pieces.iter().map(|p| (p.phys, p.file_offset)).collect();
         assert_eq!(
-            phys,
+            pieces(&m),
             [
                 (r(MIB, 21 * MIB), 0),
                 (r(21 * MIB, 30 * MIB), 0x9000_0000 + 5 * MIB),
@@ -481,16 +496,10 @@ mod tests {
         assert_eq!(m.method, MappingMethod::DirectMapMatch);
         assert_eq!(m.direct_map_offset, Some(DIRECT));
         assert_eq!(
-            m.pieces,
+            pieces(&m),
             [
-                Piece {
-                    phys: r(0x1000, 0x9f000),
-                    file_offset: 0x2000
-                },
-                Piece {
-                    phys: r(MIB, 0x7ffdd000),
-                    file_offset: 0x20_0000
-                },
+                (r(0x1000, 0x9f000), 0x2000),
+                (r(MIB, 0x7ffdd000), 0x20_0000)
             ]
         );
     }
@@ -507,8 +516,8 @@ mod tests {
         ];
         let m = map_physical(&segments, &ram).unwrap();
         assert_eq!(m.direct_map_offset, Some(DIRECT));
-        assert_eq!(m.pieces.len(), 3);
-        assert_eq!(m.pieces[2].phys, r(64 * MIB, 128 * MIB));
+        assert_eq!(m.file_map.pieces().len(), 3);
+        assert_eq!(m.file_map.pieces()[2].phys, r(64 * MIB, 128 * MIB));
     }
 
     #[test]
@@ -539,8 +548,12 @@ mod tests {
             seg(0, 0, 0, 0),
         ];
         let m = map_physical(&segments, &ram).unwrap();
-        assert_eq!(m.pieces.len(), 1);
-        assert!(map_physical(&[], &ram).unwrap().pieces.is_empty());
+        assert_eq!(m.file_map.pieces().len(), 1);
+        assert!(map_physical(&[], &ram)
+            .unwrap()
+            .file_map
+            .pieces()
+            .is_empty());
     }
 
     /// A kcore header from the testing builder, in memory.
@@ -726,6 +739,6 @@ mod overflow_tests {
         ];
         let mapping = map_physical(&new, &ram).unwrap();
         assert_eq!(mapping.direct_map_offset, Some(HALF));
-        assert_eq!(mapping.pieces.len(), 1);
+        assert_eq!(mapping.file_map.pieces().len(), 1);
     }
 }

@@ -1,9 +1,11 @@
 //! Opening the live sources on Linux: procfs and device paths, `auto`.
 
+use crate::devices;
+use crate::error::SourceError;
+use crate::info::OpenedSource;
 use crate::iomem::{self, Iomem};
+use crate::kind::{SourceKind, SourceRequest};
 use crate::module;
-use crate::sources;
-use crate::{OpenedSource, SourceError, SourceKind, SourceRequest};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -99,11 +101,11 @@ fn open_kind(kind: SourceKind, path: &Path, iomem: Iomem) -> Result<OpenedSource
         source,
     })?;
     match kind {
-        SourceKind::Kcore => sources::kcore(file, path, iomem),
-        SourceKind::Crash => sources::crash(file, path, iomem),
-        SourceKind::Mem => sources::mem(file, path, iomem),
+        SourceKind::Kcore => devices::kcore(file, path, iomem),
+        SourceKind::Crash => devices::crash(file, path, iomem),
+        SourceKind::Mem => devices::mem(file, path, iomem),
         SourceKind::Module => {
-            sources::module(file, path, iomem, module_version.unwrap_or_default())
+            devices::module(file, path, iomem, module_version.unwrap_or_default())
         }
         SourceKind::Auto => Err(SourceError::PathNotAllowed { kind }),
     }

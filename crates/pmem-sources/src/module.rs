@@ -24,10 +24,21 @@ const CAP_SYS_RAWIO: u32 = 17;
 /// Why the node can't be trusted as the module's device.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The module is not loaded: its sysfs directory is missing.
     #[error("the {MODULE_NAME} module is not loaded ({} is missing): build it with `pmem module build` and load it with `pmem module load {MODULE_NAME}.ko` (or insmod)", .sysfs_module.display())]
-    NotLoaded { sysfs_module: PathBuf },
+    NotLoaded {
+        /// /sys/module/pmem_phys (or the test's stand-in).
+        sysfs_module: PathBuf,
+    },
+    /// The device node exists but is not the module's (another driver's
+    /// node, or one any user could have made).
     #[error("{} is not the {MODULE_NAME} module's device: {reason}", .path.display())]
-    NotOurs { path: PathBuf, reason: String },
+    NotOurs {
+        /// The device node.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
 }
 
 /// A `MAJOR:MINOR` line as sysfs `dev` attributes hold it.

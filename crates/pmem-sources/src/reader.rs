@@ -1,8 +1,7 @@
 //! Positional reads from a file or device by physical address: the
 //! [`PhysicalMemory`] implementation behind every live source.
 
-use crate::kcore::Piece;
-use pmem_core::{MemoryMap, PhysicalMemory, ReadError, PAGE_SIZE};
+use pmem_core::{FileMap, MemoryMap, PhysicalMemory, ReadError, PAGE_SIZE};
 use std::io;
 use std::path::PathBuf;
 
@@ -112,8 +111,11 @@ fn end_of_file() -> io::Error {
 /// source itself is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// Interrupted or would block: read again.
     Transient,
+    /// These pages can't be read: zero-fill and list them.
     Page,
+    /// Maybe the whole source failed: check it with a read that worked.
     Suspect,
 }
 
@@ -154,16 +156,43 @@ pub(crate) enum Reference {
     LastGood(Option<(u64, usize)>),
 }
 
+/// How a file or device wants its preads sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Preads {
+    /// One pread per request (or per piece it crosses), of any length.
+    AnyLength,
+    /// /dev/crash: every pread must be exactly one aligned page.
+    OneAlignedPage,
+}
+
 /// A file or device read by physical address through a translation table.
 pub(crate) struct FileMemory<F> {
     pub(crate) file: F,
     pub(crate) path: PathBuf,
+    /// What the source serves: page-aligned System RAM that `file_map`
+    /// covers. Narrower than `file_map` (a device's table covers every
+    /// address, kcore's whole segments), and adjacent pieces are merged.
     pub(crate) map: MemoryMap,
-    /// Sorted, disjoint: which file offset holds each physical range.
-    pub(crate) pieces: Vec<Piece>,
-    /// /dev/crash: every pread must be exactly one aligned page.
-    pub(crate) page_reads: bool,
+    /// Which file offset holds each physical address.
+    pub(crate) file_map: FileMap,
+    pub(crate) preads: Preads,
     pub(crate) reference: Reference,
+}
+
+impl<F> FileMemory<F> {
+    /// A device whose file offsets are physical addresses (/dev/crash,
+    /// /dev/mem, pmem's module, macOS's /dev/pmem), serving `map`. A
+    /// suspect error is checked by reading the last page that read again.
+    pub(crate) fn device(file: F, path: PathBuf, map: MemoryMap, preads: Preads) -> FileMemory<F> {
+        FileMemory {
+            file,
+            path,
+            map,
+            file_map: FileMap::identity(),
+            preads,
+            reference: Reference::LastGood(None),
+        }
+    }
 }
 
 impl<F: ReadAt> FileMemory<F> {
@@ -212,7 +241,7 @@ impl<F: ReadAt> FileMemory<F> {
 
     /// Reads `buf` from one piece: `phys` is at file offset `offset`.
     fn fill(&self, phys: u64, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        if !self.page_reads {
+        if self.preads == Preads::AnyLength {
             // One pread for the whole request; loops only on short reads.
             return read_full(&self.file, buf, offset)
                 .map_err(|(done, e)| self.error(phys + done as u64, e));
@@ -243,17 +272,18 @@ impl<F: ReadAt + Send> PhysicalMemory for FileMemory<F> {
     }
 
     fn read_granularity(&self) -> u64 {
-        if self.page_reads {
-            PAGE_SIZE
-        } else {
-            1
+        match self.preads {
+            Preads::AnyLength => 1,
+            Preads::OneAlignedPage => PAGE_SIZE,
         }
     }
 
     /// Splits the request where it crosses from one piece (kcore segment)
     /// to the next; each part is one pread.
     fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        if self.page_reads && (addr % PAGE_SIZE != 0 || buf.len() as u64 % PAGE_SIZE != 0) {
+        if self.preads == Preads::OneAlignedPage
+            && (addr % PAGE_SIZE != 0 || buf.len() as u64 % PAGE_SIZE != 0)
+        {
             return Err(self.fatal(addr, "this device only reads whole aligned pages"));
         }
         // Never touch anything outside the map: on /dev/mem that would be
@@ -264,13 +294,11 @@ impl<F: ReadAt + Send> PhysicalMemory for FileMemory<F> {
         let mut done = 0usize;
         while done < buf.len() {
             let at = addr + done as u64;
-            let index = self.pieces.partition_point(|p| p.phys.end <= at);
-            let piece = match self.pieces.get(index) {
-                Some(p) if p.phys.contains(at) => *p,
-                _ => return Err(self.fatal(at, "no file offset for this address")),
+            let Some(located) = self.file_map.locate(at) else {
+                return Err(self.fatal(at, "no file offset for this address"));
             };
-            let n = (buf.len() - done).min((piece.phys.end - at).min(usize::MAX as u64) as usize);
-            let offset = piece.file_offset + (at - piece.phys.start);
+            let n = (buf.len() - done).min(located.run.min(usize::MAX as u64) as usize);
+            let offset = located.file_offset;
             self.fill(at, offset, &mut buf[done..done + n])?;
             if let Reference::LastGood(last) = &mut self.reference {
                 *last = Some((offset, n.min(PAGE_SIZE as usize)));
@@ -285,7 +313,7 @@ impl<F: ReadAt + Send> PhysicalMemory for FileMemory<F> {
 #[cfg(all(test, unix))]
 pub(crate) mod tests {
     use super::*;
-    use pmem_core::Range;
+    use pmem_core::{FilePiece, Range};
     use std::sync::Mutex;
 
     /// A device stand-in: serves `data`, records every pread and fails the
@@ -323,23 +351,24 @@ pub(crate) mod tests {
         io::Error::from_raw_os_error(code)
     }
 
-    fn memory(device: FakeDevice, pieces: Vec<Piece>, page_reads: bool) -> FileMemory<FakeDevice> {
-        let map = MemoryMap::normalized(pieces.iter().map(|p| p.phys).collect());
+    fn memory<F>(device: F, file_map: FileMap, preads: Preads) -> FileMemory<F> {
+        let map = MemoryMap::normalized(file_map.memory_map().ranges().to_vec());
         FileMemory {
             file: device,
             path: "/dev/fake".into(),
             map,
-            pieces,
-            page_reads,
+            file_map,
+            preads,
             reference: Reference::LastGood(None),
         }
     }
 
-    fn identity(len: u64) -> Vec<Piece> {
-        vec![Piece {
+    fn identity(len: u64) -> FileMap {
+        FileMap::new(vec![FilePiece {
             phys: Range::new(0, len).unwrap(),
             file_offset: 0,
-        }]
+        }])
+        .unwrap()
     }
 
     fn data(len: usize) -> Vec<u8> {
@@ -350,7 +379,7 @@ pub(crate) mod tests {
     fn retries_after_eintr() {
         let mut device = FakeDevice::new(data(1 << 20));
         device.inject = Box::new(|_, _, count| (count == 1).then(|| Err(errno(libc::EINTR))));
-        let mut m = memory(device, identity(1 << 20), false);
+        let mut m = memory(device, identity(1 << 20), Preads::AnyLength);
         let mut buf = vec![0; 300_000];
         m.read_at(5000, &mut buf).unwrap();
         assert_eq!(buf, data(1 << 20)[5000..305_000]);
@@ -367,14 +396,7 @@ pub(crate) mod tests {
                 self.0.read_at(&mut buf[..n], offset)
             }
         }
-        let mut m = FileMemory {
-            file: Trickle(data(100_000)),
-            path: "/dev/fake".into(),
-            map: MemoryMap::new(vec![Range::new(0, 100_000).unwrap()]).unwrap(),
-            pieces: identity(100_000),
-            page_reads: false,
-            reference: Reference::LastGood(None),
-        };
+        let mut m = memory(Trickle(data(100_000)), identity(100_000), Preads::AnyLength);
         let mut buf = vec![0; 50_000];
         m.read_at(10, &mut buf).unwrap();
         assert_eq!(buf, data(100_000)[10..50_010]);
@@ -401,7 +423,7 @@ pub(crate) mod tests {
             let mut device = FakeDevice::new(data(1 << 16));
             device.inject =
                 Box::new(move |offset, _, _| (offset >= 0x2000).then(|| Err(errno(code))));
-            let mut m = memory(device, identity(1 << 16), false);
+            let mut m = memory(device, identity(1 << 16), Preads::AnyLength);
             match m.read_at(0x2000, &mut [0; 4096]) {
                 Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x2000),
                 other => panic!("errno {code}: {other:?}"),
@@ -411,7 +433,11 @@ pub(crate) mod tests {
             }
         }
         // A read past the end returns 0 bytes: unreadable, at the failing address.
-        let mut m = memory(FakeDevice::new(data(0x3000)), identity(0x10000), false);
+        let mut m = memory(
+            FakeDevice::new(data(0x3000)),
+            identity(0x10000),
+            Preads::AnyLength,
+        );
         match m.read_at(0x1000, &mut [0; 0x4000]) {
             Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x3000),
             other => panic!("{other:?}"),
@@ -428,7 +454,7 @@ pub(crate) mod tests {
                 assert!(count < 10_000, "errno {code}: {count} reads, no end");
                 (offset == 0x2000).then(|| Err(errno(code)))
             });
-            let mut m = memory(device, identity(1 << 16), false);
+            let mut m = memory(device, identity(1 << 16), Preads::AnyLength);
             match m.read_at(0x2000, &mut [0; 4096]) {
                 Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x2000),
                 other => panic!("errno {code}: {other:?}"),
@@ -456,7 +482,7 @@ pub(crate) mod tests {
                 let pages = offset / 4096..(offset + len as u64).div_ceil(4096);
                 pages.contains(&3).then(|| Err(errno(code)))
             });
-            let mut m = memory(device, identity(1 << 16), false);
+            let mut m = memory(device, identity(1 << 16), Preads::AnyLength);
             let mut buf = vec![0; 0x2000];
             m.read_at(0x1000, &mut buf).unwrap();
             assert_eq!(buf, data(1 << 16)[0x1000..0x3000]);
@@ -482,7 +508,7 @@ pub(crate) mod tests {
             device.inject = Box::new(move |offset, len, _| {
                 (offset + len as u64 > 0x5000).then(|| Err(errno(code)))
             });
-            let mut m = memory(device, identity(1 << 16), false);
+            let mut m = memory(device, identity(1 << 16), Preads::AnyLength);
             m.read_at(0x1000, &mut [0; 4096]).unwrap();
             // Once gone, every read fails: also the page that read before.
             let gone = m.file.reads.lock().unwrap().len();
@@ -505,7 +531,11 @@ pub(crate) mod tests {
 
     #[test]
     fn page_reads_are_page_sized() {
-        let mut m = memory(FakeDevice::new(data(4 << 20)), identity(4 << 20), true);
+        let mut m = memory(
+            FakeDevice::new(data(4 << 20)),
+            identity(4 << 20),
+            Preads::OneAlignedPage,
+        );
         assert_eq!(m.read_granularity(), 4096);
         let mut buf = vec![0; 1 << 20];
         m.read_at(0x10000, &mut buf).unwrap();
@@ -529,7 +559,7 @@ pub(crate) mod tests {
     fn page_reads_reject_short_pages() {
         let mut device = FakeDevice::new(data(1 << 16));
         device.inject = Box::new(|offset, _, _| (offset == 0x3000).then_some(Ok(100)));
-        let mut m = memory(device, identity(1 << 16), true);
+        let mut m = memory(device, identity(1 << 16), Preads::OneAlignedPage);
         match m.read_at(0x1000, &mut [0; 0x4000]) {
             Err(ReadError::Unreadable { addr, .. }) => assert_eq!(addr, 0x3000),
             other => panic!("{other:?}"),
@@ -539,17 +569,18 @@ pub(crate) mod tests {
     #[test]
     fn reads_split_across_pieces() {
         // Physical 0x10000.. is at file 0x0, physical 0x20000.. at 0x50000.
-        let pieces = vec![
-            Piece {
+        let pieces = FileMap::new(vec![
+            FilePiece {
                 phys: Range::new(0x10000, 0x20000).unwrap(),
                 file_offset: 0,
             },
-            Piece {
+            FilePiece {
                 phys: Range::new(0x20000, 0x30000).unwrap(),
                 file_offset: 0x50000,
             },
-        ];
-        let mut m = memory(FakeDevice::new(data(0x60000)), pieces, false);
+        ])
+        .unwrap();
+        let mut m = memory(FakeDevice::new(data(0x60000)), pieces, Preads::AnyLength);
         let mut buf = vec![0; 0x2000];
         m.read_at(0x1f000, &mut buf).unwrap();
         assert_eq!(buf[..0x1000], data(0x60000)[0xf000..0x10000]);

@@ -37,6 +37,7 @@ pub fn pattern(phys: u64, len: usize) -> Vec<u8> {
 }
 
 /// What a segment holds in the file.
+/// What a test segment's file bytes hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     /// Nothing: the file is not extended to cover the segment (vmalloc and
@@ -44,25 +45,36 @@ pub enum Content {
     Absent,
     /// Zeros, as a hole inside the file.
     Zeros,
+    /// Every byte the same.
     Fill(u8),
     /// Byte i is `pattern_byte(phys + i)`.
     Pattern {
+        /// The physical address of the segment's first byte.
         phys: u64,
     },
     /// The pattern only on the listed segment-relative page indices, zeros
     /// elsewhere: cheap "large" segments.
     PatternPages {
+        /// The physical address of the segment's first byte.
         phys: u64,
+        /// The pages (from 0, of [`PAGE_SIZE`] bytes) that hold the pattern.
         pages: Vec<u64>,
     },
+    /// These bytes, then zeros up to the segment's size.
     Bytes(Vec<u8>),
 }
 
+/// One PT_LOAD segment of a test kcore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
+    /// Kernel virtual address (p_vaddr).
     pub vaddr: u64,
+    /// Physical address (p_paddr): [`NO_PADDR`] for non-RAM, 0 on old
+    /// kernels.
     pub paddr: u64,
+    /// Bytes in memory and in the file.
     pub size: u64,
+    /// What the file holds for it.
     pub content: Content,
 }
 
@@ -95,10 +107,12 @@ impl Segment {
         }
     }
 
+    /// The same segment at another p_paddr.
     pub fn with_paddr(self, paddr: u64) -> Segment {
         Segment { paddr, ..self }
     }
 
+    /// The same segment with other file bytes.
     pub fn with_content(self, content: Content) -> Segment {
         Segment { content, ..self }
     }
@@ -114,6 +128,7 @@ pub struct KcoreBuilder {
 }
 
 impl KcoreBuilder {
+    /// A kcore of `arch` with no segment and no VMCOREINFO.
     pub fn new(arch: Arch) -> KcoreBuilder {
         KcoreBuilder {
             arch,
@@ -122,11 +137,13 @@ impl KcoreBuilder {
         }
     }
 
+    /// Adds a PT_LOAD segment, after those already added.
     pub fn segment(mut self, segment: Segment) -> KcoreBuilder {
         self.segments.push(segment);
         self
     }
 
+    /// Adds a VMCOREINFO note with this descriptor.
     pub fn vmcoreinfo(mut self, descriptor: &[u8]) -> KcoreBuilder {
         self.vmcoreinfo = Some(descriptor.to_vec());
         self

@@ -8,7 +8,7 @@
 use crate::http;
 use crate::parts::{PartSink, PartUpload};
 use crate::retry::{with_retries, RetryPolicy};
-use crate::UploadError;
+use crate::{Companion, UploadError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +17,23 @@ use std::time::Duration;
 pub const MAX_BLOCKS: u32 = 50_000;
 const VERSION: &str = "2021-08-06";
 
+/// Where and how to upload to Azure Blob Storage.
 #[derive(Debug, Clone)]
 pub struct AzureConfig {
     /// `https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB?SAS`
+    /// (secret: printed only through [`crate::redact()`]).
     pub url: String,
+    /// Bytes per block to begin with (at least 1 MiB); blocks grow so that
+    /// a large image stays under [`MAX_BLOCKS`].
     pub block_size: usize,
+    /// Blocks uploaded at once; memory held is about
+    /// `(workers + 1) × block size`.
     pub workers: usize,
+    /// PEM file of CA certificates to trust instead of the built-in roots.
     pub ca_file: Option<PathBuf>,
+    /// Retries of each block request.
     pub retry: RetryPolicy,
+    /// How long one read or write of a request may stall.
     pub timeout: Duration,
 }
 
@@ -77,7 +86,7 @@ impl Blob {
         let (base, sas) = config
             .url
             .split_once('?')
-            .ok_or_else(|| UploadError::Destination("the blob URL has no SAS token".into()))?;
+            .ok_or_else(|| UploadError::destination("the blob URL has no SAS token"))?;
         Ok(Blob {
             agent: http::agent(config.ca_file.as_deref(), config.timeout)?,
             base: base.to_string(),
@@ -111,9 +120,15 @@ impl Blob {
         })
     }
 
-    /// Put Blob of a small object next to the image (the manifest).
-    fn put_sibling(&self, suffix: &str, body: &[u8]) -> Result<(), UploadError> {
-        let what = format!("the manifest {}{suffix}", crate::redact(&self.base));
+    /// Put Blob of a small object next to the image (the manifest, the
+    /// symbols).
+    fn put_sibling(&self, companion: Companion, body: &[u8]) -> Result<(), UploadError> {
+        let suffix = companion.suffix();
+        let what = format!(
+            "{} {}{suffix}",
+            companion.description(),
+            crate::redact(&self.base)
+        );
         self.put(
             &format!("{}{suffix}", self.base),
             "",
@@ -177,10 +192,14 @@ pub fn start(config: AzureConfig) -> Result<PartUpload, UploadError> {
     ))
 }
 
-/// Uploads the manifest as BLOB.json with the same SAS (which must then
-/// cover the container, not only the image's blob).
-pub fn put_manifest(config: &AzureConfig, body: &[u8]) -> Result<(), UploadError> {
-    Blob::new(config)?.put_sibling(".json", body)
+/// Uploads `companion` as BLOB.json or BLOB.symbols with the same SAS
+/// (which must then cover the container, not only the image's blob).
+pub fn put_beside(
+    config: &AzureConfig,
+    companion: Companion,
+    body: &[u8],
+) -> Result<(), UploadError> {
+    Blob::new(config)?.put_sibling(companion, body)
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 //! [`CiphertextSlot`] so the manifest can record both.
 
 use crate::UploadError;
+use pmem_core::sink::ImageDigest;
 use pmem_core::{ByteSink, SinkSummary};
-use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
@@ -33,14 +33,14 @@ impl Recipients {
             .map(|t| {
                 let t = t.as_ref().trim();
                 age::x25519::Recipient::from_str(t).map_err(|e| {
-                    UploadError::Age(format!(
+                    UploadError::age(format!(
                         "recipient {t:?} is not an age X25519 public key (age1...): {e}"
                     ))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
-            return Err(UploadError::Age("no recipient".into()));
+            return Err(UploadError::age("no recipient"));
         }
         Ok(Recipients { keys })
     }
@@ -52,7 +52,7 @@ impl Recipients {
 
     fn encryptor(&self) -> Result<age::Encryptor, UploadError> {
         age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
-            .map_err(|e| UploadError::Age(e.to_string()))
+            .map_err(|e| UploadError::age(e.to_string()).because(e))
     }
 
     /// Encrypts a small buffer (a manifest) into one age file.
@@ -96,13 +96,11 @@ impl Write for SinkWriter {
     }
 }
 
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-
 /// A [`ByteSink`] that encrypts everything into `inner`.
 pub struct EncryptSink {
     stream: age::stream::StreamWriter<CountHeader>,
-    hasher: Sha256,
-    position: u64,
+    /// Of the plaintext.
+    digest: ImageDigest,
     slot: CiphertextSlot,
     /// Bytes of the age header and nonce (random "grease" stanzas make it
     /// vary from file to file), written when the sink is made.
@@ -119,15 +117,12 @@ impl EncryptSink {
         let header_len = Arc::new(Mutex::new(0));
         let counted = CountHeader(SinkWriter(inner, 0), header_len.clone());
         let stream = recipients.encryptor()?.wrap_output(counted)?;
-        let header_len = *header_len
-            .lock()
-            .map_err(|_| UploadError::Age("lock".into()))?;
+        let header_len = *header_len.lock().map_err(|_| UploadError::age("lock"))?;
         let slot = CiphertextSlot::default();
         Ok((
             EncryptSink {
                 stream,
-                hasher: Sha256::new(),
-                position: 0,
+                digest: ImageDigest::new(),
                 slot: slot.clone(),
                 header_len,
             },
@@ -164,23 +159,15 @@ impl Write for CountHeader {
 impl ByteSink for EncryptSink {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.stream.write_all(buf)?;
-        self.hasher.update(buf);
-        self.position += buf.len() as u64;
+        self.digest.update(buf);
         Ok(())
     }
 
-    // Ciphertext has no holes: zeros are encrypted like any other bytes.
-    fn write_zeros(&mut self, mut len: u64) -> io::Result<()> {
-        while len > 0 {
-            let n = len.min(ZEROS.len() as u64) as usize;
-            self.write_all(&ZEROS[..n])?;
-            len -= n as u64;
-        }
-        Ok(())
-    }
+    // Ciphertext has no holes: the trait's write_zeros encrypts zeros like
+    // any other bytes.
 
     fn position(&self) -> u64 {
-        self.position
+        self.digest.len()
     }
 
     fn finish(self: Box<Self>) -> io::Result<SinkSummary> {
@@ -192,10 +179,7 @@ impl ByteSink for EncryptSink {
         if let Ok(mut slot) = this.slot.lock() {
             *slot = Some(ciphertext);
         }
-        Ok(SinkSummary {
-            bytes: this.position,
-            sha256: this.hasher.finalize().into(),
-        })
+        Ok(this.digest.summary())
     }
 }
 
@@ -206,19 +190,22 @@ pub struct Identities {
 }
 
 impl Identities {
+    /// Reads the identity file at `path`.
     pub fn from_file(path: &Path) -> Result<Identities, UploadError> {
         let file = std::fs::File::open(path).map_err(|e| {
-            UploadError::Age(format!("opening identity file {}: {e}", path.display()))
+            UploadError::age(format!("opening identity file {}: {e}", path.display())).because(e)
         })?;
         Identities::from_reader(io::BufReader::new(file))
     }
 
+    /// Reads identities in identity-file syntax from `reader`; fails when
+    /// it holds none.
     pub fn from_reader<R: BufRead>(reader: R) -> Result<Identities, UploadError> {
         let keys = age::IdentityFile::from_buffer(reader)
             .and_then(|f| f.into_identities().map_err(io::Error::other))
-            .map_err(|e| UploadError::Age(format!("reading identities: {e}")))?;
+            .map_err(|e| UploadError::age(format!("reading identities: {e}")).because(e))?;
         if keys.is_empty() {
-            return Err(UploadError::Age("the identity file holds no key".into()));
+            return Err(UploadError::age("the identity file holds no key"));
         }
         Ok(Identities { keys })
     }
@@ -227,10 +214,11 @@ impl Identities {
     /// seeks too (age's STREAM chunks are independent), which is how pmem's
     /// image readers read an encrypted image in place.
     pub fn decrypt<R: Read>(&self, input: R) -> Result<age::stream::StreamReader<R>, UploadError> {
-        let decryptor = age::Decryptor::new(input).map_err(|e| UploadError::Age(e.to_string()))?;
+        let decryptor =
+            age::Decryptor::new(input).map_err(|e| UploadError::age(e.to_string()).because(e))?;
         decryptor
             .decrypt(self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity))
-            .map_err(|e| UploadError::Age(e.to_string()))
+            .map_err(|e| UploadError::age(e.to_string()).because(e))
     }
 }
 
@@ -243,6 +231,7 @@ pub fn is_age(head: &[u8]) -> bool {
 mod tests {
     use super::*;
     use pmem_core::sink::HashingSink;
+    use sha2::{Digest, Sha256};
 
     fn keypair() -> (String, Identities) {
         let identity = age::x25519::Identity::generate();
@@ -323,5 +312,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_missing_identity_file_keeps_the_io_error_as_the_source() {
+        use std::error::Error;
+        let path = Path::new("/nonexistent/pmem-identity.txt");
+        let err = Identities::from_file(path).err().expect("no such file");
+        let io = err
+            .source()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .expect("the io::Error is the source");
+        assert_eq!(io.kind(), io::ErrorKind::NotFound);
+        // The message is as it was: the cause's text quoted after what failed.
+        assert_eq!(
+            err.to_string(),
+            format!("age: opening identity file {}: {io}", path.display())
+        );
     }
 }

@@ -27,7 +27,7 @@ pub fn agent(ca_file: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, U
             })
             .collect::<Vec<_>>();
         if certs.is_empty() {
-            return Err(UploadError::Tls(format!(
+            return Err(UploadError::tls(format!(
                 "{} holds no certificate",
                 path.display()
             )));
@@ -43,8 +43,11 @@ pub fn agent(ca_file: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, U
 
 /// What came back from a request: status, selected headers, body text.
 pub struct Reply {
+    /// The HTTP status code.
     pub status: u16,
+    /// The `ETag` header, quotes included (S3 lists it per part).
     pub etag: Option<String>,
+    /// The body as text, at most 64 KiB of it (error bodies are small XML).
     pub body: String,
 }
 
@@ -58,6 +61,8 @@ pub fn reply(
         what: what.to_string(),
         // ureq's messages can include the URL: keep only the kind.
         detail: crate::redact::redact_text(&e.to_string()),
+        // Not kept as the source: its text is what was just redacted.
+        source: None,
     })?;
     let status = response.status().as_u16();
     let etag = response

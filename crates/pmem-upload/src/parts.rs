@@ -53,7 +53,7 @@ impl Shared {
             .lock()
             .ok()
             .and_then(|mut e| e.take())
-            .unwrap_or_else(|| UploadError::Protocol("an upload worker stopped".into()))
+            .unwrap_or_else(|| UploadError::protocol("an upload worker stopped"))
     }
 }
 
@@ -112,7 +112,7 @@ impl PartUpload {
 
     fn send_part(&mut self) -> Result<(), UploadError> {
         if self.next_part > self.max_parts {
-            return Err(UploadError::Protocol(format!(
+            return Err(UploadError::protocol(format!(
                 "more than {} parts: use a larger --part-size",
                 self.max_parts
             )));
@@ -208,7 +208,7 @@ impl Upload for PartUpload {
             .unwrap_or_default();
         parts.sort();
         if parts.len() as u32 != self.next_part - 1 {
-            let err = UploadError::Protocol("a part is missing".into());
+            let err = UploadError::protocol("a part is missing");
             return Err(self.fail(err));
         }
         if let Err(e) = self.shared.sink.complete(&parts) {
@@ -224,7 +224,7 @@ impl Drop for PartUpload {
     // finishing it: abort so no orphaned parts remain.
     fn drop(&mut self) {
         if !self.finished {
-            let _ = self.fail(UploadError::Protocol("abandoned".into()));
+            let _ = self.fail(UploadError::protocol("abandoned"));
         }
     }
 }
@@ -251,7 +251,7 @@ mod tests {
             _: &dyn Fn() -> bool,
         ) -> Result<String, UploadError> {
             if self.fail == Some(n) {
-                return Err(UploadError::Protocol("injected".into()));
+                return Err(UploadError::protocol("injected"));
             }
             self.parts.lock().unwrap().push((n, d.to_vec()));
             Ok(hex::encode(Sha256::digest(d)))

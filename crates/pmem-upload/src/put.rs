@@ -40,8 +40,9 @@ const QUEUE: usize = 2;
 /// Where and how to PUT.
 #[derive(Debug, Clone)]
 pub struct PutConfig {
-    /// The pre-signed URL (secret: printed only through [`crate::redact`]).
+    /// The pre-signed URL (secret: printed only through [`crate::redact()`]).
     pub url: String,
+    /// PEM file of CA certificates to trust instead of the built-in roots.
     pub ca_file: Option<PathBuf>,
     /// How long one read or write of the request may stall.
     pub timeout: Duration,
@@ -69,14 +70,14 @@ pub fn check_scheme(url: &str) -> Result<(), UploadError> {
         if loopback {
             return Ok(());
         }
-        return Err(UploadError::Destination(format!(
+        return Err(UploadError::destination(format!(
             "{}: plain http:// would send the memory image and the URL's signature \
              unencrypted; use an https:// URL (http:// is accepted only for 127.0.0.1, \
              ::1 or localhost)",
             crate::redact(url)
         )));
     }
-    Err(UploadError::Destination(format!(
+    Err(UploadError::destination(format!(
         "{}: not an http(s):// URL",
         crate::redact(url)
     )))
@@ -122,7 +123,7 @@ impl PutUpload {
 
     fn declared(&self) -> Result<u64, UploadError> {
         self.length.get().copied().ok_or_else(|| {
-            UploadError::Protocol(format!(
+            UploadError::protocol(format!(
                 "{}: the image length was not declared before its bytes",
                 self.display()
             ))
@@ -136,11 +137,10 @@ impl PutUpload {
         }
         let length = self.declared()?;
         let agent = http::agent(self.config.ca_file.as_deref(), self.config.timeout)?;
-        let uri: ureq::http::Uri = self
-            .config
-            .url
-            .parse()
-            .map_err(|e| UploadError::Destination(format!("{}: {e}", self.display())))?;
+        let uri: ureq::http::Uri =
+            self.config.url.parse().map_err(|e| {
+                UploadError::destination(format!("{}: {e}", self.display())).because(e)
+            })?;
         let (tx, rx) = sync_channel(QUEUE);
         let what = format!("PUT {}", self.display());
         let thread = std::thread::Builder::new()
@@ -158,7 +158,7 @@ impl PutUpload {
                     .header("content-length", length)
                     .header("content-type", "application/octet-stream")
                     .body(body)
-                    .map_err(|e| UploadError::Destination(e.to_string()))?;
+                    .map_err(|e| UploadError::destination(e.to_string()).because(e))?;
                 let reply = http::reply(&what, agent.run(request))?;
                 if !(200..300).contains(&reply.status) {
                     return Err(http::status_error(&what, &reply));
@@ -181,7 +181,7 @@ impl PutUpload {
         if !sent {
             // The request ended early: its error says why.
             return Err(self.stop().err().unwrap_or_else(|| {
-                UploadError::Protocol(format!("{}: the request ended early", self.display()))
+                UploadError::protocol(format!("{}: the request ended early", self.display()))
             }));
         }
         self.sent += n;
@@ -193,9 +193,9 @@ impl PutUpload {
         match self.request.take() {
             Some((tx, thread)) => {
                 drop(tx);
-                thread.join().unwrap_or_else(|_| {
-                    Err(UploadError::Protocol("the upload thread panicked".into()))
-                })
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(UploadError::protocol("the upload thread panicked")))
             }
             None => Ok(()),
         }
@@ -207,7 +207,7 @@ impl Upload for PutUpload {
         let total = self.sent + (self.pending.len() + buf.len()) as u64;
         if let Some(&length) = self.length.get() {
             if total > length {
-                return Err(UploadError::Protocol(format!(
+                return Err(UploadError::protocol(format!(
                     "{}: the image grew past the {length} bytes declared in the \
                      request's Content-Length; upload abandoned (no object is stored)",
                     self.display()
@@ -231,7 +231,7 @@ impl Upload for PutUpload {
         if summary.bytes != length || total != length {
             // Dropping the channel cuts the request short of its length.
             let _ = self.stop();
-            return Err(UploadError::Protocol(format!(
+            return Err(UploadError::protocol(format!(
                 "{}: the image is {} bytes but {length} were declared in the request's \
                  Content-Length; upload abandoned (no object is stored)",
                 self.display(),

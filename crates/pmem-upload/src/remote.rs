@@ -5,8 +5,8 @@
 //! only point at which a remote object may become visible as complete.
 
 use crate::UploadError;
+use pmem_core::sink::ImageDigest;
 use pmem_core::{ByteSink, SinkSummary};
-use sha2::{Digest, Sha256};
 use std::io;
 
 /// A destination that receives the image bytes in order.
@@ -20,20 +20,19 @@ pub trait Upload: Send {
     fn finish(self: Box<Self>, summary: &SinkSummary) -> Result<(), UploadError>;
 }
 
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-
+/// The [`ByteSink`] over an [`Upload`]: hashes and counts what it passes
+/// on, and commits the upload in [`ByteSink::finish`].
 pub struct RemoteSink {
     upload: Box<dyn Upload>,
-    hasher: Sha256,
-    position: u64,
+    digest: ImageDigest,
 }
 
 impl RemoteSink {
+    /// A sink sending the image to `upload`.
     pub fn new(upload: Box<dyn Upload>) -> RemoteSink {
         RemoteSink {
             upload,
-            hasher: Sha256::new(),
-            position: 0,
+            digest: ImageDigest::new(),
         }
     }
 }
@@ -41,29 +40,18 @@ impl RemoteSink {
 impl ByteSink for RemoteSink {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.upload.write(buf)?;
-        self.hasher.update(buf);
-        self.position += buf.len() as u64;
+        self.digest.update(buf);
         Ok(())
     }
 
-    fn write_zeros(&mut self, mut len: u64) -> io::Result<()> {
-        while len > 0 {
-            let n = len.min(ZEROS.len() as u64) as usize;
-            self.write_all(&ZEROS[..n])?;
-            len -= n as u64;
-        }
-        Ok(())
-    }
+    // A network object has no holes: the trait's write_zeros sends zeros.
 
     fn position(&self) -> u64 {
-        self.position
+        self.digest.len()
     }
 
     fn finish(self: Box<Self>) -> io::Result<SinkSummary> {
-        let summary = SinkSummary {
-            bytes: self.position,
-            sha256: self.hasher.finalize().into(),
-        };
+        let summary = self.digest.summary();
         self.upload.finish(&summary)?;
         Ok(summary)
     }

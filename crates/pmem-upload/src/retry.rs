@@ -8,8 +8,11 @@ use std::time::Duration;
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
+    /// Tries in all, the first included (1: no retry).
     pub attempts: u32,
+    /// Wait before the first retry; doubled before each next one.
     pub first_delay: Duration,
+    /// Longest wait between two tries.
     pub max_delay: Duration,
 }
 

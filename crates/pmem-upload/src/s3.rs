@@ -16,7 +16,7 @@ use crate::http::{self, Reply};
 use crate::parts::{PartSink, PartUpload};
 use crate::retry::{with_retries, RetryPolicy};
 use crate::sigv4::{self, Credentials};
-use crate::UploadError;
+use crate::{Companion, UploadError};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,21 +24,33 @@ use std::time::SystemTime;
 
 /// S3's limits: at most 10,000 parts, each (but the last) at least 5 MiB.
 const MAX_PARTS: u32 = 10_000;
+/// Smallest part S3 accepts (but for the last): 5 MiB.
 pub const MIN_PART: usize = 5 << 20;
 
 /// Where and how to upload.
 #[derive(Debug, Clone)]
 pub struct S3Config {
+    /// Bucket name.
     pub bucket: String,
+    /// Object key of the image; the manifest goes to `KEY.json`, the
+    /// symbols to `KEY.symbols`.
     pub key: String,
     /// `http(s)://host[:port]` of an S3-compatible service (path-style
     /// addressing); `None` for AWS (virtual-hosted style).
     pub endpoint: Option<String>,
+    /// Region the requests are signed for (e.g. `us-east-1`).
     pub region: String,
+    /// Keys the requests are signed with.
     pub credentials: Credentials,
+    /// Bytes per part to begin with (at least [`MIN_PART`]); parts grow so
+    /// that a large image stays under S3's 10,000 parts.
     pub part_size: usize,
+    /// Parts uploaded at once; memory held is about
+    /// `(workers + 1) × part size`.
     pub workers: usize,
+    /// PEM file of CA certificates to trust instead of the built-in roots.
     pub ca_file: Option<PathBuf>,
+    /// Retries of each request.
     pub retry: RetryPolicy,
     /// How long one read or write of a request may stall.
     pub timeout: std::time::Duration,
@@ -48,12 +60,12 @@ pub struct S3Config {
 pub fn parse_url(url: &str) -> Result<(String, String), UploadError> {
     let rest = url
         .strip_prefix("s3://")
-        .ok_or_else(|| UploadError::Destination(format!("{url}: not s3://")))?;
+        .ok_or_else(|| UploadError::destination(format!("{url}: not s3://")))?;
     match rest.split_once('/') {
         Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
             Ok((bucket.to_string(), key.to_string()))
         }
-        _ => Err(UploadError::Destination(format!(
+        _ => Err(UploadError::destination(format!(
             "{url}: expected s3://BUCKET/KEY"
         ))),
     }
@@ -77,16 +89,17 @@ pub fn credentials_from_env() -> Result<Credentials, UploadError> {
     let path = var("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
         .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))
-        .ok_or_else(|| UploadError::Credentials("no AWS_ACCESS_KEY_ID and no HOME".into()))?;
+        .ok_or_else(|| UploadError::credentials("no AWS_ACCESS_KEY_ID and no HOME"))?;
     let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        UploadError::Credentials(format!(
+        UploadError::credentials(format!(
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set and {} cannot be read: {e}",
             path.display()
         ))
+        .because(e)
     })?;
     parse_profile(&text, &profile).ok_or_else(|| {
-        UploadError::Credentials(format!(
+        UploadError::credentials(format!(
             "profile [{profile}] in {} has no aws_access_key_id/aws_secret_access_key",
             path.display()
         ))
@@ -157,9 +170,9 @@ impl Client {
         let host = base
             .split_once("://")
             .map(|(_, h)| h.to_string())
-            .ok_or_else(|| UploadError::Destination(format!("endpoint {base}: no scheme")))?;
+            .ok_or_else(|| UploadError::destination(format!("endpoint {base}: no scheme")))?;
         if host.contains('/') {
-            return Err(UploadError::Destination(format!(
+            return Err(UploadError::destination(format!(
                 "endpoint {}: give only scheme://host[:port]",
                 crate::redact(&base)
             )));
@@ -218,16 +231,16 @@ impl Client {
                     .join("&"),
             );
         }
-        let uri: ureq::http::Uri = url
-            .parse()
-            .map_err(|e| UploadError::Destination(format!("{}: {e}", crate::redact(&url))))?;
+        let uri: ureq::http::Uri = url.parse().map_err(|e| {
+            UploadError::destination(format!("{}: {e}", crate::redact(&url))).because(e)
+        })?;
         let mut builder = ureq::http::Request::builder().method(method).uri(uri);
         for (k, v) in &headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
         let request = builder
             .body(body)
-            .map_err(|e| UploadError::Destination(e.to_string()))?;
+            .map_err(|e| UploadError::destination(e.to_string()).because(e))?;
         let reply = http::reply(what, self.agent.run(request))?;
         if !(200..300).contains(&reply.status) {
             return Err(http::status_error(what, &reply));
@@ -245,7 +258,7 @@ impl Client {
             self.request("POST", &self.path, &[("uploads", "")], b"", &what)
         })?;
         http::xml_value(&reply.body, "UploadId")
-            .ok_or_else(|| UploadError::Protocol(format!("{what}: the reply has no UploadId")))
+            .ok_or_else(|| UploadError::protocol(format!("{what}: the reply has no UploadId")))
     }
 
     fn upload_part(
@@ -268,7 +281,7 @@ impl Client {
         })?;
         reply
             .etag
-            .ok_or_else(|| UploadError::Protocol(format!("{what}: no ETag in the reply")))
+            .ok_or_else(|| UploadError::protocol(format!("{what}: no ETag in the reply")))
     }
 
     fn complete(&self, upload_id: &str, parts: &[(u32, String)]) -> Result<(), UploadError> {
@@ -301,7 +314,7 @@ impl Client {
         Ok(())
     }
 
-    /// One PUT of a small object (the manifest).
+    /// One PUT of a small object (the manifest, the symbols).
     fn put(&self, path: &str, body: &[u8], what: &str) -> Result<(), UploadError> {
         with_retries(&self.config.retry, &|| false, || {
             self.request("PUT", path, &[], body, what)
@@ -350,11 +363,12 @@ pub fn start(config: S3Config) -> Result<PartUpload, UploadError> {
     ))
 }
 
-/// Uploads the manifest next to the object as KEY.json.
-pub fn put_manifest(config: S3Config, body: &[u8]) -> Result<(), UploadError> {
+/// Uploads `companion` next to the image as KEY.json or KEY.symbols.
+pub fn put_beside(config: S3Config, companion: Companion, body: &[u8]) -> Result<(), UploadError> {
     let client = Client::new(config)?;
-    let path = format!("{}.json", client.path);
-    let what = format!("the manifest {}.json", client.display);
+    let suffix = companion.suffix();
+    let path = format!("{}{suffix}", client.path);
+    let what = format!("{} {}{suffix}", companion.description(), client.display);
     client.put(&path, body, &what)
 }
 

@@ -11,8 +11,12 @@ use std::time::SystemTime;
 /// Credentials from the environment or a profile.
 #[derive(Clone)]
 pub struct Credentials {
+    /// Access key id (`AWS_ACCESS_KEY_ID`).
     pub access_key: String,
+    /// Secret access key (`AWS_SECRET_ACCESS_KEY`); never printed.
     pub secret_key: String,
+    /// Session token of temporary credentials (`AWS_SESSION_TOKEN`), sent
+    /// as `x-amz-security-token`; never printed.
     pub session_token: Option<String>,
 }
 
@@ -76,6 +80,7 @@ pub fn amz_date(now: SystemTime) -> String {
 
 /// One request to sign.
 pub struct Request<'a> {
+    /// HTTP method, e.g. `PUT`.
     pub method: &'a str,
     /// `host` or `host:port`, exactly as the HTTP client sends it.
     pub host: &'a str,
@@ -83,6 +88,7 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Query parameters, not encoded.
     pub query: &'a [(&'a str, &'a str)],
+    /// Lowercase hex SHA-256 of the request body.
     pub payload_sha256: &'a str,
 }
 
@@ -105,17 +111,7 @@ pub fn sign(
         headers.push(("x-amz-security-token".into(), token.clone()));
     }
     headers.sort();
-    let mut query: Vec<(String, String)> = req
-        .query
-        .iter()
-        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
-        .collect();
-    query.sort();
-    let canonical_query = query
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let canonical_query = canonical_query(req.query);
     let canonical_headers: String = headers
         .iter()
         .map(|(k, v)| format!("{k}:{}\n", v.trim()))
@@ -177,16 +173,7 @@ pub fn presign(
     if let Some(token) = &creds.session_token {
         query.push(("X-Amz-Security-Token".into(), token.clone()));
     }
-    let mut encoded: Vec<(String, String)> = query
-        .iter()
-        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
-        .collect();
-    encoded.sort();
-    let canonical_query = encoded
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let canonical_query = canonical_query(&query);
     let canonical_request =
         format!("{method}\n{path}\n{canonical_query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD");
     let string_to_sign = format!(
@@ -198,6 +185,21 @@ pub fn presign(
         string_to_sign.as_bytes(),
     ));
     format!("{base}{path}?{canonical_query}&X-Amz-Signature={signature}")
+}
+
+/// The canonical query string: names and values URI-encoded, the pairs
+/// sorted, joined as `name=value&name=value`.
+fn canonical_query(query: &[(impl AsRef<str>, impl AsRef<str>)]) -> String {
+    let mut encoded: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (uri_encode(k.as_ref(), false), uri_encode(v.as_ref(), false)))
+        .collect();
+    encoded.sort();
+    encoded
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn signing_key(secret: &str, date: &str, region: &str) -> [u8; 32] {

@@ -1,14 +1,35 @@
 //! `tls://host:port`: the image as a TLS stream to a listener the
 //! responder runs (`pmem receive`), and that listener.
 //!
-//! Wire format inside TLS (all integers big-endian):
+//! An acquisition is several objects, one per connection, in this order:
+//! the image, then the symbols when the image format has no room for them
+//! (`IMAGE.symbols`), then the manifest, which is always last. Wire format
+//! of each, inside TLS (all integers big-endian):
 //!
 //! ```text
-//! header   "PMEMTLS1" kind:u8 ('I' image, 'M' manifest) flags:u8 (bit 0: a manifest follows)
+//! header   "PMEMTLS1" kind:u8 flags:u8
+//!          kind: 'I' image, 'S' symbols, 'M' manifest
+//!          flags bit 0: another object of this acquisition follows
 //! frames   len:u32 (1..=1 MiB) bytes[len] ... then len = 0
 //! trailer  total:u64 sha256[32]           (of the payload bytes)
 //! ack      "PMEMACK1" sha256[32]          (receiver -> sender, after fsync)
 //! ```
+//!
+//! The receiver ([`serve`]) stops after the first object whose flag says
+//! nothing follows. Until the symbols existed, bit 0 meant "a manifest
+//! follows" and only the image set it; the senders of that time send the
+//! image (bit 0 set) then the manifest (clear), which ends an acquisition
+//! the same way under either meaning, so the magic stays `PMEMTLS1`. A
+//! receiver of that time refuses kind `'S'` ("unknown object kind") and
+//! stops: a new sender's symbols, and the manifest after them, do not
+//! reach it, and the sender fails at the symbols.
+//!
+//! The image and the symbols always say that something follows: the
+//! manifest is what closes an acquisition. A sender that stops before the
+//! manifest (its acquisition failed, it was killed) leaves the receiver
+//! waiting for it, with the objects already received complete on disk,
+//! just as an image whose manifest never comes always has; whoever runs
+//! the receiver stops it.
 //!
 //! A cut stream (connection lost, sender killed) never has a valid trailer,
 //! so the receiver can always tell complete from incomplete: it writes to
@@ -19,7 +40,8 @@
 //! side noticing, and only the ack proves the receiver has everything.
 
 use crate::remote::Upload;
-use crate::UploadError;
+use crate::{Companion, UploadError};
+use pmem_core::sink::fill_buffer;
 use pmem_core::SinkSummary;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -40,8 +62,13 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
 /// What an object on the stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// The memory image (`'I'` on the wire).
     Image,
+    /// The image's manifest (`'M'` on the wire).
     Manifest,
+    /// The kernel's symbol bundle beside an image with no room for it
+    /// (`'S'` on the wire).
+    Symbols,
 }
 
 impl Kind {
@@ -49,6 +76,50 @@ impl Kind {
         match self {
             Kind::Image => b'I',
             Kind::Manifest => b'M',
+            Kind::Symbols => b'S',
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Kind> {
+        [Kind::Image, Kind::Manifest, Kind::Symbols]
+            .into_iter()
+            .find(|kind| kind.byte() == byte)
+    }
+}
+
+impl From<Companion> for Kind {
+    fn from(companion: Companion) -> Kind {
+        match companion {
+            Companion::Manifest => Kind::Manifest,
+            Companion::Symbols => Kind::Symbols,
+        }
+    }
+}
+
+/// Whether another object of the same acquisition comes after this one
+/// (the header's flag bit 0): the receiver then waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follows {
+    /// Another object follows, on a new connection: the symbols or the
+    /// manifest after the image, the manifest after the symbols.
+    More,
+    /// This object is the last.
+    Nothing,
+}
+
+impl Follows {
+    fn flags(self) -> u8 {
+        match self {
+            Follows::More => 1,
+            Follows::Nothing => 0,
+        }
+    }
+
+    fn from_flags(flags: u8) -> Follows {
+        if flags & 1 != 0 {
+            Follows::More
+        } else {
+            Follows::Nothing
         }
     }
 }
@@ -74,9 +145,7 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], UploadError> {
     let bytes = hex::decode(&text)
         .ok()
         .filter(|b| b.len() == 32)
-        .ok_or_else(|| {
-            UploadError::Tls("the fingerprint must be 32 bytes of hex (SHA-256)".into())
-        })?;
+        .ok_or_else(|| UploadError::tls("the fingerprint must be 32 bytes of hex (SHA-256)"))?;
     let mut out = [0u8; 32];
     out.copy_from_slice(&bytes);
     Ok(out)
@@ -150,17 +219,19 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
     }
 }
 
-fn tls_err(e: impl std::fmt::Display) -> UploadError {
-    UploadError::Tls(e.to_string())
+fn tls_err(e: rustls::Error) -> UploadError {
+    UploadError::tls(e.to_string()).because(e)
 }
 
 /// Reads all certificates of a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UploadError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| UploadError::Tls(format!("reading certificates {}: {e}", path.display())))?;
+        .map_err(|e| {
+            UploadError::tls(format!("reading certificates {}: {e}", path.display())).because(e)
+        })?;
     if certs.is_empty() {
-        return Err(UploadError::Tls(format!(
+        return Err(UploadError::tls(format!(
             "{} holds no certificate",
             path.display()
         )));
@@ -195,7 +266,7 @@ pub fn client_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, UploadE
 
 type ClientStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-/// Sends one object (the image or a manifest) to a receiver.
+/// Sends one object (the image, the symbols or the manifest) to a receiver.
 pub struct TlsSender {
     stream: ClientStream,
     frame: Vec<u8>,
@@ -209,19 +280,20 @@ impl TlsSender {
         address: &str,
         trust: &Trust,
         kind: Kind,
-        manifest_follows: bool,
+        follows: Follows,
     ) -> Result<TlsSender, UploadError> {
         let (host, _) = address
             .rsplit_once(':')
-            .ok_or_else(|| UploadError::Destination(format!("tls://{address}: no port")))?;
+            .ok_or_else(|| UploadError::destination(format!("tls://{address}: no port")))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let server_name = ServerName::try_from(host.to_string())
-            .map_err(|e| UploadError::Destination(format!("tls://{address}: {e}")))?;
+            .map_err(|e| UploadError::destination(format!("tls://{address}: {e}")).because(e))?;
         let addrs: Vec<_> = address
             .to_socket_addrs()
             .map_err(|e| UploadError::Transport {
                 what: format!("resolving {address}"),
                 detail: e.to_string(),
+                source: Some(e.into()),
             })?
             .collect();
         let mut last = None;
@@ -237,7 +309,10 @@ impl TlsSender {
         }
         let tcp = tcp.ok_or_else(|| UploadError::Transport {
             what: format!("connecting to {address}"),
-            detail: last.map(|e| e.to_string()).unwrap_or("no address".into()),
+            detail: last
+                .as_ref()
+                .map_or_else(|| "no address".into(), |e| e.to_string()),
+            source: last.map(Into::into),
         })?;
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -248,14 +323,13 @@ impl TlsSender {
         // Complete the handshake now so that a wrong certificate is
         // reported before any memory is read.
         while stream.conn.is_handshaking() {
-            stream
-                .conn
-                .complete_io(&mut stream.sock)
-                .map_err(|e| UploadError::Tls(format!("handshake with {address}: {e}")))?;
+            stream.conn.complete_io(&mut stream.sock).map_err(|e| {
+                UploadError::tls(format!("handshake with {address}: {e}")).because(e)
+            })?;
         }
         let mut header = MAGIC.to_vec();
         header.push(kind.byte());
-        header.push(u8::from(manifest_follows));
+        header.push(follows.flags());
         stream.write_all(&header)?;
         Ok(TlsSender {
             stream,
@@ -276,7 +350,8 @@ impl TlsSender {
         Ok(())
     }
 
-    /// Sends a whole buffer as one object and commits it (manifests).
+    /// Sends a whole buffer as one object and commits it (the manifest, the
+    /// symbols).
     pub fn send_all(mut self, data: &[u8]) -> Result<(), UploadError> {
         Upload::write(&mut self, data)?;
         let summary = SinkSummary {
@@ -288,26 +363,24 @@ impl TlsSender {
 }
 
 impl Upload for TlsSender {
-    fn write(&mut self, mut buf: &[u8]) -> Result<(), UploadError> {
+    fn write(&mut self, buf: &[u8]) -> Result<(), UploadError> {
         self.hasher.update(buf);
         self.bytes += buf.len() as u64;
-        while !buf.is_empty() {
-            let n = (MAX_FRAME - self.frame.len()).min(buf.len());
-            self.frame.extend_from_slice(&buf[..n]);
-            buf = &buf[n..];
-            if self.frame.len() == MAX_FRAME {
-                self.flush_frame()?;
-            }
-        }
-        Ok(())
+        Ok(fill_buffer(
+            self,
+            buf,
+            MAX_FRAME,
+            |s| &mut s.frame,
+            Self::flush_frame,
+        )?)
     }
 
     fn finish(mut self: Box<Self>, summary: &SinkSummary) -> Result<(), UploadError> {
         self.flush_frame()?;
         let sha: [u8; 32] = self.hasher.clone().finalize().into();
         if sha != summary.sha256 || self.bytes != summary.bytes {
-            return Err(UploadError::Protocol(
-                "the bytes sent differ from the image's summary".into(),
+            return Err(UploadError::protocol(
+                "the bytes sent differ from the image's summary",
             ));
         }
         let mut trailer = 0u32.to_be_bytes().to_vec();
@@ -324,13 +397,14 @@ impl Upload for TlsSender {
         self.stream.sock.shutdown(Shutdown::Write)?;
         let mut ack = [0u8; 40];
         read_exact_tls(&mut self.stream, &mut ack).map_err(|e| {
-            UploadError::Protocol(format!(
+            UploadError::protocol(format!(
                 "the receiver did not acknowledge the stream ({e}): it may be incomplete there"
             ))
+            .because(e)
         })?;
         if &ack[..8] != ACK || ack[8..] != sha {
-            return Err(UploadError::Protocol(
-                "the receiver's acknowledgement does not match what was sent".into(),
+            return Err(UploadError::protocol(
+                "the receiver's acknowledgement does not match what was sent",
             ));
         }
         Ok(())
@@ -347,7 +421,7 @@ fn read_exact_tls(r: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, UploadError> {
     let chain = read_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| UploadError::Tls(format!("reading key {}: {e}", key.display())))?;
+        .map_err(|e| UploadError::tls(format!("reading key {}: {e}", key.display())).because(e))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?
@@ -360,24 +434,30 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// One object received completely.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// What the object was.
     pub kind: Kind,
+    /// Where it was stored (renamed there once its trailer matched).
     pub path: PathBuf,
+    /// Payload length in bytes.
     pub bytes: u64,
+    /// SHA-256 of the payload, as the trailer stated and the receiver
+    /// checked.
     pub sha256: [u8; 32],
-    pub manifest_follows: bool,
+    /// Whether the sender said another object follows.
+    pub follows: Follows,
 }
 
 /// Where an object of `kind` goes: the image at `out`, its manifest at
-/// `out.json`.
+/// `out.json`, its symbols at `out.symbols`.
 pub fn target_path(out: &Path, kind: Kind) -> PathBuf {
-    match kind {
-        Kind::Image => out.to_path_buf(),
-        Kind::Manifest => {
-            let mut name = out.as_os_str().to_owned();
-            name.push(".json");
-            PathBuf::from(name)
-        }
-    }
+    let suffix = match kind {
+        Kind::Image => return out.to_path_buf(),
+        Kind::Manifest => Companion::Manifest.suffix(),
+        Kind::Symbols => Companion::Symbols.suffix(),
+    };
+    let mut name = out.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -400,24 +480,19 @@ pub fn receive_one(
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     let conn = rustls::ServerConnection::new(config).map_err(tls_err)?;
     let mut stream = rustls::StreamOwned::new(conn, tcp);
-    let cut = |e: io::Error| UploadError::Protocol(format!("stream cut before its trailer: {e}"));
+    let cut = |e: io::Error| {
+        UploadError::protocol(format!("stream cut before its trailer: {e}")).because(e)
+    };
     let mut header = [0u8; 10];
     stream
         .read_exact(&mut header)
-        .map_err(|e| UploadError::Rejected(format!("before the stream started: {e}")))?;
+        .map_err(|e| UploadError::rejected(format!("before the stream started: {e}")).because(e))?;
     if &header[..8] != MAGIC {
-        return Err(UploadError::Rejected("not a pmem stream".into()));
+        return Err(UploadError::rejected("not a pmem stream"));
     }
-    let kind = match header[8] {
-        b'I' => Kind::Image,
-        b'M' => Kind::Manifest,
-        other => {
-            return Err(UploadError::Protocol(format!(
-                "unknown object kind {other}"
-            )))
-        }
-    };
-    let manifest_follows = header[9] & 1 != 0;
+    let kind = Kind::from_byte(header[8])
+        .ok_or_else(|| UploadError::protocol(format!("unknown object kind {}", header[8])))?;
+    let follows = Follows::from_flags(header[9]);
     let target = target_path(out, kind);
     let partial = partial_path(&target);
     let file = pmem_core::sink::create_image_file(&partial, true)?;
@@ -433,7 +508,7 @@ pub fn receive_one(
             break;
         }
         if len > MAX_FRAME {
-            return Err(UploadError::Protocol(format!("frame of {len} bytes")));
+            return Err(UploadError::protocol(format!("frame of {len} bytes")));
         }
         stream.read_exact(&mut buf[..len]).map_err(cut)?;
         writer.write_all(&buf[..len])?;
@@ -445,7 +520,7 @@ pub fn receive_one(
     let sha: [u8; 32] = hasher.finalize().into();
     let declared = u64::from_be_bytes(trailer[..8].try_into().unwrap_or_default());
     if declared != bytes || trailer[8..] != sha {
-        return Err(UploadError::Protocol(format!(
+        return Err(UploadError::protocol(format!(
             "trailer says {declared} bytes sha256 {}, received {bytes} bytes sha256 {}",
             hex::encode(&trailer[8..]),
             hex::encode(sha)
@@ -456,14 +531,14 @@ pub fn receive_one(
     let mut extra = [0u8; 1];
     match stream.read(&mut extra) {
         Ok(0) => {}
-        Ok(_) => return Err(UploadError::Protocol("data after the trailer".into())),
+        Ok(_) => return Err(UploadError::protocol("data after the trailer")),
         Err(e) => return Err(cut(e)),
     }
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
     if !overwrite && target.exists() {
-        return Err(UploadError::Protocol(format!(
+        return Err(UploadError::protocol(format!(
             "{} already exists (complete copy kept in {})",
             target.display(),
             partial.display()
@@ -483,12 +558,13 @@ pub fn receive_one(
         path: target,
         bytes,
         sha256: sha,
-        manifest_follows,
+        follows,
     })
 }
 
-/// Serves one acquisition: the image, then its manifest if the sender says
-/// one follows. Returns what was received. A connection that fails before
+/// Serves one acquisition: objects until one says nothing follows (the
+/// image, its symbols, its manifest: see the module doc). Returns what was
+/// received, in order. A connection that fails before
 /// its stream starts (a wrong pin, a port scanner) is reported and the
 /// receiver keeps waiting; a stream cut after it started is an error.
 pub fn serve(
@@ -503,19 +579,16 @@ pub fn serve(
         let (tcp, _) = listener.accept()?;
         let got = match receive_one(tcp, config.clone(), out, overwrite) {
             Ok(got) => got,
-            Err(err @ UploadError::Rejected(_)) => {
+            Err(err @ UploadError::Rejected { .. }) => {
                 log(Err(&err));
                 continue;
             }
             Err(err) => return Err(err),
         };
         log(Ok(&got));
-        let done = match got.kind {
-            Kind::Image => !got.manifest_follows,
-            Kind::Manifest => received.iter().any(|r: &Received| r.kind == Kind::Image),
-        };
+        let last = got.follows == Follows::Nothing;
         received.push(got);
-        if done {
+        if last {
             return Ok(received);
         }
     }

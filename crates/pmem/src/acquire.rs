@@ -1,26 +1,25 @@
 //! `pmem acquire`: live memory -> image.
 
-use crate::job::{self, Job, Output};
-use crate::manifest::Origin;
+#[cfg(target_os = "linux")]
+use crate::carried_symbols::CarriedSymbols;
+use crate::compress::FormatArg;
+use crate::destination::{Destination, Encryption};
+use crate::interrupt::Watch;
+use crate::job::{self, Job};
+use crate::output_args::OutputArgs;
 use anyhow::Result;
-use pmem_core::{PhysicalMemory, Plan};
-use pmem_formats::Format;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format: lime, raw (zero-padded, sparse on files), elf (ELF
-    /// core), avml (compressed LiME), macho (Mach-O core), aff4 (AFF4
-    /// volume), or dmp (Windows crash dump: on Windows only, where the
-    /// driver gives the kernel's metadata; elsewhere convert an image with
-    /// `pmem convert --format dmp --cr3 HEX`).
-    #[arg(long, short, default_value = "lime")]
-    format: Format,
-    /// Memory source: auto, kcore, crash, mem or module (pmem's kernel
-    /// module, see `pmem module`), optionally with a device path (e.g.
-    /// kcore:/proc/kcore).
-    #[arg(long, default_value = "auto")]
+    /// Image format. dmp (Windows crash dump) is written on Windows only,
+    /// where the driver gives the kernel's metadata; elsewhere convert an
+    /// image with `pmem convert --format dmp --cr3 HEX`.
+    #[arg(long, short, value_enum, ignore_case = true, default_value = "lime")]
+    format: FormatArg,
+    // Memory source: the names are SourceKind's (source_help).
+    #[arg(long, default_value = "auto", help = source_help())]
     #[cfg_attr(windows, allow(dead_code))]
     pub(crate) source: String,
     /// Read the physical memory map from this file instead of /proc/iomem.
@@ -40,39 +39,38 @@ pub struct Args {
     #[cfg(windows)]
     #[arg(long)]
     pub mode: Option<String>,
-    /// Where to write the JSON manifest (default: OUTPUT.json; none for
-    /// standard output unless given).
-    #[arg(long)]
-    manifest: Option<PathBuf>,
-    /// Overwrite an existing image and manifest.
-    #[arg(long)]
-    force: bool,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
     #[command(flatten)]
-    compress: crate::compress::CompressArgs,
-    #[command(flatten)]
-    upload: crate::upload::UploadArgs,
+    output_options: OutputArgs,
     /// Also record memory_sha256, the hash of the memory content that is
     /// the same whatever the format (costs a second hash pass; `pmem
     /// convert` and `pmem verify` always compute it).
     #[arg(long)]
     memory_hash: bool,
+    /// Linux: do not capture the kernel's symbols (BTF, kallsyms, banner,
+    /// modules, config; `pmem symbols` turns them into a Volatility 3
+    /// ISF). They are captured by default, before the copy starts.
+    #[arg(long)]
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    no_symbols: bool,
     /// Image file, or - for standard output.
     output: PathBuf,
 }
 
-/// An opened live source with what the image and the manifest say about it.
-pub struct Live {
-    pub memory: Box<dyn PhysicalMemory>,
-    pub origin: Origin,
-    pub plan: Plan,
+/// `--source`'s help: "Memory source: auto, kcore, crash, mem or module
+/// (pmem's kernel module, ...)", the names from [`SourceKind::ALL`].
+///
+/// [`SourceKind::ALL`]: pmem_sources::SourceKind::ALL
+fn source_help() -> String {
+    format!(
+        "Memory source: {} (pmem's kernel module, see `pmem module`), optionally with a \
+         device path (e.g. kcore:/proc/kcore)",
+        pmem_sources::SourceKind::names()
+    )
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
+pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
     #[cfg(not(windows))]
-    if args.format == Format::Dmp {
+    if args.format.0 == pmem_formats::Format::Dmp {
         anyhow::bail!(
             "--format dmp writes a Windows crash dump, which needs the Windows kernel's \
              metadata (CR3, build, KDBG) that only pmem's Windows driver reads: run \
@@ -85,107 +83,46 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Dropped when this function returns, after the manifest is written: on
     // Windows that closes the device and unloads the driver, also on error.
     #[cfg(windows)]
-    let mut live = crate::windows::open_live(&args, started_at)?;
-    #[cfg(target_os = "macos")]
-    let mut live = crate::macos::open_live(&args.source, args.iomem.as_deref(), started_at)?;
-    #[cfg(not(any(windows, target_os = "macos")))]
-    let mut live = open_live(&args, started_at)?;
-    crate::upload::configure(&args.upload)?;
-    let output = Output::parse(&args.output);
-    let manifest_path = output.local_manifest_path(args.manifest.as_deref());
+    let mut live =
+        crate::windows::open_live(args.driver.as_deref(), args.mode.as_deref(), started_at)?;
+    #[cfg(not(windows))]
+    let mut live = crate::live::open(
+        &pmem_sources::LiveRequest {
+            source: args.source.clone(),
+            map_path: args.iomem.clone(),
+            ..Default::default()
+        },
+        started_at,
+    )?;
+    // Before the copy, never during it: reading files adds no smear.
+    #[cfg(target_os = "linux")]
+    let symbols =
+        (!args.no_symbols).then(|| CarriedSymbols::capture(live.plan.vmcoreinfo.as_deref()));
+    #[cfg(not(target_os = "linux"))]
+    let symbols = None;
+    let encryption = Encryption::parse(&args.output_options.upload)?;
+    let destination = Destination::parse(&args.output, &args.output_options.upload);
+    let manifest_path = destination.local_manifest_path(args.output_options.manifest.as_deref());
     let manifest = job::run(Job {
         source: live.memory.as_mut(),
         plan: live.plan,
-        format: args.format,
-        output: output.clone(),
+        format: args.format.0,
+        destination: destination.clone(),
+        encryption,
         manifest_path: manifest_path.clone(),
         origin: live.origin,
         inherited_unreadable: Vec::new(),
-        overwrite: args.force,
-        quiet: args.quiet,
-        compress: args.compress.clone(),
+        compression: args.output_options.compress,
+        sink: args.output_options.sink_options(),
+        quiet: args.output_options.quiet,
         memory_hash: args.memory_hash,
+        watch,
+        symbols,
+        symbols_file: args.output_options.symbols_file.clone(),
     })?;
-    eprintln!("{}", job::summary_line(&manifest, &output));
+    eprintln!("{}", job::summary_line(&manifest, &destination));
     if let Some(path) = manifest_path {
         eprintln!("pmem: manifest {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The Linux sources: /proc/kcore, /dev/crash, /dev/mem.
-#[cfg(not(any(windows, target_os = "macos")))]
-fn open_live(args: &Args, started_at: String) -> Result<Live> {
-    use crate::manifest::{self, NotAcquiredJson, RangeJson, SkippedJson, SourceJson};
-    use anyhow::Context;
-    use pmem_sources::SourceRequest;
-    let mut request: SourceRequest = args
-        .source
-        .parse()
-        .with_context(|| format!("--source {}", args.source))?;
-    request.iomem_path = args.iomem.clone();
-    let opened = pmem_sources::open(&request)?;
-    let info = &opened.info;
-    for (kind, reason) in &info.skipped {
-        eprintln!("pmem: source {kind} skipped: {reason}");
-    }
-    eprintln!(
-        "pmem: reading {} ({}) with {} range(s), {:.1} MiB",
-        info.path.display(),
-        info.kind,
-        opened.memory.memory_map().len(),
-        opened.memory.memory_map().total_bytes() as f64 / (1 << 20) as f64
-    );
-    if let Some(version) = &info.module_version {
-        eprintln!("pmem: through pmem's kernel module {version}");
-    }
-    for gap in &info.not_acquired {
-        eprintln!("pmem: not acquired: {} ({})", gap.range, gap.reason);
-    }
-
-    let origin = Origin {
-        pmem_version: env!("CARGO_PKG_VERSION").to_string(),
-        host: crate::host::describe(info.arch),
-        source: SourceJson {
-            kind: info.kind.to_string(),
-            path: info.path.display().to_string(),
-            format: None,
-            skipped: info
-                .skipped
-                .iter()
-                .map(|(kind, reason)| SkippedJson {
-                    kind: kind.to_string(),
-                    reason: reason.clone(),
-                })
-                .collect(),
-            direct_map_offset: info.direct_map_offset.map(|o| format!("{o:#x}")),
-            vmcoreinfo: info.vmcoreinfo.is_some(),
-            module_version: info.module_version.clone(),
-        },
-        system_ram: manifest::ranges_json(&info.system_ram),
-        not_acquired: info
-            .not_acquired
-            .iter()
-            .map(|n| NotAcquiredJson {
-                range: RangeJson::from(&n.range),
-                reason: n.reason.clone(),
-            })
-            .collect(),
-        started_at,
-        windows: None,
-        macos: None,
-    };
-    let plan = Plan {
-        ranges: opened.memory.memory_map().clone(),
-        arch: info.arch,
-        direct_map_offset: info.direct_map_offset,
-        vmcoreinfo: info.vmcoreinfo.clone(),
-        metadata_json: Some(serde_json::to_string(&origin)?),
-        windows: None,
-    };
-    Ok(Live {
-        memory: opened.memory,
-        origin,
-        plan,
-    })
 }

@@ -1,9 +1,9 @@
-//! `--compress` and `--max-disk-usage`, shared by `acquire` and `convert`.
+//! What `--format` and `--compress` make of the image ([`Encoding`]).
 
 use anyhow::{bail, Result};
-use pmem_core::sink::DiskLimit;
 use pmem_core::{ByteSink, ImageWriter};
 use pmem_formats::{aff4, Format};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compression {
@@ -20,44 +20,31 @@ pub enum Compression {
     Deflate,
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct CompressArgs {
-    /// Compression: none, snappy (AVML compressed LiME, with --format lime)
-    /// or zstd (the whole image as a .zst stream). AFF4 compresses its
-    /// chunks itself: snappy (its default), lz4, deflate or none.
-    #[arg(long, value_enum)]
-    pub compress: Option<Compression>,
-    /// Stop writing (keeping what was written, the manifest says
-    /// incomplete) when the image would take more than MiB, or when the
-    /// output's filesystem would be more than N% full: "4096" or "90%".
-    /// Checked before writing and every 16 MiB while writing.
-    #[arg(long, value_name = "MiB|N%", value_parser = parse_disk_limit)]
-    pub max_disk_usage: Option<DiskLimit>,
-    /// Do not hash while writing (the manifest then records no image_sha256,
-    /// and `convert` no memory_sha256): for when every second of smear
-    /// counts more than a hash made at acquisition time (hash the file
-    /// afterwards; `pmem verify` computes both).
-    #[arg(long)]
-    pub no_hash: bool,
-}
+/// `--format`: pmem_formats' formats for clap, named from [`Format::ALL`]
+/// and [`Format::name`] (so help, parser and formats never drift apart)
+/// and described once, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatArg(pub Format);
 
-/// Parses `--max-disk-usage`.
-fn parse_disk_limit(text: &str) -> Result<DiskLimit, String> {
-    if let Some(percent) = text.strip_suffix('%') {
-        match percent.trim().parse::<u8>() {
-            Ok(n) if (1..=100).contains(&n) => Ok(DiskLimit::Percent(n)),
-            _ => Err(format!("{text}: a percentage from 1% to 100%")),
-        }
-    } else {
-        match text.trim().parse::<u64>() {
-            Ok(mib) if mib > 0 => mib
-                .checked_mul(1 << 20)
-                .map(DiskLimit::Bytes)
-                .ok_or_else(|| format!("{text}: too large")),
-            _ => Err(format!(
-                "{text}: a size in MiB (e.g. 4096) or a percentage (e.g. 90%)"
-            )),
-        }
+impl clap::ValueEnum for FormatArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        static VARIANTS: OnceLock<Vec<FormatArg>> = OnceLock::new();
+        VARIANTS.get_or_init(|| Format::ALL.into_iter().map(FormatArg).collect())
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self.0 {
+            Format::Lime => "LiME",
+            Format::Raw => "zero-padded, sparse on files",
+            Format::Elf => "ELF core",
+            Format::Dmp => "Windows crash dump",
+            Format::Avml => "compressed LiME",
+            Format::Macho => "Mach-O core",
+            Format::Aff4 => "AFF4 volume",
+            // A format pmem-formats adds is listed by name until described.
+            _ => "",
+        };
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(help))
     }
 }
 

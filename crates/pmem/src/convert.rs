@@ -2,22 +2,26 @@
 //! pipeline as acquisition. The output depends only on the input (and its
 //! manifest): metadata is carried over, never taken from this machine.
 
+use crate::carried_symbols::CarriedSymbols;
+use crate::compress::FormatArg;
+use crate::destination::{Destination, Encryption};
 use crate::image;
-use crate::job::{self, Job, Output};
-use crate::manifest::{self, HostJson, Origin, SourceJson, WindowsJson};
+use crate::image_origin::{self, ImageInput, ImageOrigin};
+use crate::interrupt::Watch;
+use crate::job::{self, Job};
+use crate::manifest::Origin;
+use crate::output_args::OutputArgs;
 use anyhow::{Context, Result};
-use pmem_core::{Arch, Plan, WindowsMetadata};
-use pmem_formats::Format;
+use pmem_core::{Arch, WindowsMetadata};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Output format: lime, raw, elf, avml (compressed LiME), macho, aff4,
-    /// or dmp (Windows crash dump: needs Windows metadata, from the input
-    /// or --cr3).
-    #[arg(long, short)]
-    format: Format,
+    /// Output format. dmp (Windows crash dump) needs Windows metadata,
+    /// from the input or --cr3.
+    #[arg(long, short, value_enum, ignore_case = true)]
+    format: FormatArg,
     /// Windows metadata for a crash dump whose input carries none (raw,
     /// LiME, or an image acquired elsewhere): the System process's
     /// directory table base, in hex. Overrides the input's value.
@@ -39,19 +43,8 @@ pub struct Args {
     /// Manifest of the input (default: INPUT.json if present).
     #[arg(long)]
     input_manifest: Option<PathBuf>,
-    /// Where to write the output's manifest (default: OUTPUT.json).
-    #[arg(long)]
-    manifest: Option<PathBuf>,
-    /// Overwrite an existing output and manifest.
-    #[arg(long)]
-    force: bool,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
     #[command(flatten)]
-    compress: crate::compress::CompressArgs,
-    #[command(flatten)]
-    upload: crate::upload::UploadArgs,
+    output_options: OutputArgs,
     #[command(flatten)]
     identity: image::IdentityArgs,
     /// Input image (any format pmem reads).
@@ -60,9 +53,13 @@ pub struct Args {
     output: PathBuf,
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
-    image::set_identity(&args.identity)?;
-    let mut opened = image::open(&args.input, args.input_manifest.as_deref())?;
+pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
+    let identity = args.identity.load()?;
+    let mut opened = image::open(
+        &args.input,
+        args.input_manifest.as_deref(),
+        identity.as_ref(),
+    )?;
     if let Some(reason) = &opened.ranges_unproven {
         // The reader then holds only the blocks: convert those, never the
         // manifest's unproven ranges as zeros. The memory is the same at
@@ -77,13 +74,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let reader = &opened.reader;
     // The acquisition's own record, from the image itself or its manifest.
-    let embedded: Option<Origin> = reader
-        .metadata_json()
-        .and_then(|text| serde_json::from_str(text).ok());
+    let recorded = reader.metadata();
+    let embedded = image_origin::embedded(recorded);
     let inherited = embedded
         .clone()
         .or_else(|| opened.manifest.as_ref().map(|m| m.origin.clone()));
-    let arch = match (&args.arch, reader.arch(), &inherited) {
+    let arch = match (&args.arch, recorded.arch, &inherited) {
         (Some(name), _, _) => {
             Arch::from_name(name).with_context(|| format!("--arch {name}: unknown architecture"))?
         }
@@ -96,98 +92,60 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Arch::X86_64
         }
     };
-    let windows = windows_metadata(&args, reader.windows(), inherited.as_ref())?;
-    let ranges = reader.memory_map().clone();
-    let origin = Origin {
-        pmem_version: env!("CARGO_PKG_VERSION").to_string(),
-        host: inherited.as_ref().map_or_else(
-            || HostJson {
-                hostname: String::new(),
-                kernel_release: String::new(),
-                arch: arch.name(),
-            },
-            |o| o.host.clone(),
-        ),
-        source: SourceJson {
-            kind: "image".into(),
-            path: args.input.display().to_string(),
-            format: Some(reader.format().name().to_string()),
-            skipped: Vec::new(),
-            direct_map_offset: reader.direct_map_offset().map(|o| format!("{o:#x}")),
-            vmcoreinfo: reader.vmcoreinfo().is_some(),
-            module_version: None,
-        },
-        system_ram: inherited
-            .as_ref()
-            .map_or_else(|| manifest::ranges_json(&ranges), |o| o.system_ram.clone()),
-        not_acquired: inherited
-            .as_ref()
-            .map_or_else(Vec::new, |o| o.not_acquired.clone()),
-        started_at: crate::host::now(),
-        windows: windows.as_ref().map(|w| keep_mode(w, inherited.as_ref())),
-        macos: inherited.as_ref().and_then(|o| o.macos.clone()),
-    };
-    // Carry the embedded note through unchanged, so conversions are
-    // deterministic and ELF -> X -> ELF keeps the original metadata. Windows
-    // metadata the note lacks (from a dump header or --cr3) is added; a
-    // note made here takes its time from that metadata, never from the clock.
-    let metadata_json = match reader.metadata_json() {
-        Some(text) => match (&embedded, &windows) {
-            (Some(note), Some(w)) if note.windows.is_none() => {
-                let mut note = note.clone();
-                note.windows = Some(WindowsJson::from(w));
-                Some(serde_json::to_string(&note)?)
-            }
-            _ => Some(text.to_string()),
-        },
-        None => match (&inherited, &windows) {
-            (Some(origin), w) => {
-                let mut note = origin.clone();
-                if note.windows.is_none() {
-                    note.windows = w.as_ref().map(WindowsJson::from);
-                }
-                Some(serde_json::to_string(&note)?)
-            }
-            (None, Some(w)) => {
-                let mut note = origin.clone();
-                note.started_at = filetime_rfc3339(w.system_time);
-                note.source.path = String::new();
-                Some(serde_json::to_string(&note)?)
-            }
-            (None, None) => None,
-        },
-    };
-    let plan = Plan {
-        ranges,
+    let windows = windows_metadata(&args, recorded.windows, inherited.as_ref())?;
+    let ImageOrigin { origin, plan } = ImageOrigin::new(ImageInput {
+        path: &args.input,
+        format: reader.format(),
+        recorded,
+        ranges: reader.memory_map().clone(),
         arch,
-        direct_map_offset: reader.direct_map_offset(),
-        vmcoreinfo: reader.vmcoreinfo().map(<[u8]>::to_vec),
-        metadata_json,
         windows,
-    };
+        embedded: embedded.as_ref(),
+        inherited: inherited.as_ref(),
+    })?;
     let inherited_unreadable = opened
         .manifest
         .as_ref()
         .map_or_else(Vec::new, |m| m.unreadable_pages.clone());
-    crate::upload::configure(&args.upload)?;
-    let output = Output::parse(&args.output);
-    let manifest_path = output.local_manifest_path(args.manifest.as_deref());
+    // The input's symbols travel on: inside it, or its IMAGE.symbols. A
+    // damaged bundle does not stop the memory's conversion: said, and left.
+    let symbols = match CarriedSymbols::of_image(
+        &args.input,
+        opened.reader.metadata().symbols.as_deref(),
+        identity.as_ref(),
+    ) {
+        Ok(found) => found.map(|(symbols, _)| symbols),
+        Err(err) => {
+            eprintln!(
+                "pmem: warning: the input's kernel symbols are not carried over: {}",
+                crate::errors::error_text(&err)
+            );
+            None
+        }
+    };
+    let encryption = Encryption::parse(&args.output_options.upload)?;
+    let destination = Destination::parse(&args.output, &args.output_options.upload);
+    let manifest_path = destination.local_manifest_path(args.output_options.manifest.as_deref());
     let manifest = job::run(Job {
         source: opened.reader.as_mut(),
         plan,
-        format: args.format,
-        output: output.clone(),
+        format: args.format.0,
+        destination: destination.clone(),
+        encryption,
         manifest_path,
         origin,
         inherited_unreadable,
-        overwrite: args.force,
-        quiet: args.quiet,
-        compress: args.compress.clone(),
+        compression: args.output_options.compress,
+        sink: args.output_options.sink_options(),
+        quiet: args.output_options.quiet,
         // The memory hash ties the output to the input whatever the
         // formats: recorded unless --no-hash asks for no hashes at all.
-        memory_hash: !args.compress.no_hash,
+        memory_hash: !args.output_options.no_hash,
+        watch,
+        symbols,
+        symbols_file: args.output_options.symbols_file.clone(),
     })?;
-    eprintln!("{}", job::summary_line(&manifest, &output));
+    eprintln!("{}", job::summary_line(&manifest, &destination));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -245,20 +203,4 @@ fn windows_metadata(
 fn parse_hex_arg(name: &str, text: &str) -> Result<u64> {
     let digits = text.strip_prefix("0x").unwrap_or(text);
     u64::from_str_radix(digits, 16).with_context(|| format!("{name} {text}: not a hex number"))
-}
-
-/// The manifest's record of `w`, keeping the live acquisition's driver mode.
-fn keep_mode(w: &WindowsMetadata, inherited: Option<&Origin>) -> WindowsJson {
-    let mut json = WindowsJson::from(w);
-    json.mode = inherited
-        .and_then(|o| o.windows.as_ref())
-        .and_then(|j| j.mode.clone());
-    json
-}
-
-/// RFC 3339 text of a FILETIME (the Unix epoch when before 1970).
-fn filetime_rfc3339(filetime: u64) -> String {
-    let secs = WindowsMetadata::unix_from_filetime(filetime).unwrap_or(0);
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    humantime::format_rfc3339_seconds(time).to_string()
 }

@@ -8,7 +8,6 @@ use pmem_formats::{Format, ImageFile, ImageReader};
 use pmem_upload::encrypt::Identities;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 /// `--identity` of `info`, `convert` and `verify`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -20,21 +19,34 @@ pub struct IdentityArgs {
     pub identity: Option<PathBuf>,
 }
 
-/// The identities of this run (one command per process).
-static IDENTITY: OnceLock<(PathBuf, Identities)> = OnceLock::new();
-
-/// Records `--identity` before images are opened.
-pub fn set_identity(args: &IdentityArgs) -> Result<()> {
-    if let Some(path) = &args.identity {
+impl IdentityArgs {
+    /// Reads the identity file, when one is given.
+    pub fn load(&self) -> Result<Option<Identity>> {
+        let Some(path) = &self.identity else {
+            return Ok(None);
+        };
         let identities = Identities::from_file(path).context("--identity")?;
-        let _ = IDENTITY.set((path.clone(), identities));
+        Ok(Some(Identity {
+            path: path.clone(),
+            identities,
+        }))
     }
-    Ok(())
 }
 
-fn identities(path: &Path, what: &str) -> Result<&'static Identities> {
-    match IDENTITY.get() {
-        Some((_, identities)) => Ok(identities),
+/// `--identity`: the age identities that open encrypted images and
+/// manifests, and the file they came from (for messages).
+pub struct Identity {
+    path: PathBuf,
+    identities: Identities,
+}
+
+fn identities<'i>(
+    identity: Option<&'i Identity>,
+    path: &Path,
+    what: &str,
+) -> Result<&'i Identities> {
+    match identity {
+        Some(identity) => Ok(&identity.identities),
         None => anyhow::bail!(
             "{} is an age-encrypted {what}: pass --identity FILE (the age identity of a \
              recipient it was encrypted to) to read it in place, or decrypt it first",
@@ -43,10 +55,9 @@ fn identities(path: &Path, what: &str) -> Result<&'static Identities> {
     }
 }
 
-fn decrypt_error(path: &Path) -> String {
-    let identity = IDENTITY
-        .get()
-        .map(|(p, _)| p.display().to_string())
+fn decrypt_error(identity: Option<&Identity>, path: &Path) -> String {
+    let identity = identity
+        .map(|i| i.path.display().to_string())
         .unwrap_or_default();
     format!(
         "decrypting {}: the identity in {identity} is not one it was encrypted to, \
@@ -58,7 +69,7 @@ fn decrypt_error(path: &Path) -> String {
 /// Opens an image file; an age-encrypted one is decrypted while it is
 /// read (age's reader seeks: only the 64 KiB chunks a read touches are
 /// decrypted).
-pub fn open_file(path: &Path) -> Result<(ImageFile, bool)> {
+pub fn open_file(path: &Path, identity: Option<&Identity>) -> Result<(ImageFile, bool)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut head = [0u8; 22];
@@ -68,22 +79,22 @@ pub fn open_file(path: &Path) -> Result<(ImageFile, bool)> {
     if !pmem_upload::encrypt::is_age(&head[..n]) {
         return Ok((ImageFile::from(file), false));
     }
-    let reader = identities(path, "image")?
+    let reader = identities(identity, path, "image")?
         .decrypt(file)
-        .with_context(|| decrypt_error(path))?;
-    let image = ImageFile::stream(reader).with_context(|| decrypt_error(path))?;
+        .with_context(|| decrypt_error(identity, path))?;
+    let image = ImageFile::stream(reader).with_context(|| decrypt_error(identity, path))?;
     Ok((image, true))
 }
 
 /// The image's length (of the plaintext, for an encrypted image).
-pub fn image_len(path: &Path) -> Result<u64> {
-    let (file, _) = open_file(path)?;
+pub fn image_len(path: &Path, identity: Option<&Identity>) -> Result<u64> {
+    let (file, _) = open_file(path, identity)?;
     Ok(file.size()?)
 }
 
 /// A reader of the image's plaintext bytes (for hashing).
-pub fn plain_reader(path: &Path) -> Result<Box<dyn Read>> {
-    let (file, _) = open_file(path)?;
+pub fn plain_reader(path: &Path, identity: Option<&Identity>) -> Result<Box<dyn Read>> {
+    let (file, _) = open_file(path, identity)?;
     Ok(Box::new(PlainReader(file)))
 }
 
@@ -96,18 +107,26 @@ impl Read for PlainReader {
 }
 
 /// Reads a manifest, decrypting it when it was sealed with --encrypt-to.
-pub fn read_manifest(path: &Path) -> Result<Manifest> {
+pub fn read_manifest(path: &Path, identity: Option<&Identity>) -> Result<Manifest> {
+    let text = read_sealed(path, identity, "manifest")?;
+    serde_json::from_slice(&text).with_context(|| format!("parsing manifest {}", path.display()))
+}
+
+/// Reads a small file pmem wrote beside an image (a manifest, a symbols
+/// sidecar), decrypting it when it was sealed with --encrypt-to; `what`
+/// names it in messages.
+pub fn read_sealed(path: &Path, identity: Option<&Identity>, what: &str) -> Result<Vec<u8>> {
     let bytes =
-        std::fs::read(path).with_context(|| format!("reading manifest {}", path.display()))?;
+        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
     if !pmem_upload::encrypt::is_age(&bytes) {
-        return manifest::read(path);
+        return Ok(bytes);
     }
     let mut text = Vec::new();
-    identities(path, "manifest")?
+    identities(identity, path, what)?
         .decrypt(&bytes[..])
         .and_then(|mut r| Ok(r.read_to_end(&mut text)?))
-        .with_context(|| decrypt_error(path))?;
-    serde_json::from_slice(&text).with_context(|| format!("parsing manifest {}", path.display()))
+        .with_context(|| decrypt_error(identity, path))?;
+    Ok(text)
 }
 
 pub struct OpenedImage {
@@ -118,15 +137,20 @@ pub struct OpenedImage {
     pub ranges_unproven: Option<String>,
 }
 
-/// Opens `path`; `manifest_path` overrides the default `IMAGE.json`.
-pub fn open(path: &Path, manifest_path: Option<&Path>) -> Result<OpenedImage> {
+/// Opens `path`; `manifest_path` overrides the default `IMAGE.json`;
+/// `identity` opens an encrypted image and manifest.
+pub fn open(
+    path: &Path,
+    manifest_path: Option<&Path>,
+    identity: Option<&Identity>,
+) -> Result<OpenedImage> {
     let default = manifest::default_path(path);
     let manifest = match manifest_path {
-        Some(p) => Some(read_manifest(p)?),
-        None if default.is_file() => Some(read_manifest(&default)?),
+        Some(p) => Some(read_manifest(p, identity)?),
+        None if default.is_file() => Some(read_manifest(&default, identity)?),
         None => None,
     };
-    let (file, _) = open_file(path)?;
+    let (file, _) = open_file(path, identity)?;
     let (file, _) = pmem_formats::unwrap_zstd(path, file)?;
     let format = pmem_formats::detect_image(path, &file)?;
     let raw_map = match (&format, &manifest) {
@@ -260,20 +284,8 @@ impl ImageReader for ZeroFilled {
     fn format(&self) -> Format {
         self.inner.format()
     }
-    fn arch(&self) -> Option<pmem_core::Arch> {
-        self.inner.arch()
-    }
-    fn metadata_json(&self) -> Option<&str> {
-        self.inner.metadata_json()
-    }
-    fn vmcoreinfo(&self) -> Option<&[u8]> {
-        self.inner.vmcoreinfo()
-    }
-    fn direct_map_offset(&self) -> Option<u64> {
-        self.inner.direct_map_offset()
-    }
-    fn windows(&self) -> Option<pmem_core::WindowsMetadata> {
-        self.inner.windows()
+    fn metadata(&self) -> &pmem_formats::ImageMetadata {
+        self.inner.metadata()
     }
 }
 

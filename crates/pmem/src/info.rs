@@ -1,5 +1,6 @@
 //! `pmem info`: what an image holds.
 
+use crate::carried_symbols::CarriedSymbols;
 use crate::image;
 use crate::manifest::{self, RangeJson};
 use anyhow::Result;
@@ -47,15 +48,78 @@ struct InfoJson {
     /// do not prove them).
     #[serde(skip_serializing_if = "Option::is_none")]
     manifest_mismatch: Option<String>,
+    /// The kernel symbol bundle the image carries (inside it, or its
+    /// IMAGE.symbols sidecar): what `pmem symbols IMAGE` reads.
+    symbols: Option<SymbolsInfo>,
+}
+
+#[derive(Serialize)]
+struct SymbolsInfo {
+    /// Where: "image", or the sidecar's path.
+    #[serde(rename = "where")]
+    place: String,
+    bytes: u64,
+    kernel_release: Option<String>,
+    /// "real", "hidden" or "absent".
+    kallsyms_addresses: String,
+    members: Vec<String>,
+    /// Why a bundle that is there cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The image's symbol bundle, described; a damaged one is described by
+/// its error (`info` still shows the rest).
+fn symbols_info(
+    path: &std::path::Path,
+    embedded: Option<&[u8]>,
+    identity: Option<&image::Identity>,
+) -> Option<SymbolsInfo> {
+    let place = if embedded.is_some() {
+        "image".into()
+    } else {
+        crate::carried_symbols::sidecar_path(path)
+            .display()
+            .to_string()
+    };
+    match CarriedSymbols::of_image(path, embedded, identity) {
+        Ok(None) => None,
+        Ok(Some((symbols, _))) => Some(SymbolsInfo {
+            place,
+            bytes: symbols.tar.len() as u64,
+            kernel_release: symbols.record.kernel_release.clone(),
+            kallsyms_addresses: serde_json::to_value(symbols.record.kallsyms_addresses)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            members: symbols
+                .record
+                .files
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            error: None,
+        }),
+        Err(err) => Some(SymbolsInfo {
+            place,
+            bytes: 0,
+            kernel_release: None,
+            kallsyms_addresses: String::new(),
+            members: Vec::new(),
+            error: Some(crate::errors::error_text(&err)),
+        }),
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    image::set_identity(&args.identity)?;
-    let opened = image::open(&args.image, args.manifest.as_deref())?;
+    let identity = args.identity.load()?;
+    let opened = image::open(&args.image, args.manifest.as_deref(), identity.as_ref())?;
     let reader = &opened.reader;
     let map = reader.memory_map();
-    let metadata = reader
-        .metadata_json()
+    let recorded = reader.metadata();
+    let metadata = recorded
+        .metadata_json
+        .as_deref()
         .map(|text| serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.into())));
     let ranges_from = match (reader.format(), &opened.manifest) {
         (pmem_formats::Format::Raw, Some(_)) => "manifest",
@@ -64,7 +128,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     // Formats without a machine field (LiME, raw, AVML) get it from the
     // manifest, which names the acquired machine's architecture.
-    let (arch, arch_from) = match (reader.arch(), &opened.manifest) {
+    let (arch, arch_from) = match (recorded.arch, &opened.manifest) {
         (Some(arch), _) => (Some(arch.name()), Some("image")),
         (None, Some(m)) if !m.origin.host.arch.is_empty() => {
             (Some(m.origin.host.arch.clone()), Some("manifest"))
@@ -73,7 +137,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     // Only AFF4 marks unreadable memory itself; for the other formats the
     // manifest lists the pages that were written as zeros.
-    let (unreadable, unreadable_from) = match (reader.unreadable(), &opened.manifest) {
+    let (unreadable, unreadable_from) = match (&recorded.unreadable, &opened.manifest) {
         (marked, _) if !marked.is_empty() => {
             (marked.iter().map(RangeJson::from).collect(), "image")
         }
@@ -87,14 +151,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         arch_from: arch_from.map(str::to_string),
         ranges: manifest::ranges_json(map),
         total_bytes: map.total_bytes(),
-        image_bytes: image::image_len(&args.image)?,
+        image_bytes: image::image_len(&args.image, identity.as_ref())?,
         metadata,
-        vmcoreinfo_bytes: reader.vmcoreinfo().map(<[u8]>::len),
-        direct_map_offset: reader.direct_map_offset().map(|o| format!("{o:#x}")),
+        vmcoreinfo_bytes: recorded.vmcoreinfo.as_deref().map(<[u8]>::len),
+        direct_map_offset: recorded.direct_map_offset.map(|o| format!("{o:#x}")),
         ranges_from: ranges_from.to_string(),
         unreadable,
         unreadable_from: unreadable_from.to_string(),
         manifest_mismatch: opened.ranges_unproven.clone(),
+        symbols: symbols_info(&args.image, recorded.symbols.as_deref(), identity.as_ref()),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -139,10 +204,48 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(len) = info.vmcoreinfo_bytes {
         println!("vmcoreinfo:   {len} bytes");
     }
+    match &info.symbols {
+        None => println!("symbols:      none (no kernel symbols captured with this image)"),
+        Some(SymbolsInfo {
+            place,
+            error: Some(error),
+            ..
+        }) => println!("symbols:      {place}: unreadable: {error}"),
+        Some(symbols) => println!(
+            "symbols:      {} ({} bytes): kernel {}, kallsyms addresses {}; {}",
+            if symbols.place == "image" {
+                "inside the image".to_string()
+            } else {
+                format!("beside the image, {}", symbols.place)
+            },
+            symbols.bytes,
+            symbols.kernel_release.as_deref().unwrap_or("?"),
+            symbols.kallsyms_addresses,
+            summarize_members(&symbols.members)
+        ),
+    }
     if let Some(meta) = &info.metadata {
         println!("metadata:     {}", serde_json::to_string(meta)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The members, module BTF counted instead of listed.
+fn summarize_members(members: &[String]) -> String {
+    let modules = members
+        .iter()
+        .filter(|m| m.starts_with(pmem_symbols::bundle::MODULE_BTF_DIR))
+        .count();
+    let mut names: Vec<&str> = members
+        .iter()
+        .filter(|m| !m.starts_with(pmem_symbols::bundle::MODULE_BTF_DIR))
+        .map(String::as_str)
+        .collect();
+    let counted = format!("BTF of {modules} module(s)");
+    if modules > 0 {
+        names.push(&counted);
+    }
+    names.join(", ")
 }
 
 /// The manifest's unreadable page runs as ranges (runs that do not fit in

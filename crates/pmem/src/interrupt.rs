@@ -5,9 +5,10 @@
 //! written so far is synced and kept, and pmem exits with 128 + the signal
 //! number (what a shell reports for a process the signal ended).
 
+use crate::destination::Encryption;
 use crate::manifest::Manifest;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The job a signal would interrupt: its manifest as last written. (Read
@@ -19,22 +20,35 @@ pub struct Watched {
     /// The image file (none for standard output and remote destinations).
     pub image: Option<PathBuf>,
     pub started: Instant,
+    /// The manifest is encrypted like the job's (--encrypt-to).
+    pub encryption: Option<Encryption>,
 }
 
-static WATCHED: Mutex<Option<Watched>> = Mutex::new(None);
+/// What the signal thread and the job share: the job leaves its manifest
+/// here, the thread records an interruption in it. A value the job is
+/// given (`Job::watch`), not a static: the signals are taken by a thread,
+/// not by an async handler, and a thread can be handed an `Arc`.
+#[derive(Default)]
+pub struct Watch(Mutex<Option<Watched>>);
 
-/// Runs `f` on the watched job. A signal arriving meanwhile is recorded
-/// only after `f` returns, so the manifest is never written by both.
-pub fn with<T>(f: impl FnOnce(&mut Option<Watched>) -> T) -> T {
-    let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
-    f(&mut watched)
+impl Watch {
+    /// Runs `f` on the watched job. A signal arriving meanwhile is recorded
+    /// only after `f` returns, so the manifest is never written by both.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Option<Watched>) -> T) -> T {
+        let mut watched = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut watched)
+    }
 }
 
-/// Routes SIGINT and SIGTERM to a thread that records them. Call before
-/// any other thread starts: the threads started later inherit the blocked
-/// mask, so only that thread sees the signals.
+/// Routes SIGINT and SIGTERM to a thread that records them in the returned
+/// watch. Call before any other thread starts: the threads started later
+/// inherit the blocked mask, so only that thread sees the signals. The
+/// mask is process-wide (the OS has one per process for this): a process
+/// installs once.
 #[cfg(unix)]
-pub fn install() {
+pub fn install() -> Arc<Watch> {
+    let watch = Arc::new(Watch::default());
+    let watched = watch.clone();
     // SAFETY: plain libc calls on a sigset_t owned here.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -42,27 +56,31 @@ pub fn install() {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return;
+            return watch;
         }
         let spawned = std::thread::Builder::new()
             .name("pmem-signals".into())
             .spawn(move || {
                 let mut signal = 0;
                 while libc::sigwait(&set, &mut signal) != 0 {}
-                interrupted(signal)
+                interrupted(&watched, signal)
             });
         if spawned.is_err() {
             // Nobody would take them: let the signals end pmem as before.
             libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         }
     }
+    watch
 }
 
+/// Elsewhere a signal ends pmem as it always does: nobody reads the watch.
 #[cfg(not(unix))]
-pub fn install() {}
+pub fn install() -> Arc<Watch> {
+    Arc::new(Watch::default())
+}
 
 #[cfg(unix)]
-fn interrupted(signal: i32) -> ! {
+fn interrupted(watch: &Watch, signal: i32) -> ! {
     let name = match signal {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
@@ -70,7 +88,7 @@ fn interrupted(signal: i32) -> ! {
     };
     // The lock is held until exit: the job cannot write its own manifest
     // after this one.
-    with(|watched| {
+    watch.with(|watched| {
         eprintln!();
         if let Some(job) = watched.take() {
             record(job, name);
@@ -102,14 +120,17 @@ fn record(job: Watched, name: &str) {
         format!("; {} keeps what was written", p.display())
     });
     match &job.manifest_path {
-        Some(path) => match crate::manifest::write(path, &manifest, true) {
+        Some(path) => match crate::destination::manifest_bytes(&manifest, job.encryption.as_ref())
+            .and_then(|text| {
+                crate::manifest::write(path, &text, crate::manifest::Existing::Replace)
+            }) {
             Ok(()) => eprintln!(
                 "pmem: interrupted by {name}{kept}; {} says it is incomplete",
                 path.display()
             ),
             Err(err) => eprintln!(
                 "pmem: interrupted by {name}{kept}; the manifest could not be updated: {}",
-                crate::error_text(&err)
+                crate::errors::error_text(&err)
             ),
         },
         None => eprintln!("pmem: interrupted by {name}{kept}"),

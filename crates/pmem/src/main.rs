@@ -2,17 +2,23 @@
 //! convert and verify such images.
 
 mod acquire;
+mod carried_symbols;
 mod compress;
 mod convert;
+mod destination;
+mod errors;
 mod host;
 mod image;
+mod image_origin;
 mod info;
 mod interrupt;
 mod job;
-mod macos;
+mod live;
 mod manifest;
 #[cfg(target_os = "linux")]
 mod module;
+mod output_args;
+mod symbols;
 mod upload;
 mod verify;
 #[cfg(windows)]
@@ -42,6 +48,8 @@ enum Command {
     Decrypt(upload::DecryptArgs),
     /// Receive an image streamed with `pmem acquire tls://HOST:PORT`.
     Receive(upload::ReceiveArgs),
+    /// Write a Volatility 3 symbol table (ISF) from a Linux kernel's BTF and kallsyms.
+    Symbols(symbols::Args),
     /// pmem's read-only kernel module for Linux machines without a usable
     /// /proc/kcore: build it for a kernel, load, unload, write its source.
     #[cfg(target_os = "linux")]
@@ -56,16 +64,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The commands that write an image record an interruption in its
     // manifest (the others keep the default: a signal ends them).
-    if matches!(cli.command, Command::Acquire(_) | Command::Convert(_)) {
-        interrupt::install();
-    }
     let result = match cli.command {
-        Command::Acquire(args) => acquire::run(args),
+        Command::Acquire(args) => acquire::run(args, &interrupt::install()),
         Command::Info(args) => info::run(args),
-        Command::Convert(args) => convert::run(args),
+        Command::Convert(args) => convert::run(args, &interrupt::install()),
         Command::Verify(args) => verify::run(args),
         Command::Decrypt(args) => upload::decrypt(args),
         Command::Receive(args) => upload::receive(args),
+        Command::Symbols(args) => symbols::run(args),
         #[cfg(target_os = "linux")]
         Command::Module(args) => module::run(args),
         #[cfg(windows)]
@@ -74,49 +80,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("pmem: error: {}", error_text(&err));
+            eprintln!("pmem: error: {}", errors::error_text(&err));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// An error and its causes on one line, `context: cause: ...`, each cause
-/// once: many error types already print their source in their own message
-/// (`cannot open X: No such file`), which `{:#}` would repeat.
-pub fn error_text(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_text_says_each_cause_once() {
-        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
-        let err = anyhow::Error::from(pmem_sources::SourceError::Open {
-            kind: pmem_sources::SourceKind::Crash,
-            path: "/dev/crash".into(),
-            source: io,
-            hint: "; is the crash module loaded?".into(),
-        })
-        .context("opening the source");
-        let text = error_text(&err);
-        assert_eq!(text.matches("No such file").count(), 1, "{text}");
-        assert!(text.starts_with("opening the source: cannot open /dev/crash (crash source): "));
-        // Causes that add something are kept.
-        let err = anyhow::anyhow!("not hex").context("--cr3 zz");
-        assert_eq!(error_text(&err), "--cr3 zz: not hex");
     }
 }

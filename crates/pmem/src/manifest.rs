@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result};
 use pmem_core::{MemoryMap, PageRun, Range, WindowsMetadata};
+use pmem_sources::macos::PmemInfo;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A physical range as the manifest writes it: hex start, inclusive hex
@@ -142,7 +144,7 @@ pub struct Origin {
     pub windows: Option<WindowsJson>,
     /// What the MacPmem kext's /dev/pmem_info said (macOS acquisitions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub macos: Option<crate::macos::MacosJson>,
+    pub macos: Option<MacosJson>,
 }
 
 /// [`WindowsMetadata`] as the manifest and the ELF pmem note write it:
@@ -199,8 +201,94 @@ impl WindowsJson {
     }
 }
 
+/// `/dev/pmem_info` as the manifest writes it: addresses in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacosJson {
+    pub pmem_api_version: u64,
+    pub cr3: String,
+    /// Directory table base: CR3 without its flag bits.
+    pub dtb: String,
+    pub kaslr_slide: String,
+    pub kernel_version: String,
+    pub kernel_poffset: String,
+    pub phys_mem_size: u64,
+    pub pci_config_space_base: String,
+    pub efi_mmap: EfiMmapJson,
+    /// Every record of the info device, with whether pmem read it.
+    pub records: Vec<RecordJson>,
+    /// `meta` keys of other kext versions, as written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, String>,
+}
+
+/// Where the boot loader's EFI memory map lies and its descriptor shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EfiMmapJson {
+    pub poffset: String,
+    pub size: u64,
+    pub desc_size: u64,
+    pub desc_version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordJson {
+    pub purpose: String,
+    /// efi_range or pci_range.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The EFI or PCI type name.
+    pub subtype: String,
+    pub start: String,
+    pub length: String,
+    pub hw_informant: bool,
+    /// Whether its pages were read (readable EFI types only).
+    pub acquired: bool,
+}
+
+impl From<&PmemInfo> for MacosJson {
+    fn from(info: &PmemInfo) -> Self {
+        MacosJson {
+            pmem_api_version: info.api_version,
+            cr3: format!("{:#x}", info.cr3),
+            dtb: format!("{:#x}", info.dtb),
+            kaslr_slide: format!("{:#x}", info.kaslr_slide),
+            kernel_version: info.kernel_version.clone(),
+            kernel_poffset: format!("{:#x}", info.kernel_poffset),
+            phys_mem_size: info.phys_mem_size,
+            pci_config_space_base: format!("{:#x}", info.pci_config_space_base),
+            efi_mmap: EfiMmapJson {
+                poffset: format!("{:#x}", info.mmap_poffset),
+                size: info.mmap_size,
+                desc_size: info.mmap_desc_size,
+                desc_version: info.mmap_desc_version,
+            },
+            records: info
+                .records
+                .iter()
+                .map(|r| RecordJson {
+                    purpose: r.purpose.clone(),
+                    kind: r.kind.clone(),
+                    subtype: r.subtype.clone(),
+                    start: format!("{:#x}", r.start),
+                    length: format!("{:#x}", r.length),
+                    hw_informant: r.hw_informant,
+                    acquired: r.readable(),
+                })
+                .collect(),
+            other: info.other.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The field set this manifest was written with ([`SCHEMA_VERSION`]);
+    /// manifests from before the field existed read as version 1. Fields
+    /// are only ever added, never given a new meaning, so a reader of
+    /// version N reads any later version too (it ignores what it does not
+    /// know). docs/manifest.md is the field reference.
+    #[serde(default = "first_schema_version")]
+    pub schema_version: u32,
     #[serde(flatten)]
     pub origin: Origin,
     /// True only when every planned range was written and the image was
@@ -227,7 +315,48 @@ pub struct Manifest {
     /// age encryption of the image (and of this manifest) with the hashes
     /// of the ciphertext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<crate::upload::EncryptionJson>,
+    pub encryption: Option<EncryptionJson>,
+    /// The kernel's symbol bundle captured with the memory (Linux), and
+    /// where it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbols: Option<SymbolsJson>,
+}
+
+/// The manifest's record of the symbol bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SymbolsJson {
+    /// "image" (inside it: an ELF note, a Mach-O LC_NOTE, an AFF4
+    /// member), "sidecar" (the file or object `file`), or "not_kept"
+    /// (standard output without --symbols-file).
+    pub carried: String,
+    /// The sidecar's name (a path, or the remote object's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Length and SHA-256 of the bundle (the tar, before any encryption).
+    pub bytes: u64,
+    pub sha256: String,
+    /// What the bundle's capture.json says: members, kallsyms addresses,
+    /// kptr_restrict, what was missing and why.
+    pub capture: pmem_symbols::bundle::CaptureRecord,
+}
+
+/// The manifest's record of encryption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionJson {
+    /// "age" (age-encryption.org/v1, X25519 recipients).
+    pub scheme: String,
+    pub recipients: Vec<String>,
+    /// Length and SHA-256 of the ciphertext as stored or sent; the
+    /// manifest's image_sha256 is that of the plaintext image.
+    pub ciphertext_bytes: Option<u64>,
+    pub ciphertext_sha256: Option<String>,
+}
+
+/// The manifest field set this pmem writes: see docs/manifest.md.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn first_schema_version() -> u32 {
+    1
 }
 
 /// Where the manifest of `image` lives by default: `IMAGE.json`.
@@ -237,28 +366,43 @@ pub fn default_path(image: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-pub fn read(path: &Path) -> Result<Manifest> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading manifest {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing manifest {}", path.display()))
-}
-
-/// Writes the manifest, 0600 like the image (it names the machine and its
-/// memory layout), whole: see [`replace_file`]. Without `overwrite` an
-/// existing file at `path` is refused; with it, the earlier manifest is
-/// replaced.
-pub fn write(path: &Path, manifest: &Manifest, overwrite: bool) -> Result<()> {
+/// The manifest as JSON text, as it is written (before any encryption).
+pub fn to_json(manifest: &Manifest) -> Result<Vec<u8>> {
     let mut text = serde_json::to_vec_pretty(manifest)?;
     text.push(b'\n');
-    let text = crate::upload::seal(text)?;
-    match replace_file(path, &text, overwrite) {
+    Ok(text)
+}
+
+/// What [`write`] does with a file already at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse it (the first write of a run without --force).
+    Refuse,
+    /// Replace it (--force, or the earlier manifest of this run).
+    Replace,
+}
+
+/// Writes a manifest's bytes (`text`: [`to_json`], encrypted by the caller
+/// when the job encrypts), 0600 like the image (it names the machine and
+/// its memory layout), whole: see [`replace_file`].
+pub fn write(path: &Path, text: &[u8], existing: Existing) -> Result<()> {
+    match replace_file(path, text, existing) {
         // A full disk has no room for a second copy, but the earlier
         // manifest's own blocks can take the new one (about as long): an
         // incomplete image's manifest must say why.
-        Err(e) if overwrite && is_out_of_space(&e) => rewrite_in_place(path, &text)
-            .with_context(|| format!("writing manifest {} (the disk is full)", path.display())),
+        Err(e) if existing == Existing::Replace && is_out_of_space(&e) => {
+            rewrite_in_place(path, text)
+                .with_context(|| format!("writing manifest {} (the disk is full)", path.display()))
+        }
         written => written.with_context(|| format!("writing manifest {}", path.display())),
     }
+}
+
+/// Writes a file that travels beside the image (the symbols sidecar) the
+/// way the manifest is written: owner-only, whole or not at all.
+pub fn write_beside(path: &Path, bytes: &[u8], existing: Existing, what: &str) -> Result<()> {
+    replace_file(path, bytes, existing)
+        .with_context(|| format!("writing {what} {}", path.display()))
 }
 
 fn is_out_of_space(e: &std::io::Error) -> bool {
@@ -288,14 +432,14 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// one, never a torn one: they are written to a temporary file beside it
 /// (0600), synced, renamed over `path`, and the directory is synced. A
 /// symbolic link at `path` is refused (the image's O_NOFOLLOW rule).
-fn replace_file(path: &Path, bytes: &[u8], overwrite: bool) -> std::io::Result<()> {
+fn replace_file(path: &Path, bytes: &[u8], existing: Existing) -> std::io::Result<()> {
     use std::io::Write;
-    if overwrite && is_symlink(path) {
+    if existing == Existing::Replace && is_symlink(path) {
         return Err(std::io::Error::other(
             "it is a symbolic link: pmem does not write through links",
         ));
     }
-    if !overwrite {
+    if existing == Existing::Refuse {
         // Claims the name (O_EXCL, O_NOFOLLOW): refuses an existing file
         // or link.
         pmem_core::sink::create_image_file(path, false)?;
@@ -340,6 +484,116 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Every key a manifest can hold, as dotted paths (arrays of objects
+    /// contribute their elements' keys).
+    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let path = format!("{prefix}{key}");
+                    key_paths(child, &format!("{path}."), out);
+                    out.push(path);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    key_paths(item, prefix, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// docs/manifest.md's field reference and example stay true to the
+    /// schema: its example parses and writes back with the same keys, and
+    /// every key of a manifest with every optional part filled is named in
+    /// the reference (top-level keys in the table's first column).
+    #[test]
+    fn the_field_reference_names_every_field() {
+        let doc = include_str!("../../../docs/manifest.md");
+        let reference = doc
+            .split("## Field reference")
+            .nth(1)
+            .expect("docs/manifest.md has a field reference");
+        let example = reference
+            .split("```json")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the field reference has a JSON example");
+        let mut value: serde_json::Value = serde_json::from_str(example).unwrap();
+        let written =
+            serde_json::to_value(serde_json::from_value::<Manifest>(value.clone()).unwrap())
+                .unwrap();
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        key_paths(&value, "", &mut want);
+        key_paths(&written, "", &mut got);
+        want.sort();
+        got.sort();
+        assert_eq!(want, got, "the example has keys the schema does not write");
+        assert_eq!(written["schema_version"], SCHEMA_VERSION);
+
+        let record = serde_json::json!({"purpose": "", "type": "", "subtype": "", "start": "0x0",
+            "length": "0x0", "hw_informant": false, "acquired": false});
+        let optional = serde_json::json!({
+            "compression": "zstd",
+            "warnings": ["w"],
+            "encryption": {"scheme": "age", "recipients": ["age1"], "ciphertext_bytes": 1,
+                "ciphertext_sha256": "00"},
+            "windows": serde_json::to_value(WindowsJson::from(&WindowsMetadata::default())).unwrap(),
+            "symbols": {"carried": "sidecar", "file": "m.lime.symbols", "bytes": 1, "sha256": "00",
+                "capture": {"kind": "pmem-symbols-bundle", "version": 1, "kernel_release": "6.1.0",
+                    "kallsyms_addresses": "real", "kptr_restrict": 0,
+                    "files": [{"name": "kallsyms", "source": "/proc/kallsyms", "bytes": 1}],
+                    "missing": [{"name": "config", "source": "/boot/config-6.1.0", "reason": "not present"}],
+                    "seconds": 0.1}},
+            "macos": {"pmem_api_version": 2, "cr3": "0x0", "dtb": "0x0", "kaslr_slide": "0x0",
+                "kernel_version": "", "kernel_poffset": "0x0", "phys_mem_size": 0,
+                "pci_config_space_base": "0x0",
+                "efi_mmap": {"poffset": "0x0", "size": 0, "desc_size": 0, "desc_version": 0},
+                "records": [record], "other": {"k": "v"}},
+        });
+        for (key, part) in optional.as_object().unwrap() {
+            value[key] = part.clone();
+        }
+        value["source"]["format"] = "lime".into();
+        value["source"]["direct_map_offset"] = "0x0".into();
+        value["source"]["module_version"] = "1".into();
+        value["source"]["skipped"] = serde_json::json!([{"kind": "kcore", "reason": "r"}]);
+        value["not_acquired"] =
+            serde_json::json!([{"start": "0x0", "last": "0xfff", "bytes": 4096, "reason": "r"}]);
+        value["unreadable_pages"] = serde_json::json!([{"start": "0x0", "pages": 1}]);
+        let mut windows =
+            serde_json::to_value(WindowsJson::from(&WindowsMetadata::default())).unwrap();
+        windows["mode"] = "physical".into();
+        value["windows"] = windows;
+        let full =
+            serde_json::to_value(serde_json::from_value::<Manifest>(value).unwrap()).unwrap();
+        let mut paths = Vec::new();
+        key_paths(&full, "", &mut paths);
+        let first_column: Vec<&str> = reference
+            .lines()
+            .filter_map(|line| line.strip_prefix("| "))
+            .filter_map(|line| line.split(" |").next())
+            .collect();
+        // `macos.other` is a map of whatever keys other kext versions send.
+        for path in paths.into_iter().filter(|p| !p.starts_with("macos.other.")) {
+            let top = path.split('.').next().unwrap();
+            assert!(
+                first_column
+                    .iter()
+                    .any(|c| c.contains(&format!("`{top}`")) || c.contains(&format!("`{top}."))),
+                "docs/manifest.md: {top} is not in the field reference"
+            );
+            let last = path.rsplit('.').next().unwrap();
+            assert!(
+                reference.contains(&format!("`{last}`"))
+                    || reference.contains(&format!(".{last}`"))
+                    || reference.contains(&format!("`{path}.")),
+                "docs/manifest.md: {path} is not in the field reference"
+            );
+        }
+    }
+
     #[test]
     fn range_json_is_inclusive_hex() {
         let r = Range::new(0x1000, 0x9f000).unwrap();
@@ -379,5 +633,17 @@ mod tests {
         let text = serde_json::to_string(&j).unwrap();
         let back: WindowsJson = serde_json::from_str(&text).unwrap();
         assert_eq!(back.to_metadata().unwrap(), w);
+    }
+
+    #[test]
+    fn records_everything_the_info_device_says() {
+        let text = "meta:\n  pmem_api_version: 2\n  cr3: 4099\n  dtb_off: 4096\n  kaslr_slide: 16\n  kernel_version: \"Darwin\"\n  version_poffset: 7\nrecords:\n  - purpose: \"x\"\n    type: \"efi_range\"\n    efi_type: \"EfiConventionalMemory\"\n    start: 4096\n    length: 4096\n    hw_informant: false\n";
+        let json = MacosJson::from(&PmemInfo::parse(text).unwrap());
+        assert_eq!((json.cr3.as_str(), json.dtb.as_str()), ("0x1003", "0x1000"));
+        assert_eq!(json.kaslr_slide, "0x10");
+        assert_eq!(json.other["version_poffset"], "7");
+        assert!(json.records[0].acquired);
+        let text = serde_json::to_string(&json).unwrap();
+        assert_eq!(serde_json::from_str::<MacosJson>(&text).unwrap(), json);
     }
 }

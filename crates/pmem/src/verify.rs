@@ -28,17 +28,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .manifest
         .clone()
         .unwrap_or_else(|| manifest::default_path(&args.image));
-    image::set_identity(&args.identity)?;
-    let manifest = image::read_manifest(&manifest_path)?;
-    let mut failures = 0;
-    let mut check = |name: &str, ok: bool, detail: String| {
-        println!("{} {name}: {detail}", if ok { "ok  " } else { "FAIL" });
-        if !ok {
-            failures += 1;
-        }
-    };
+    let identity = args.identity.load()?;
+    let manifest = image::read_manifest(&manifest_path, identity.as_ref())?;
+    let mut report = Report::default();
 
-    check(
+    report.check(
         "complete",
         manifest.complete,
         match &manifest.error {
@@ -49,32 +43,30 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     // Opened after the completeness check is shown: an interrupted image
     // may not open at all, and the manifest says why.
-    let mut opened = image::open(&args.image, Some(&manifest_path))?;
+    let mut opened = image::open(&args.image, Some(&manifest_path), identity.as_ref())?;
     let format = opened.reader.format().name();
-    check(
+    report.check(
         "format",
         format == manifest.format,
         format!("image is {format}, manifest says {}", manifest.format),
     );
-    let (length, sha) = hash_file(&args.image)?;
-    check(
+    let (length, sha) = hash_file(&args.image, identity.as_ref())?;
+    report.check(
         "image length",
         length == manifest.bytes.image,
         format!("{length} bytes, manifest says {}", manifest.bytes.image),
     );
     // An acquisition made with --no-hash records none: shown, not compared.
-    match manifest.image_sha256.as_deref() {
-        Some(expected) => check(
-            "image sha256",
-            sha == expected,
-            format!("{sha}, manifest says {expected}"),
-        ),
-        None => println!("     image sha256: {sha} (not recorded in the manifest: --no-hash)"),
-    }
+    report.hash(
+        "image sha256",
+        &sha,
+        manifest.image_sha256.as_deref(),
+        "not recorded in the manifest: --no-hash",
+    );
     let ranges = manifest::ranges_json(opened.reader.memory_map());
     match &opened.ranges_unproven {
-        Some(reason) => check("ranges", false, reason.clone()),
-        None => check(
+        Some(reason) => report.check("ranges", false, reason.clone()),
+        None => report.check(
             "ranges",
             ranges == manifest.ranges,
             format!(
@@ -88,20 +80,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(detail) => (true, detail),
         Err(detail) => (false, detail),
     };
-    check("unreadable pages", ok, detail);
+    report.check("unreadable pages", ok, detail);
     // Acquisitions record memory_sha256 only with --memory-hash: compare
     // when recorded, always show it (it identifies the memory whatever the
     // format).
     let memory_sha = hash_memory(opened.reader.as_mut())?;
-    match manifest.memory_sha256.as_deref() {
-        Some(expected) => check(
-            "memory sha256",
-            memory_sha == expected,
-            format!("{memory_sha}, manifest says {expected}"),
-        ),
-        None => println!("     memory sha256: {memory_sha} (not recorded in the manifest)"),
-    }
+    report.hash(
+        "memory sha256",
+        &memory_sha,
+        manifest.memory_sha256.as_deref(),
+        "not recorded in the manifest",
+    );
+    check_symbols(
+        &mut report,
+        &manifest,
+        &args.image,
+        opened.reader.metadata().symbols.as_deref(),
+        identity.as_ref(),
+    )?;
 
+    let failures = report.failures;
     if failures == 0 {
         println!("verified: {}", args.image.display());
         Ok(ExitCode::SUCCESS)
@@ -115,9 +113,92 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
-fn hash_file(path: &Path) -> Result<(u64, String)> {
+/// The checks' lines as they are printed, and how many failed.
+#[derive(Default)]
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn check(&mut self, name: &str, ok: bool, detail: String) {
+        println!("{} {name}: {detail}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            self.failures += 1;
+        }
+    }
+
+    /// A hash compared with the one the manifest records, or only shown
+    /// (with `unrecorded` saying why) when it records none.
+    fn hash(&mut self, name: &str, actual: &str, recorded: Option<&str>, unrecorded: &str) {
+        match recorded {
+            Some(expected) => self.check(
+                name,
+                actual == expected,
+                format!("{actual}, manifest says {expected}"),
+            ),
+            None => println!("     {name}: {actual} ({unrecorded})"),
+        }
+    }
+}
+
+/// The symbol bundle the manifest records: inside the image, or the
+/// sidecar beside it (IMAGE.symbols, else the path the manifest names),
+/// hashed and compared. A sidecar that is not there (an image copied
+/// without it) is said, not failed: the image itself is what is verified.
+fn check_symbols(
+    report: &mut Report,
+    manifest: &manifest::Manifest,
+    image: &Path,
+    embedded: Option<&[u8]>,
+    identity: Option<&image::Identity>,
+) -> Result<()> {
+    let Some(record) = &manifest.symbols else {
+        return Ok(());
+    };
+    let bundle = match record.carried.as_str() {
+        "image" => embedded.map(<[u8]>::to_vec),
+        "sidecar" => {
+            let beside = crate::carried_symbols::sidecar_path(image);
+            let named = record.file.as_deref().map(PathBuf::from);
+            match [Some(beside), named]
+                .into_iter()
+                .flatten()
+                .find(|p| p.is_file())
+            {
+                Some(path) => Some(image::read_sealed(&path, identity, "the symbols")?),
+                None => {
+                    println!(
+                        "     symbols: {} not found beside the image (not compared)",
+                        record.file.as_deref().unwrap_or("the sidecar")
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        other => {
+            println!("     symbols: {other} (the manifest records none to compare)");
+            return Ok(());
+        }
+    };
+    match bundle {
+        Some(bundle) => report.hash(
+            "symbols sha256",
+            &hex(&Sha256::digest(&bundle)),
+            Some(&record.sha256),
+            "",
+        ),
+        None => report.check(
+            "symbols sha256",
+            false,
+            "the manifest says the image carries the symbols; it has none".into(),
+        ),
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path, identity: Option<&image::Identity>) -> Result<(u64, String)> {
     // The plaintext of an encrypted image: the manifest's hash is of it.
-    let mut file = image::plain_reader(path)?;
+    let mut file = image::plain_reader(path, identity)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;

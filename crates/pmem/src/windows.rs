@@ -2,12 +2,12 @@
 //! (WinPmem's -l, -u and -d). The protocol lives in
 //! pmem_sources::windows; this is the CLI around it.
 
-use crate::acquire::{Args, Live};
-use crate::manifest::{self, HostJson, Origin, SourceJson, WindowsJson};
+use crate::live::Live;
 use anyhow::{bail, Context, Result};
-use pmem_core::{Arch, MemoryMap, PhysicalMemory, Plan, ReadError, WindowsMetadata};
-use pmem_sources::windows::live::{self, Scm, WinDevice};
-use pmem_sources::windows::{DriverSource, InfoLayout, Mode, DEVICE_PATH, SERVICE_NAME};
+use pmem_core::{MemoryMap, PhysicalMemory, ReadError};
+use pmem_sources::windows::live;
+use pmem_sources::windows::{Mode, DEVICE_PATH, SERVICE_NAME};
+use pmem_sources::LiveRequest;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -122,7 +122,7 @@ fn driver_path(given: Option<&Path>) -> Result<DriverFile> {
 /// The live source and the extracted driver file. Field order is drop
 /// order: the driver is unloaded before its file is deleted.
 struct WinLive {
-    source: DriverSource<WinDevice, Scm>,
+    source: Box<dyn PhysicalMemory>,
     _driver_file: DriverFile,
 }
 
@@ -138,81 +138,32 @@ impl PhysicalMemory for WinLive {
     }
 }
 
-pub fn open_live(args: &Args, started_at: String) -> Result<Live> {
-    let mode = match &args.mode {
+/// Opens the WinPmem driver (`driver`: --driver, else the embedded one or
+/// one already loaded; `mode`: --mode) and describes the acquisition.
+pub fn open_live(driver: Option<&Path>, mode: Option<&str>, started_at: String) -> Result<Live> {
+    let mode = match mode {
         Some(text) => Some(text.parse::<Mode>()?),
         None => None,
     };
     if mode == Some(Mode::IoSpace) {
         eprintln!("pmem: warning: iospace mode (MmMapIoSpace) can crash some systems; pte and physical are safer");
     }
-    let driver_file = driver_path(args.driver.as_deref())?;
-    let source = live::open(driver_file.path(), mode).with_context(|| match driver_file.path() {
+    let driver_file = driver_path(driver)?;
+    let request = LiveRequest {
+        driver: driver_file.path().map(Path::to_path_buf),
+        mode,
+        ..Default::default()
+    };
+    let mut source = pmem_sources::open_live(&request).with_context(|| match driver_file.path() {
         Some(path) => format!("acquiring with the driver {}", path.display()),
         None => format!(
             "no driver given and none loaded: pass --driver PATH (the WinPmem driver, e.g. winpmem_x64.sys) or run `pmem driver load --driver PATH` first; {DEVICE_PATH} could not be used"
         ),
     })?;
-    let info = &source.info;
-    let arch = match InfoLayout::native() {
-        InfoLayout::X64 => Arch::X86_64,
-        InfoLayout::X86 => Arch::X86,
-    };
-    let system_time = humantime::parse_rfc3339(&started_at)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| WindowsMetadata::filetime_from_unix(d.as_secs()));
-    let windows = WindowsMetadata {
-        system_time,
-        ..info.windows
-    };
-    eprintln!(
-        "pmem: driver mode {}, CR3 {:#x}, kernel base {:#x}, build {}, {} processor(s), {} run(s), {:.1} MiB",
-        source.mode,
-        windows.cr3,
-        windows.kernel_base,
-        windows.build(),
-        windows.processors,
-        info.runs.len(),
-        info.runs.total_bytes() as f64 / (1 << 20) as f64
-    );
-    let mut windows_json = WindowsJson::from(&windows);
-    windows_json.mode = Some(source.mode.name().to_string());
-    let origin = Origin {
-        pmem_version: env!("CARGO_PKG_VERSION").to_string(),
-        host: HostJson {
-            arch: arch.name(),
-            ..crate::host::describe(arch)
-        },
-        source: SourceJson {
-            kind: "winpmem".into(),
-            path: DEVICE_PATH.into(),
-            format: None,
-            skipped: Vec::new(),
-            direct_map_offset: None,
-            vmcoreinfo: false,
-            module_version: None,
-        },
-        system_ram: manifest::ranges_json(&info.runs),
-        not_acquired: Vec::new(),
-        started_at,
-        windows: Some(windows_json),
-        macos: None,
-    };
-    let plan = Plan {
-        ranges: info.runs.clone(),
-        arch,
-        direct_map_offset: None,
-        vmcoreinfo: None,
-        metadata_json: Some(serde_json::to_string(&origin)?),
-        windows: Some(windows),
-    };
-    Ok(Live {
-        memory: Box::new(WinLive {
-            source,
-            _driver_file: driver_file,
-        }),
-        origin,
-        plan,
-    })
+    crate::live::announce(&source);
+    source.memory = Box::new(WinLive {
+        source: source.memory,
+        _driver_file: driver_file,
+    });
+    Live::new(source, started_at)
 }

@@ -4,7 +4,8 @@
 //! client (testing/upload/azure_sas.py) and compared with the manifest
 //! uploaded beside it. The SAS signature never appears on stderr or in the
 //! manifest. A block failing with 500 is retried, then nothing is
-//! committed: no blob.
+//! committed: no blob. The symbols sidecar goes to BLOB.symbols; when that
+//! blob fails, a warning says so and the image stands.
 //!
 //! Without Azurite these tests fail, unless PMEM_SKIP_AZURE=1 (local runs).
 
@@ -90,15 +91,6 @@ fn start_azurite(bin: &Path, dir: &Path) -> (Proc, u16) {
     (proc, port)
 }
 
-fn input(dir: &Path, mib: u32) -> PathBuf {
-    let path = dir.join("in.raw");
-    let data: Vec<u8> = (0..mib << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-        .collect();
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
 fn sas() -> String {
     let out = helper(&["sas"]);
     assert!(out.status.success());
@@ -140,7 +132,7 @@ fn azurite_block_upload_round_trip_without_leaking_the_sas() {
     let Some(bin) = azurite() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (_azurite, port) = start_azurite(&bin, dir.path());
-    let input = input(dir.path(), 64);
+    let input = varied_input(dir.path(), 64);
     let sas = sas();
     let started = Instant::now();
     let out = upload(&input, port, "mem.lime", &sas);
@@ -178,24 +170,9 @@ fn a_failing_block_leaves_no_blob() {
     let Some(bin) = azurite() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (_azurite, port) = start_azurite(&bin, dir.path());
-    let input = input(dir.path(), 16);
+    let input = varied_input(dir.path(), 16);
     // Block 2's id, base64 of "pmem-block-00000002", as it appears in the URL.
-    let mut proxy = std::process::Command::new("python3")
-        .args([
-            PROXY,
-            &port.to_string(),
-            "fail-match=blockid=cG1lbS1ibG9jay0wMDAwMDAwMg",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(proxy.stdout.take().unwrap()).lines();
-    let proxy_port: u16 = lines.next().unwrap().unwrap()["PORT ".len()..]
-        .parse()
-        .unwrap();
-    let _proxy = Proc(proxy);
-    std::thread::spawn(move || for _ in lines {});
+    let (_proxy, proxy_port) = failing_proxy(port, "blockid=cG1lbS1ibG9jay0wMDAwMDAwMg");
     let started = Instant::now();
     let out = upload(&input, proxy_port, "fail.lime", &sas());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -208,5 +185,77 @@ fn a_failing_block_leaves_no_blob() {
     assert!(
         !get(port, "fail.lime", &dir.path().join("x")),
         "a failed upload left a blob"
+    );
+}
+
+/// The proxy in front of Azurite, answering 500 to every PUT whose path
+/// contains `pattern`: its port.
+fn failing_proxy(port: u16, pattern: &str) -> (Proc, u16) {
+    let mut proxy = std::process::Command::new("python3")
+        .args([PROXY, &port.to_string(), &format!("fail-match={pattern}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let proxy_port: u16 = lines.next().unwrap().unwrap()["PORT ".len()..]
+        .parse()
+        .unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(proxy), proxy_port)
+}
+
+/// `pmem convert` of an image with an IMAGE.symbols sidecar to a blob:
+/// LiME has no room for the symbols, so they go to BLOB.symbols with the
+/// same SAS, byte for byte, with the SHA-256 the manifest records. When
+/// that blob cannot be written (here: the service fails it; in the field,
+/// a SAS scoped to the image's blob), pmem warns, the image and the
+/// manifest still arrive, and the manifest says the symbols were not kept.
+#[test]
+fn the_symbols_go_to_blob_symbols_or_a_warning_says_why_not() {
+    let Some(bin) = azurite() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_azurite, port) = start_azurite(&bin, dir.path());
+    let input = varied_input(dir.path(), 6);
+    let tar = symbols_beside(&input);
+    let sas = sas();
+    let out = upload(&input, port, "sym.lime", &sas);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("sig="), "{stderr}");
+    let symbols = dir.path().join("back.symbols");
+    assert!(get(port, "sym.lime.symbols", &symbols));
+    assert_eq!(std::fs::read(&symbols).unwrap(), tar);
+    let manifest_path = dir.path().join("back.json");
+    assert!(get(port, "sym.lime.json", &manifest_path));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest["symbols"]["sha256"], sha256_hex(&tar));
+    let file = manifest["symbols"]["file"].as_str().unwrap();
+    assert!(file.ends_with("/pmem/sym.lime.symbols"), "{file}");
+
+    let (_proxy, proxy_port) = failing_proxy(port, "nosym.lime.symbols");
+    let out = upload(&input, proxy_port, "nosym.lime", &sas);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the kernel's symbols were not uploaded")
+            && stderr.contains("container SAS")
+            && stderr.contains("--symbols-file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sig="), "{stderr}");
+    assert!(get(port, "nosym.lime", &dir.path().join("nosym.lime")));
+    assert!(!get(port, "nosym.lime.symbols", &dir.path().join("x")));
+    // The manifest names no blob that is not there, and says why.
+    let manifest_path = dir.path().join("nosym.json");
+    assert!(get(port, "nosym.lime.json", &manifest_path));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest["symbols"]["carried"], "not_kept");
+    assert!(manifest["symbols"].get("file").is_none(), "{manifest}");
+    assert!(
+        manifest["warnings"]
+            .to_string()
+            .contains("symbols were not uploaded"),
+        "{manifest}"
     );
 }

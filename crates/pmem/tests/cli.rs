@@ -203,16 +203,7 @@ fn raw_is_zero_padded_and_sparse() {
             "raw image allocates {allocated} bytes for {data}"
         );
     }
-    let info: Value = serde_json::from_slice(
-        &pmem()
-            .args(["info", "--json"])
-            .arg(&out)
-            .assert()
-            .success()
-            .get_output()
-            .stdout,
-    )
-    .unwrap();
+    let info = info_json(&out);
     assert_eq!(info["format"], "raw");
     assert_eq!(info["ranges_from"], "manifest");
     assert_eq!(info["ranges"], manifest(&out)["ranges"]);
@@ -224,16 +215,7 @@ fn elf_carries_notes_direct_map_and_machine() {
     let m = machine();
     let out = m.path("memory.elf");
     m.acquire("elf", &out).success();
-    let info: Value = serde_json::from_slice(
-        &pmem()
-            .args(["info", "--json"])
-            .arg(&out)
-            .assert()
-            .success()
-            .get_output()
-            .stdout,
-    )
-    .unwrap();
+    let info = info_json(&out);
     assert_eq!(info["format"], "elf");
     assert_eq!(info["arch"], "x86_64");
     assert_eq!(info["direct_map_offset"], format!("{DIRECT_MAP:#x}"));
@@ -671,16 +653,7 @@ fn aarch64_kcore_gives_aarch64_images_manifests_and_info() {
         assert_eq!(man["host"]["arch"], "aarch64", "{format} manifest");
         let ranges: Vec<Value> = ram.iter().map(range_json).collect();
         assert_eq!(man["ranges"], Value::Array(ranges), "{format} ranges");
-        let info: Value = serde_json::from_slice(
-            &pmem()
-                .args(["info", "--json"])
-                .arg(&out)
-                .assert()
-                .success()
-                .get_output()
-                .stdout,
-        )
-        .unwrap();
+        let info = info_json(&out);
         assert_eq!(info["arch"], "aarch64", "{format} info");
         (out, info)
     };
@@ -1193,5 +1166,262 @@ fn a_full_disk_is_recorded_in_the_manifest() {
     assert!(
         std::fs::metadata(&out).unwrap().len() > 0,
         "what fitted is kept"
+    );
+}
+
+/// `pmem SUBCOMMAND IMAGE` (info, verify), run.
+#[cfg(target_os = "linux")]
+fn on_image(subcommand: &str, image: &Path) -> assert_cmd::assert::Assert {
+    pmem().arg(subcommand).arg(image).assert()
+}
+
+/// `pmem symbols IMAGE -o DIR`, run.
+#[cfg(target_os = "linux")]
+fn symbols_of(image: &Path, dir: &Path) -> assert_cmd::assert::Assert {
+    pmem().arg("symbols").arg(image).arg("-o").arg(dir).assert()
+}
+
+/// The symbol bundle of an acquisition, as `pmem symbols` and `tar` read it.
+#[cfg(target_os = "linux")]
+fn read_bundle(path: &Path) -> pmem_symbols::bundle::Bundle {
+    let tar = std::fs::read(path).unwrap();
+    pmem_symbols::bundle::Bundle::from_tar(&tar, &path.display().to_string()).unwrap()
+}
+
+/// Whether this machine's kernel exports BTF (CI and developers' machines
+/// do; `pmem symbols` must say why it cannot work where it does not).
+#[cfg(target_os = "linux")]
+fn host_has_btf() -> bool {
+    std::fs::File::open("/sys/kernel/btf/vmlinux").is_ok()
+}
+
+/// Acquisition captures this machine's kernel symbols (its real /proc
+/// and /sys files) before the copy: LiME has no room, so they lie beside
+/// the image, owner-only, recorded in the manifest with their hash; `info`
+/// says so and `pmem symbols IMAGE` turns them into an ISF.
+#[cfg(target_os = "linux")]
+#[test]
+fn acquisition_keeps_the_kernel_symbols_beside_a_lime_image() {
+    let m = machine();
+    let out = m.path("memory.lime");
+    m.acquire("lime", &out)
+        .success()
+        .stderr(predicates::str::contains("pmem: symbols captured: "));
+    let sidecar = m.path("memory.lime.symbols");
+    let tar = std::fs::read(&sidecar).expect("IMAGE.symbols beside the image");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sidecar).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "kallsyms addresses defeat KASLR");
+    }
+    let man = manifest(&out);
+    let record = &man["symbols"];
+    assert_eq!(record["carried"], "sidecar", "{man}");
+    assert_eq!(record["file"], sidecar.to_str().unwrap());
+    assert_eq!(record["bytes"], tar.len() as u64);
+    assert_eq!(record["sha256"], sha256_hex(&tar));
+
+    // What the bundle holds is what this kernel exports, byte for byte.
+    let bundle = read_bundle(&sidecar);
+    assert_eq!(
+        bundle.member("version"),
+        Some(std::fs::read("/proc/version").unwrap().as_slice())
+    );
+    // The memory source's VMCOREINFO (the synthetic kcore's note).
+    assert_eq!(
+        bundle.member("vmcoreinfo"),
+        Some(&b"OSRELEASE=6.1.0-test\nPAGESIZE=4096\n"[..])
+    );
+    assert!(bundle.member("kallsyms").is_some_and(|k| !k.is_empty()));
+    assert_eq!(
+        bundle.record.kernel_release.as_deref(),
+        Some(
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap()
+                .trim()
+        )
+    );
+    assert_eq!(
+        serde_json::to_value(&bundle.record).unwrap(),
+        record["capture"],
+        "the manifest quotes capture.json"
+    );
+
+    on_image("info", &out)
+        .success()
+        .stdout(predicates::str::contains("symbols:      beside the image"));
+    on_image("verify", &out)
+        .success()
+        .stdout(predicates::str::contains("ok   symbols sha256: "));
+
+    let isf_dir = m.path("isf");
+    let symbols = symbols_of(&out, &isf_dir);
+    if host_has_btf() {
+        symbols
+            .success()
+            .stdout(predicates::str::contains(".json.xz: "));
+        let written: Vec<_> = std::fs::read_dir(isf_dir.join("linux")).unwrap().collect();
+        assert_eq!(written.len(), 1);
+    } else {
+        symbols
+            .failure()
+            .stderr(predicates::str::contains("CONFIG_DEBUG_INFO_BTF"));
+    }
+}
+
+/// --no-symbols captures nothing; `pmem symbols` then says what it lacks.
+#[cfg(target_os = "linux")]
+#[test]
+fn no_symbols_captures_nothing() {
+    let m = machine();
+    let out = m.path("memory.lime");
+    m.acquire_with("lime", &out, &["--no-symbols"]).success();
+    assert!(!m.path("memory.lime.symbols").exists());
+    assert!(manifest(&out).get("symbols").is_none());
+    symbols_of(&out, &m.path("isf"))
+        .failure()
+        .stderr(predicates::str::contains("carries no kernel symbols"))
+        .stderr(predicates::str::contains("dwarf2json"));
+}
+
+/// Standard output has no room beside it: the symbols go to
+/// --symbols-file when given, else the manifest says they were not kept.
+#[cfg(target_os = "linux")]
+#[test]
+fn symbols_of_a_stream_go_to_symbols_file_or_are_reported_not_kept() {
+    let m = machine();
+    let run = |extra: &[&str], manifest: &Path| {
+        let output = pmem()
+            .args(["acquire", "--quiet", "--format", "lime"])
+            .args(extra)
+            .arg(format!("--source=kcore:{}", m.kcore.display()))
+            .arg("--iomem")
+            .arg(&m.iomem)
+            .arg("--manifest")
+            .arg(manifest)
+            .arg("-")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        output
+    };
+    let not_kept = run(&[], &m.path("a.json"));
+    assert!(String::from_utf8_lossy(&not_kept.stderr).contains("symbols are not kept"));
+    let man: Value = serde_json::from_slice(&std::fs::read(m.path("a.json")).unwrap()).unwrap();
+    assert_eq!(man["symbols"]["carried"], "not_kept");
+
+    let file = m.path("b.symbols");
+    run(
+        &["--symbols-file", file.to_str().unwrap()],
+        &m.path("b.json"),
+    );
+    let man: Value = serde_json::from_slice(&std::fs::read(m.path("b.json")).unwrap()).unwrap();
+    assert_eq!(man["symbols"]["carried"], "sidecar");
+    assert_eq!(
+        man["symbols"]["sha256"],
+        sha256_hex(&std::fs::read(&file).unwrap())
+    );
+}
+
+/// `convert` carries an image's symbols on: the sidecar of the output holds
+/// the same bundle, byte for byte.
+#[cfg(target_os = "linux")]
+#[test]
+fn convert_carries_the_symbols_on() {
+    let m = machine();
+    let lime = m.path("memory.lime");
+    m.acquire("lime", &lime).success();
+    let raw = m.path("memory.raw");
+    pmem()
+        .args(["convert", "-q", "--format", "raw"])
+        .arg(&lime)
+        .arg(&raw)
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(m.path("memory.raw.symbols")).unwrap(),
+        std::fs::read(m.path("memory.lime.symbols")).unwrap()
+    );
+    assert_eq!(manifest(&raw)["symbols"]["carried"], "sidecar");
+}
+
+/// A damaged bundle is named with the offset where it breaks, by `pmem
+/// symbols` and by `info` (which still shows the rest).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_damaged_symbols_file_is_named_with_its_offset() {
+    let m = machine();
+    let out = m.path("memory.lime");
+    m.acquire("lime", &out).success();
+    let sidecar = m.path("memory.lime.symbols");
+    let mut tar = std::fs::read(&sidecar).unwrap();
+    // The second member's header (capture.json is short: its header and
+    // data take the first 512 + a few blocks).
+    let second = 512
+        + tar[124..136]
+            .iter()
+            .take_while(|b| **b != 0 && **b != b' ')
+            .fold(0usize, |n, b| n * 8 + (b - b'0') as usize)
+            .div_ceil(512)
+            * 512;
+    tar[second + 148] ^= 0x11; // its checksum
+    std::fs::write(&sidecar, &tar).unwrap();
+    symbols_of(&out, &m.path("isf"))
+        .failure()
+        .stderr(predicates::str::contains(sidecar.to_str().unwrap()))
+        .stderr(predicates::str::contains(format!(
+            "at byte offset {second}"
+        )));
+    on_image("info", &out)
+        .success()
+        .stdout(predicates::str::contains("unreadable"));
+    on_image("verify", &out)
+        .failure()
+        .stdout(predicates::str::contains("FAIL symbols sha256: "));
+    // The memory still converts; the damaged bundle is said and left.
+    let raw = m.path("memory.raw");
+    pmem()
+        .args(["convert", "-q", "--format", "raw"])
+        .arg(&out)
+        .arg(&raw)
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("symbols are not carried over"));
+    assert!(!m.path("memory.raw.symbols").exists());
+    assert!(manifest(&raw).get("symbols").is_none());
+}
+
+/// ELF has room: the bundle is inside the image (no sidecar), `info` and
+/// `pmem symbols` find it there, and `convert` to LiME puts the same bytes
+/// beside the LiME image.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_elf_image_carries_its_symbols_inside() {
+    let m = machine();
+    let elf = m.path("memory.elf");
+    m.acquire("elf", &elf).success();
+    assert!(!m.path("memory.elf.symbols").exists());
+    let man = manifest(&elf);
+    assert_eq!(man["symbols"]["carried"], "image", "{man}");
+    assert!(man["symbols"].get("file").is_none());
+    let info = info_json(&elf);
+    assert_eq!(info["symbols"]["where"], "image", "{info}");
+    on_image("verify", &elf)
+        .success()
+        .stdout(predicates::str::contains("ok   symbols sha256: "));
+    assert_eq!(info["symbols"]["bytes"], man["symbols"]["bytes"]);
+
+    let lime = m.path("memory.lime");
+    pmem()
+        .args(["convert", "-q", "--format", "lime"])
+        .arg(&elf)
+        .arg(&lime)
+        .assert()
+        .success();
+    let sidecar = std::fs::read(m.path("memory.lime.symbols")).unwrap();
+    assert_eq!(sha256_hex(&sidecar), man["symbols"]["sha256"]);
+    assert_eq!(
+        manifest(&lime)["symbols"]["sha256"],
+        man["symbols"]["sha256"]
     );
 }

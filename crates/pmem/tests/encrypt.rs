@@ -3,6 +3,7 @@
 //! exactly the image an unencrypted run writes, the manifest is encrypted
 //! too and records the hashes of both.
 
+use predicates::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -52,16 +53,6 @@ fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// A 6 MiB raw input with varied content (not all zeros).
-fn input(dir: &Path) -> PathBuf {
-    let path = dir.join("in.raw");
-    let data: Vec<u8> = (0..6u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
 #[test]
 fn encrypted_file_and_manifest_decrypt_with_age() {
     if !have_age() {
@@ -70,7 +61,7 @@ fn encrypted_file_and_manifest_decrypt_with_age() {
     let dir = tempfile::tempdir().unwrap();
     let a = keygen(dir.path(), "a.key");
     let b = keygen(dir.path(), "b.key");
-    let input = input(dir.path());
+    let input = varied_input(dir.path(), 6);
     let plain = dir.path().join("plain.lime");
     pmem()
         .args(["convert", "--quiet", "--arch", "x86_64", "--format", "lime"])
@@ -127,7 +118,7 @@ fn encrypted_stdout_and_truncation_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let a = keygen(dir.path(), "a.key");
     let other = keygen(dir.path(), "other.key");
-    let input = input(dir.path());
+    let input = varied_input(dir.path(), 6);
     let manifest_path = dir.path().join("m.json");
     let out = pmem()
         .args(["convert", "--quiet", "--arch", "x86_64", "--format", "raw"])
@@ -182,4 +173,87 @@ fn encrypted_stdout_and_truncation_is_an_error() {
         .assert()
         .failure();
     assert!(!dir.path().join("never.raw").exists());
+}
+
+/// A symbol bundle made from the committed BTF sample (real pahole output)
+/// and a kallsyms and banner of the kernel it names.
+fn sample_bundle() -> Vec<u8> {
+    use pmem_symbols::bundle::{Bundle, KallsymsAddresses, BUNDLE_KIND, BUNDLE_VERSION};
+    let btf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pmem-symbols/tests/data/sample.btf");
+    let mut bundle = Bundle::default();
+    bundle.record.kind = BUNDLE_KIND.into();
+    bundle.record.version = BUNDLE_VERSION;
+    bundle.record.kallsyms_addresses = KallsymsAddresses::Real;
+    bundle
+        .members
+        .insert("btf/vmlinux".into(), std::fs::read(btf).unwrap());
+    bundle.members.insert(
+        "kallsyms".into(),
+        b"ffffffff9d000000 T _text\nffffffff9e60a940 D init_task\nffffffff9e2001a0 R linux_banner\n"
+            .to_vec(),
+    );
+    bundle.members.insert(
+        "version".into(),
+        b"Linux version 6.1.0-28-amd64 (debian-kernel@lists.debian.org) #1 SMP Debian\n".to_vec(),
+    );
+    bundle.members.insert(
+        "vmcoreinfo".into(),
+        b"OSRELEASE=6.1.0-28-amd64\nKERNELOFFSET=1c000000\n".to_vec(),
+    );
+    bundle.to_tar()
+}
+
+/// --encrypt-to seals the symbols beside the image as it seals the
+/// manifest (kallsyms addresses defeat KASLR); `pmem symbols --identity`
+/// reads them in place.
+#[test]
+fn encrypted_images_seal_their_symbols_too() {
+    if !have_age() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = keygen(dir.path(), "a.key");
+    let input = varied_input(dir.path(), 2);
+    let tar = sample_bundle();
+    std::fs::write(dir.path().join("in.raw.symbols"), &tar).unwrap();
+    let sealed = dir.path().join("sealed.lime");
+    pmem()
+        .args(["convert", "--quiet", "--arch", "x86_64", "--format", "lime"])
+        .args(["--encrypt-to", &a.public])
+        .arg(&input)
+        .arg(&sealed)
+        .assert()
+        .success();
+    let sidecar = dir.path().join("sealed.lime.symbols");
+    assert!(std::fs::read(&sidecar)
+        .unwrap()
+        .starts_with(b"age-encryption.org/v1\n"));
+    assert_eq!(age_decrypt(&a.identity, &sidecar), tar);
+    let manifest: Value = serde_json::from_slice(&age_decrypt(
+        &a.identity,
+        &dir.path().join("sealed.lime.json"),
+    ))
+    .unwrap();
+    assert_eq!(manifest["symbols"]["carried"], "sidecar");
+    assert_eq!(manifest["symbols"]["sha256"], sha(&tar));
+
+    let out = dir.path().join("isf");
+    pmem()
+        .args(["symbols", "--identity"])
+        .arg(&a.identity)
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("KASLR").not());
+    assert!(out.join("linux/6.1.0-28-amd64.json.xz").is_file());
+    pmem()
+        .args(["symbols"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--identity"));
 }

@@ -25,58 +25,6 @@ use common::*;
 const KEY: &str = "PMEMTESTKEY";
 const SECRET: &str = "pmem-test-secret-0123456789";
 
-/// A test CA and a certificate for 127.0.0.1 signed by it.
-fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ossl = || {
-        let mut c = std::process::Command::new("openssl");
-        c.current_dir(dir);
-        c
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    run(ossl()
-        .args(["req", "-x509"])
-        .args(ec)
-        .args(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"])
-        .args(["-subj", "/CN=pmem test CA"]));
-    run(ossl().arg("req").args(ec).args([
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=localhost",
-    ]));
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(ossl().args([
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    ]));
-    (dir.join("ca.pem"), dir.join("srv.pem"), dir.join("srv.key"))
-}
-
 /// rclone as an S3 client of `endpoint` (trusting `ca` for https).
 fn rclone(endpoint: &str, ca: Option<&Path>, args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new("rclone");
@@ -240,15 +188,6 @@ impl Server {
     }
 }
 
-fn input(dir: &Path, mib: u32) -> PathBuf {
-    let path = dir.join("in.raw");
-    let data: Vec<u8> = (0..mib << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect();
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
 fn convert(input: &Path, url: &str, extra: &[&str]) -> std::process::Output {
     Command::cargo_bin("pmem")
         .unwrap()
@@ -303,7 +242,7 @@ fn presigned_put_to_seaweedfs_and_rclone_serve_s3() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let input = input(dir.path(), 24);
+    let input = varied_input(dir.path(), 24);
     let weed = Server::weed(&dir.path().join("weed"), false);
     for format in ["lime", "raw", "elf"] {
         let key = format!("cases/mem.{format}");
@@ -324,7 +263,7 @@ fn https_endpoints_with_a_private_ca() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let input = input(dir.path(), 12);
+    let input = varied_input(dir.path(), 12);
     let weed = Server::weed(&dir.path().join("weed"), true);
     // A pre-signed https:// URL, the CA trusted with --tls-ca.
     put_and_check(&weed, &input, "signed.lime", "lime");
@@ -371,7 +310,7 @@ fn https_endpoints_with_a_private_ca() {
 #[test]
 fn lengths_not_known_up_front_and_plain_http_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let input = input(dir.path(), 1);
+    let input = varied_input(dir.path(), 1);
     // Nothing listens on port 9: refusals must come before any connection.
     let url = "http://127.0.0.1:9/pmem/k?X-Amz-Signature=0123456789abcdef";
     for extra in [
@@ -406,7 +345,7 @@ fn killing_the_server_mid_put_fails_and_leaves_no_object() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut weed = Server::weed(&dir.path().join("weed"), false);
-    let input = input(dir.path(), 96);
+    let input = varied_input(dir.path(), 96);
     let url = weed.presign_put("killed.lime");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_pmem"))
         .args(["convert", "--quiet", "--arch", "x86_64", "--format", "lime"])
@@ -513,4 +452,88 @@ fn encrypted_presigned_put_declares_the_ciphertext_length() {
         manifest["encryption"]["ciphertext_bytes"],
         stored.len() as u64
     );
+}
+
+/// `pmem convert` of an image with an IMAGE.symbols sidecar to a pre-signed
+/// URL: LiME has no room for the symbols, so they need a pre-signed URL of
+/// their own. With --symbols-url they arrive byte for byte, with the
+/// SHA-256 the manifest records, and neither signature is printed; without
+/// it pmem says they are not uploaded and how to keep them, and succeeds.
+#[test]
+fn the_symbols_go_to_their_own_presigned_url() {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = varied_input(dir.path(), 4);
+    let tar = symbols_beside(&input);
+    let weed = Server::weed(&dir.path().join("weed"), false);
+    let url = weed.presign_put("sym.lime");
+    let manifest_url = weed.presign_put("sym.lime.json");
+    let symbols_url = weed.presign_put("sym.lime.symbols");
+    let out = convert(
+        &input,
+        &url,
+        &[
+            "--format",
+            "lime",
+            "--manifest-url",
+            &manifest_url,
+            "--symbols-url",
+            &symbols_url,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for secret in [
+        signature(&url),
+        signature(&manifest_url),
+        signature(&symbols_url),
+    ] {
+        assert!(!stderr.contains(secret), "signature on stderr: {stderr}");
+    }
+    assert_eq!(weed.cat("sym.lime.symbols").expect("the symbols"), tar);
+    let manifest: Value =
+        serde_json::from_slice(&weed.cat("sym.lime.json").expect("the manifest")).unwrap();
+    assert_eq!(manifest["symbols"]["sha256"], sha256_hex(&tar));
+    assert!(!manifest.to_string().contains(signature(&symbols_url)));
+
+    let url = weed.presign_put("nosym.lime");
+    let out = convert(&input, &url, &["--format", "lime"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("symbols are not kept")
+            && stderr.contains("--symbols-url")
+            && stderr.contains("--symbols-file"),
+        "{stderr}"
+    );
+    assert!(weed.cat("nosym.lime").is_some());
+    weed.assert_absent("nosym.lime.symbols");
+}
+
+/// --symbols-url gets the checks --manifest-url gets, before anything is
+/// uploaded: plain http:// to another machine is refused, unprinted.
+#[test]
+fn a_plain_http_symbols_url_is_refused_before_the_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = varied_input(dir.path(), 1);
+    // Nothing listens on port 9: the refusal must come before any connection.
+    let out = convert(
+        &input,
+        "http://127.0.0.1:9/pmem/k?X-Amz-Signature=0123456789abcdef",
+        &[
+            "--format",
+            "lime",
+            "--symbols-url",
+            "http://192.0.2.1/pmem/k.symbols?X-Amz-Signature=fedcba9876543210",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--symbols-url") && stderr.contains("https://"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("fedcba9876543210"), "{stderr}");
 }

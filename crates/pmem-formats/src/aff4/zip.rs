@@ -6,6 +6,7 @@
 //! `Seek` for ZIP64 (or buffers members), and pmem's sinks only go forward.
 //! Members are stored (method 0); AFF4 compresses chunks itself.
 
+use crate::bytes::{u16_le, u32_le, u64_le};
 use crate::ImageFile;
 use pmem_core::{ByteSink, WriteError};
 use std::io::{self, Read};
@@ -216,16 +217,6 @@ pub struct ZipIndex {
 /// Most members listed: an AFF4 image of 1 TiB has ~32k bevies, two members each.
 const MAX_MEMBERS: u64 = 1 << 22;
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 pub fn read_at(file: &ImageFile, offset: u64, buf: &mut [u8]) -> Result<(), ZipError> {
     use std::io::{Seek, SeekFrom};
     let mut f = file;
@@ -234,53 +225,128 @@ pub fn read_at(file: &ImageFile, offset: u64, buf: &mut [u8]) -> Result<(), ZipE
         .map_err(|e| bad(offset, format!("reading {} bytes: {e}", buf.len())))
 }
 
-impl ZipIndex {
-    pub fn open(file: &ImageFile, len: u64) -> Result<ZipIndex, ZipError> {
-        // The end record is within the last 22 + 65535 bytes.
-        let tail_len = len.min(22 + 65535);
-        let tail_start = len - tail_len;
-        let mut tail = vec![0u8; tail_len as usize];
-        read_at(file, tail_start, &mut tail)?;
-        let eocd = (0..tail.len().saturating_sub(21))
-            .rev()
-            .find(|&i| le32(&tail, i) == EOCD_SIG)
-            .ok_or_else(|| bad(tail_start, "no ZIP end of central directory record"))?;
-        let comment_len = le16(&tail, eocd + 20) as usize;
-        let eocd_at = tail_start + eocd as u64;
-        // The comment ends the file: one cut short is a truncated volume
-        // (its URN, the comment, lost).
-        let comment = tail
-            .get(eocd + 22..eocd + 22 + comment_len)
-            .ok_or_else(|| {
-                bad(
-                    eocd_at,
-                    format!("ZIP comment of {comment_len} bytes runs past the end of the file: truncated"),
-                )
-            })?;
-        let comment = String::from_utf8_lossy(comment).into_owned();
-        let mut count = u64::from(le16(&tail, eocd + 10));
-        let mut cd_size = u64::from(le32(&tail, eocd + 12));
-        let mut cd_start = u64::from(le32(&tail, eocd + 16));
-        if eocd >= 20 && le32(&tail, eocd - 20) == EOCD64_LOCATOR_SIG {
-            let at = le64(&tail, eocd - 20 + 8);
-            if at.checked_add(56).is_none_or(|end| end > len) {
-                return Err(bad(
-                    eocd_at - 20,
-                    "ZIP64 end record lies past the end of the file",
-                ));
-            }
-            let mut rec = [0u8; 56];
-            read_at(file, at, &mut rec)?;
-            if le32(&rec, 0) != EOCD64_SIG {
-                return Err(bad(
-                    at,
-                    "no ZIP64 end of central directory record where the locator points",
-                ));
-            }
-            count = le64(&rec, 32);
-            cd_size = le64(&rec, 40);
-            cd_start = le64(&rec, 48);
+/// Where the central directory is, as the end records say.
+struct Directory {
+    count: u64,
+    cd_size: u64,
+    cd_start: u64,
+    comment: String,
+    /// File offset of the end of central directory record.
+    eocd_at: u64,
+}
+
+/// Reads the end of central directory record (and the ZIP64 one it points
+/// at): the directory's place and the volume's comment.
+fn end_records(file: &ImageFile, len: u64) -> Result<Directory, ZipError> {
+    // The end record is within the last 22 + 65535 bytes.
+    let tail_len = len.min(22 + 65535);
+    let tail_start = len - tail_len;
+    let mut tail = vec![0u8; tail_len as usize];
+    read_at(file, tail_start, &mut tail)?;
+    let eocd = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| u32_le(&tail, i) == EOCD_SIG)
+        .ok_or_else(|| bad(tail_start, "no ZIP end of central directory record"))?;
+    let comment_len = u16_le(&tail, eocd + 20) as usize;
+    let eocd_at = tail_start + eocd as u64;
+    // The comment ends the file: one cut short is a truncated volume (its
+    // URN, the comment, lost).
+    let comment = tail
+        .get(eocd + 22..eocd + 22 + comment_len)
+        .ok_or_else(|| {
+            bad(
+                eocd_at,
+                format!(
+                    "ZIP comment of {comment_len} bytes runs past the end of the file: truncated"
+                ),
+            )
+        })?;
+    let mut directory = Directory {
+        count: u64::from(u16_le(&tail, eocd + 10)),
+        cd_size: u64::from(u32_le(&tail, eocd + 12)),
+        cd_start: u64::from(u32_le(&tail, eocd + 16)),
+        comment: String::from_utf8_lossy(comment).into_owned(),
+        eocd_at,
+    };
+    if eocd >= 20 && u32_le(&tail, eocd - 20) == EOCD64_LOCATOR_SIG {
+        let at = u64_le(&tail, eocd - 20 + 8);
+        if at.checked_add(56).is_none_or(|end| end > len) {
+            return Err(bad(
+                eocd_at - 20,
+                "ZIP64 end record lies past the end of the file",
+            ));
         }
+        let mut rec = [0u8; 56];
+        read_at(file, at, &mut rec)?;
+        if u32_le(&rec, 0) != EOCD64_SIG {
+            return Err(bad(
+                at,
+                "no ZIP64 end of central directory record where the locator points",
+            ));
+        }
+        directory.count = u64_le(&rec, 32);
+        directory.cd_size = u64_le(&rec, 40);
+        directory.cd_start = u64_le(&rec, 48);
+    }
+    Ok(directory)
+}
+
+/// The central directory entry at `at` of `cd` (which starts at file
+/// offset `cd_start`), and the offset of the next one.
+fn central_entry(cd: &[u8], at: usize, cd_start: u64) -> Result<(Member, usize), ZipError> {
+    let here = cd_start + at as u64;
+    if cd.len() - at < 46 || u32_le(cd, at) != CENTRAL_SIG {
+        return Err(bad(here, "bad central directory entry"));
+    }
+    let method = u16_le(cd, at + 10);
+    let mut compressed = u64::from(u32_le(cd, at + 20));
+    let mut size = u64::from(u32_le(cd, at + 24));
+    let name_len = u16_le(cd, at + 28) as usize;
+    let extra_len = u16_le(cd, at + 30) as usize;
+    let comment_len = u16_le(cd, at + 32) as usize;
+    let mut header = u64::from(u32_le(cd, at + 42));
+    let end = at + 46 + name_len + extra_len + comment_len;
+    if end > cd.len() {
+        return Err(bad(here, "central directory entry runs past the directory"));
+    }
+    let name = String::from_utf8_lossy(&cd[at + 46..at + 46 + name_len]).into_owned();
+    // ZIP64 extra: only the fields whose 32-bit value is all ones, in order.
+    let mut extra = &cd[at + 46 + name_len..at + 46 + name_len + extra_len];
+    while extra.len() >= 4 {
+        let (id, n) = (u16_le(extra, 0), u16_le(extra, 2) as usize);
+        let body = &extra[4..(4 + n).min(extra.len())];
+        if id == ZIP64_EXTRA {
+            let mut fields = body.chunks_exact(8).map(|c| u64_le(c, 0));
+            for v in [&mut size, &mut compressed, &mut header] {
+                if *v == u64::from(u32::MAX) {
+                    *v = fields
+                        .next()
+                        .ok_or_else(|| bad(here, "short ZIP64 extra field"))?;
+                }
+            }
+        }
+        extra = &extra[(4 + n).min(extra.len())..];
+    }
+    let member = Member {
+        name,
+        method,
+        compressed,
+        size,
+        header,
+    };
+    Ok((member, end))
+}
+
+impl ZipIndex {
+    /// Reads the end records, then every central directory entry.
+    pub fn open(file: &ImageFile, len: u64) -> Result<ZipIndex, ZipError> {
+        let Directory {
+            count,
+            cd_size,
+            cd_start,
+            comment,
+            eocd_at,
+        } = end_records(file, len)?;
         if count > MAX_MEMBERS {
             return Err(bad(
                 eocd_at,
@@ -295,47 +361,9 @@ impl ZipIndex {
         let mut members = Vec::with_capacity(count as usize);
         let mut at = 0usize;
         for _ in 0..count {
-            let here = cd_start + at as u64;
-            if cd.len() - at < 46 || le32(&cd, at) != CENTRAL_SIG {
-                return Err(bad(here, "bad central directory entry"));
-            }
-            let method = le16(&cd, at + 10);
-            let mut compressed = u64::from(le32(&cd, at + 20));
-            let mut size = u64::from(le32(&cd, at + 24));
-            let name_len = le16(&cd, at + 28) as usize;
-            let extra_len = le16(&cd, at + 30) as usize;
-            let comment_len = le16(&cd, at + 32) as usize;
-            let mut header = u64::from(le32(&cd, at + 42));
-            let end = at + 46 + name_len + extra_len + comment_len;
-            if end > cd.len() {
-                return Err(bad(here, "central directory entry runs past the directory"));
-            }
-            let name = String::from_utf8_lossy(&cd[at + 46..at + 46 + name_len]).into_owned();
-            // ZIP64 extra: only the fields whose 32-bit value is all ones, in order.
-            let mut extra = &cd[at + 46 + name_len..at + 46 + name_len + extra_len];
-            while extra.len() >= 4 {
-                let (id, n) = (le16(extra, 0), le16(extra, 2) as usize);
-                let body = &extra[4..(4 + n).min(extra.len())];
-                if id == ZIP64_EXTRA {
-                    let mut fields = body.chunks_exact(8).map(|c| le64(c, 0));
-                    for v in [&mut size, &mut compressed, &mut header] {
-                        if *v == u64::from(u32::MAX) {
-                            *v = fields
-                                .next()
-                                .ok_or_else(|| bad(here, "short ZIP64 extra field"))?;
-                        }
-                    }
-                }
-                extra = &extra[(4 + n).min(extra.len())..];
-            }
-            members.push(Member {
-                name,
-                method,
-                compressed,
-                size,
-                header,
-            });
-            at = end;
+            let (member, next) = central_entry(&cd, at, cd_start)?;
+            members.push(member);
+            at = next;
         }
         Ok(ZipIndex { members, comment })
     }
@@ -355,10 +383,10 @@ pub fn data_offset(file: &ImageFile, len: u64, m: &Member) -> Result<u64, ZipErr
     }
     let mut h = [0u8; 30];
     read_at(file, m.header, &mut h)?;
-    if le32(&h, 0) != LOCAL_SIG {
+    if u32_le(&h, 0) != LOCAL_SIG {
         return Err(bad(m.header, format!("no local header for {}", m.name)));
     }
-    let start = m.header + 30 + u64::from(le16(&h, 26)) + u64::from(le16(&h, 28));
+    let start = m.header + 30 + u64::from(u16_le(&h, 26)) + u64::from(u16_le(&h, 28));
     if start.checked_add(m.compressed).is_none_or(|end| end > len) {
         return Err(bad(
             m.header,

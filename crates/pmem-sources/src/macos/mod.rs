@@ -37,15 +37,16 @@
 #[cfg(target_os = "macos")]
 pub mod live;
 
-use crate::kcore::Piece;
-use crate::reader::{FileMemory, ReadAt, Reference};
-use crate::NotAcquired;
+use crate::info::NotAcquired;
+use crate::reader::{FileMemory, Preads, ReadAt};
 use pmem_core::{MemoryMap, PhysicalMemory, Range, ReadError, PAGE_SIZE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Default device paths of the kext.
+/// Default device paths of the kext: the memory device, read at physical
+/// addresses...
 pub const DEVICE_PATH: &str = "/dev/pmem";
+/// ...and the text that describes it (memory map, CR3, kernel version).
 pub const INFO_PATH: &str = "/dev/pmem_info";
 /// Largest info text read: the kext caps its buffer at 64 KiB.
 pub const MAX_INFO_LEN: u64 = 1 << 20;
@@ -80,24 +81,31 @@ pub const READABLE_EFI_TYPES: [&str; 10] = [
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {reason}")]
 pub struct InfoError {
+    /// 1-based.
     pub line: usize,
+    /// What is wrong with the line.
     pub reason: String,
 }
 
 /// One entry of `records`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
+    /// What the kext says the range is for, as written.
     pub purpose: String,
     /// "efi_range" or "pci_range".
     pub kind: String,
     /// EFI type name (EFI records) or PCI type name (PCI records).
     pub subtype: String,
+    /// Physical address of the first byte.
     pub start: u64,
+    /// Bytes.
     pub length: u64,
+    /// The kext's `hw_informant` flag, as written.
     pub hw_informant: bool,
 }
 
 impl Record {
+    /// Whether this is an EFI memory-map range (not a PCI one).
     pub fn is_efi(&self) -> bool {
         self.kind == "efi_range"
     }
@@ -116,23 +124,34 @@ impl Record {
 /// The parsed `/dev/pmem_info`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PmemInfo {
+    /// The kext's info format version.
     pub api_version: u64,
     /// The CR3 register as the kext read it (some process's page tables).
     pub cr3: u64,
     /// The page-aligned physical address of that directory table base.
     pub dtb: u64,
+    /// The kernel's KASLR slide (bytes added to its link addresses).
     pub kaslr_slide: u64,
+    /// The kernel's version string.
     pub kernel_version: String,
+    /// Physical address of the kernel image.
     pub kernel_poffset: u64,
+    /// Physical memory size the kernel reports (bytes).
     pub phys_mem_size: u64,
+    /// Physical address of the PCI configuration space.
     pub pci_config_space_base: u64,
+    /// Physical address of the EFI memory map.
     pub mmap_poffset: u64,
+    /// EFI memory descriptor version.
     pub mmap_desc_version: u64,
+    /// Size of the EFI memory map (bytes).
     pub mmap_size: u64,
+    /// Size of one EFI memory descriptor (bytes).
     pub mmap_desc_size: u64,
     /// `meta` keys this parser has no field for (newer or older kexts, such
     /// as `version_poffset`), kept as written for the manifest.
     pub other: BTreeMap<String, String>,
+    /// The memory map: EFI and PCI ranges, in the order listed.
     pub records: Vec<Record>,
 }
 
@@ -337,26 +356,53 @@ impl PmemInfo {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MacosError {
+    /// The device or info file could not be opened or read.
     #[error("cannot read {}: {source}; is the MacPmem kext loaded (sudo kextload MacPmem.kext) and are you root?", .path.display())]
     Open {
+        /// The file.
         path: PathBuf,
+        /// The open's or read's error.
         source: std::io::Error,
     },
+    /// The info file is larger than [`MAX_INFO_LEN`].
     #[error("{} is larger than {MAX_INFO_LEN} bytes: not MacPmem's info device", .path.display())]
-    InfoTooLarge { path: PathBuf },
+    InfoTooLarge {
+        /// The info file.
+        path: PathBuf,
+    },
+    /// The info file does not parse.
     #[error("{}: {source}", .path.display())]
-    Info { path: PathBuf, source: InfoError },
+    Info {
+        /// The info file.
+        path: PathBuf,
+        /// The line that does not parse.
+        source: InfoError,
+    },
+    /// The info lists no range pmem reads.
     #[error("{}: the EFI memory map lists no readable memory", .path.display())]
-    NoMemory { path: PathBuf },
+    NoMemory {
+        /// The info file.
+        path: PathBuf,
+    },
+    /// No probed page of the device could be read.
     #[error("probe read of {} failed: {source}", .path.display())]
-    Probe { path: PathBuf, source: ReadError },
+    Probe {
+        /// The device.
+        path: PathBuf,
+        /// The first probe read's error.
+        source: ReadError,
+    },
 }
 
 /// `/dev/pmem` (or anything read like it) with the info that describes it.
 pub struct MacSource {
+    /// The memory to copy: the readable EFI ranges, whole pages.
     pub memory: Box<dyn PhysicalMemory>,
+    /// The parsed info.
     pub info: PmemInfo,
+    /// The device read.
     pub device_path: PathBuf,
+    /// The info file read.
     pub info_path: PathBuf,
     /// Clipped partial pages of readable EFI ranges.
     pub not_acquired: Vec<NotAcquired>,
@@ -382,23 +428,8 @@ impl MacSource {
             });
         }
         // /dev/pmem is the physical address space: file offset = address.
-        let pieces = map
-            .ranges()
-            .iter()
-            .map(|&phys| Piece {
-                phys,
-                file_offset: phys.start,
-            })
-            .collect();
-        let mut memory = FileMemory {
-            file: device,
-            path: device_path.into(),
-            map,
-            pieces,
-            page_reads: false,
-            reference: Reference::LastGood(None),
-        };
-        crate::sources::probe(&mut memory).map_err(|source| MacosError::Probe {
+        let mut memory = FileMemory::device(device, device_path.into(), map, Preads::AnyLength);
+        crate::devices::probe(&mut memory).map_err(|source| MacosError::Probe {
             path: device_path.into(),
             source,
         })?;
@@ -410,6 +441,23 @@ impl MacSource {
             not_acquired,
         })
     }
+}
+
+/// The kext's devices for `--source` (`auto` or `macpmem[:PATH]`, PATH
+/// replacing /dev/pmem) and `--iomem` (replacing /dev/pmem_info); `Err`
+/// says what the source may be.
+pub fn device_paths(source: &str, info: Option<&Path>) -> Result<(PathBuf, PathBuf), &'static str> {
+    let device = match source.split_once(':') {
+        Some(("macpmem", path)) if !path.is_empty() => path.into(),
+        None if source == "auto" || source == "macpmem" => DEVICE_PATH.into(),
+        _ => {
+            return Err(
+                "on macOS the source is auto or macpmem[:PATH] (the MacPmem kext's /dev/pmem)",
+            )
+        }
+    };
+    let info = info.map_or_else(|| INFO_PATH.into(), Path::to_path_buf);
+    Ok((device, info))
 }
 
 #[cfg(test)]

@@ -188,6 +188,7 @@ pub struct WinDevice {
 unsafe impl Send for WinDevice {}
 
 impl WinDevice {
+    /// Opens the driver's device (the driver must be loaded).
     pub fn open() -> io::Result<WinDevice> {
         let path = wide(OsStr::new(DEVICE_PATH));
         // SAFETY: NUL-terminated path, no security attributes or template.
@@ -331,15 +332,25 @@ pub fn unload() -> Result<bool, WindowsError> {
         .map_err(WindowsError::Unload)
 }
 
+/// Why the WinPmem driver could not be loaded, opened, read or unloaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WindowsError {
+    /// Installing or starting the driver's service failed.
     #[error("cannot load the driver {}: {source}", .path.display())]
-    Install { path: PathBuf, source: io::Error },
+    Install {
+        /// The driver file.
+        path: PathBuf,
+        /// The service manager's error.
+        source: io::Error,
+    },
+    /// The device did not open (its message says why).
     #[error("{0}")]
     Device(io::Error),
+    /// Stopping or deleting the service failed.
     #[error("cannot unload the driver service {SERVICE_NAME}: {0}")]
     Unload(io::Error),
+    /// The driver's answers can't be used.
     #[error(transparent)]
     Driver(#[from] DriverError),
 }

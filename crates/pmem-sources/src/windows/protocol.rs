@@ -30,8 +30,9 @@ pub const DEVICE_PATH: &str = r"\\.\pmem";
 /// Service name pmem installs the driver under (WinPmem 4 uses "winpmem";
 /// a different name keeps pmem from removing a service another tool owns).
 pub const SERVICE_NAME: &str = "pmem";
-/// Run-table sizes of the driver generations.
+/// Run-table sizes of the driver generations: WinPmem 2.x and 3.x...
 pub const RUNS_OLD: usize = 20;
+/// ...and 4.x.
 pub const RUNS_NEW: usize = 300;
 /// Bytes of one run entry.
 const RUN_LEN: usize = 16;
@@ -58,6 +59,7 @@ impl Mode {
         }
     }
 
+    /// The name `--mode` takes and the manifest records.
     pub fn name(self) -> &'static str {
         match self {
             Mode::IoSpace => "iospace",
@@ -99,7 +101,9 @@ impl FromStr for Mode {
 /// shifts every later field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InfoLayout {
+    /// The 64-bit driver's (64 KPCR entries).
     X64,
+    /// The 32-bit driver's (32 KPCR entries).
     X86,
 }
 
@@ -132,6 +136,7 @@ impl InfoLayout {
         self.after_kpcr() + 4 * 8 + 0xFE * 8
     }
 
+    /// Offset of the first run entry (bytes).
     pub fn runs_offset(self) -> usize {
         self.number_of_runs_offset() + 8
     }
@@ -147,6 +152,7 @@ impl InfoLayout {
 pub struct MemoryInfo {
     /// Kernel facts; `system_time` is left 0 (the driver does not say).
     pub windows: WindowsMetadata,
+    /// Kernel virtual address of NtBuildNumber, as the driver reports it.
     pub nt_build_number_addr: u64,
     /// The runs as the driver listed them, sorted.
     pub runs: MemoryMap,
@@ -154,34 +160,68 @@ pub struct MemoryInfo {
     pub run_capacity: usize,
 }
 
+/// Why the WinPmem driver's answers can't be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriverError {
+    /// `--mode` names no mode.
     #[error("unknown mode {0:?}: expected physical, pte or iospace")]
     BadMode(String),
+    /// IOCTL_SET_MODE failed.
     #[error("the driver refused mode {mode} (IOCTL_SET_MODE): {source}")]
-    SetMode { mode: Mode, source: io::Error },
+    SetMode {
+        /// The mode asked for.
+        mode: Mode,
+        /// The ioctl's error.
+        source: io::Error,
+    },
+    /// IOCTL_GET_INFO failed.
     #[error("the driver did not report the memory information (IOCTL_GET_INFO): {source}")]
-    GetInfo { source: io::Error },
+    GetInfo {
+        /// The ioctl's error.
+        source: io::Error,
+    },
+    /// IOCTL_GET_INFO returned fewer bytes than the layout has.
     #[error("the driver returned {returned} bytes of memory information, fewer than the {needed} its {layout:?} layout needs: not a WinPmem driver of this architecture")]
     ShortInfo {
+        /// Bytes returned.
         returned: usize,
+        /// Bytes the layout needs.
         needed: usize,
+        /// The layout expected (this build's architecture).
         layout: InfoLayout,
     },
+    /// More runs than the driver's table holds: the image would miss RAM.
     #[error("the driver lists {runs} memory runs but its table holds {capacity}{full}: this machine (e.g. Hyper-V dynamic memory) has more runs than this driver can report, so the image would silently miss memory; use a driver with a larger run table", full = if *.runs == *.capacity as u64 { " and is full" } else { "" })]
-    TooManyRuns { runs: u64, capacity: usize },
+    TooManyRuns {
+        /// Runs the driver says there are.
+        runs: u64,
+        /// Entries its table holds ([`RUNS_OLD`] or [`RUNS_NEW`]).
+        capacity: usize,
+    },
+    /// The run table is empty.
     #[error("the driver reports no memory runs")]
     NoRuns,
+    /// A run is empty, unaligned or past 2^64.
     #[error("memory run {index} ({base:#x}, {bytes:#x} bytes) is {reason}")]
     BadRun {
+        /// Its index in the table, from 0.
         index: usize,
+        /// Its physical base address.
         base: u64,
+        /// Its length (bytes).
         bytes: u64,
+        /// What is wrong with it.
         reason: &'static str,
     },
+    /// Two runs overlap.
     #[error("memory runs {previous} and {next} overlap")]
-    Overlap { previous: Range, next: Range },
+    Overlap {
+        /// The earlier run.
+        previous: Range,
+        /// The run that overlaps it.
+        next: Range,
+    },
 }
 
 fn u64_at(buf: &[u8], at: usize) -> u64 {
@@ -309,6 +349,8 @@ pub struct DriverMemory<D> {
 }
 
 impl<D: Device> DriverMemory<D> {
+    /// Reads `map` through `device`; a read stops with an error once
+    /// `interrupted` is set.
     pub fn new(device: D, map: MemoryMap, interrupted: Arc<AtomicBool>) -> DriverMemory<D> {
         DriverMemory {
             device,
@@ -317,6 +359,7 @@ impl<D: Device> DriverMemory<D> {
         }
     }
 
+    /// The device, for ioctls after opening.
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
     }
@@ -391,6 +434,8 @@ pub struct LoadedDriver<S: ServiceControl> {
 }
 
 impl<S: ServiceControl> LoadedDriver<S> {
+    /// Installs and starts the driver at `driver_path` as a service,
+    /// stopped and removed again when dropped.
     pub fn install(mut service: S, driver_path: &std::path::Path) -> io::Result<LoadedDriver<S>> {
         service.install(driver_path)?;
         Ok(LoadedDriver {
@@ -425,9 +470,13 @@ impl<S: ServiceControl> Drop for LoadedDriver<S> {
 /// order is drop order: the device handle closes before the service is
 /// stopped, because a driver with an open handle cannot unload.
 pub struct DriverSource<D: Device, S: ServiceControl> {
+    /// The memory to copy, read through the device.
     pub memory: DriverMemory<D>,
+    /// The service pmem loaded (`None`: the driver was already loaded).
     pub driver: Option<LoadedDriver<S>>,
+    /// What the driver reported.
     pub info: MemoryInfo,
+    /// The mode memory is mapped with.
     pub mode: Mode,
 }
 

@@ -24,18 +24,24 @@ pub enum Overflow {
 
 /// A fake driver over [`pattern`] memory.
 pub struct FakeDriver {
+    /// The structure layout IOCTL_GET_INFO answers in.
     pub layout: InfoLayout,
+    /// The runs it reports.
     pub runs: Vec<Range>,
     /// 20 (2.x/3.x drivers) or 300 (4.x).
     pub capacity: usize,
+    /// How NumberOfRuns reads when the runs don't fit.
     pub overflow: Overflow,
     /// Pages that cannot be read: a read stops short before them, a read
     /// starting at one fails.
     pub bad_pages: Vec<u64>,
+    /// The CR3 it reports.
     pub cr3: u64,
+    /// The processors (KPCR entries) it reports.
     pub processors: usize,
     /// Mode set by IOCTL_SET_MODE; reads fail before it.
     pub mode: Option<u32>,
+    /// Where it records the calls made to it.
     pub log: EventLog,
     /// Largest read served at once (drivers return what fits their
     /// mapping window).
@@ -43,6 +49,8 @@ pub struct FakeDriver {
 }
 
 impl FakeDriver {
+    /// A driver with these runs, a table of `capacity`, no bad page and
+    /// no mode set.
     pub fn new(layout: InfoLayout, runs: Vec<Range>, capacity: usize) -> FakeDriver {
         FakeDriver {
             layout,
@@ -152,7 +160,9 @@ impl Drop for FakeDriver {
 
 /// A service manager that records install and remove.
 pub struct FakeService {
+    /// Where it records install and remove.
     pub log: EventLog,
+    /// Whether install fails (access denied).
     pub fail_install: bool,
 }
 

@@ -9,6 +9,11 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
+mod pki;
+// Each test file uses the part it needs (see dead_code above).
+#[allow(unused_imports)]
+pub use pki::pki;
+
 /// The `pmem` binary under test.
 pub fn pmem() -> Command {
     Command::cargo_bin("pmem").unwrap()
@@ -19,6 +24,27 @@ pub fn manifest(image: &Path) -> Value {
     let mut path = image.as_os_str().to_owned();
     path.push(".json");
     serde_json::from_slice(&std::fs::read(PathBuf::from(path)).unwrap()).unwrap()
+}
+
+/// `pmem info --json IMAGE`, which must succeed, parsed.
+pub fn info_json(image: &Path) -> Value {
+    let assert = pmem()
+        .args(["info", "--json"])
+        .arg(image)
+        .assert()
+        .success();
+    serde_json::from_slice(&assert.get_output().stdout).unwrap()
+}
+
+/// A raw image `in.raw` in `dir`: `mib` MiB of varied content (each byte
+/// a multiplicative hash of its offset, not zeros).
+pub fn varied_input(dir: &Path, mib: u32) -> PathBuf {
+    let path = dir.join("in.raw");
+    let data: Vec<u8> = (0..mib << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    std::fs::write(&path, data).unwrap();
+    path
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -104,4 +130,26 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A symbol bundle as a capture makes it (made-up members; a BTF of 1.5
+/// MiB, so that it spans several TLS frames), written beside `image` as
+/// IMAGE.symbols, where `pmem convert` takes it from: the bundle's bytes.
+pub fn symbols_beside(image: &Path) -> Vec<u8> {
+    use pmem_symbols::bundle::{Bundle, BTF, BUNDLE_KIND, BUNDLE_VERSION, KALLSYMS};
+    let mut bundle = Bundle::default();
+    bundle.record.kind = BUNDLE_KIND.into();
+    bundle.record.version = BUNDLE_VERSION;
+    bundle
+        .members
+        .insert(KALLSYMS.into(), b"ffffffff81000000 T _text\n".to_vec());
+    bundle.members.insert(
+        BTF.into(),
+        (0..1_500_000u32).map(|i| (i % 239) as u8).collect(),
+    );
+    let tar = bundle.to_tar();
+    let mut sidecar = image.as_os_str().to_owned();
+    sidecar.push(".symbols");
+    std::fs::write(PathBuf::from(sidecar), &tar).unwrap();
+    tar
 }

@@ -1,11 +1,14 @@
-//! Turns an opened kcore, /dev/crash or /dev/mem into a source: its memory
+//! The files Linux reads memory through (/proc/kcore, /dev/crash, /dev/mem
+//! and pmem's module device): turns one, opened, into a source: its memory
 //! map, what it can't give, and the probe reads that decide whether it is
 //! usable at all. Generic over [`ReadAt`] so tests can stand in for devices.
 
+use crate::error::SourceError;
+use crate::info::{NotAcquired, OpenedSource, SourceInfo};
 use crate::iomem::Iomem;
-use crate::kcore::{self, Piece};
-use crate::reader::{read_once, FileMemory, ReadAt, Reference};
-use crate::{NotAcquired, OpenedSource, SourceError, SourceInfo, SourceKind};
+use crate::kcore;
+use crate::kind::SourceKind;
+use crate::reader::{read_once, FileMemory, Preads, ReadAt, Reference};
 use pmem_core::{Arch, MemoryMap, PhysicalMemory, Range, ReadError, PAGE_SIZE};
 use std::io;
 use std::path::Path;
@@ -29,9 +32,9 @@ pub(crate) fn kcore<F: ReadAt + Send + 'static>(
     let header = kcore::parse(&file).map_err(kcore_error)?;
     let system_ram = iomem.system_ram();
     let mapping = kcore::map_physical(&header.segments, &system_ram).map_err(kcore_error)?;
-    let coverage = MemoryMap::normalized(mapping.pieces.iter().map(|p| p.phys).collect());
+    let coverage = MemoryMap::normalized(mapping.file_map.memory_map().ranges().to_vec());
     let uncovered = format!("not covered by any segment of {}", path.display());
-    let (map, not_acquired) = plan(&system_ram, &coverage, &uncovered);
+    let (map, not_acquired) = split_ram(&system_ram, &coverage, &uncovered);
     let info = SourceInfo {
         kind: SourceKind::Kcore,
         path: path.to_path_buf(),
@@ -49,7 +52,15 @@ pub(crate) fn kcore<F: ReadAt + Send + 'static>(
         offset: 0,
         len: ELF_HEADER_SIZE,
     };
-    finish(file, map, mapping.pieces, false, reference, info)
+    let memory = FileMemory {
+        file,
+        path: path.to_path_buf(),
+        map,
+        file_map: mapping.file_map,
+        preads: Preads::AnyLength,
+        reference,
+    };
+    probe_and_wrap(memory, info)
 }
 
 /// An ELF64 file header's size.
@@ -61,8 +72,9 @@ pub(crate) fn crash<F: ReadAt + Send + 'static>(
     path: &Path,
     iomem: Iomem,
 ) -> Result<OpenedSource, SourceError> {
-    let (map, info) = device_plan(SourceKind::Crash, path, iomem);
-    finish(file, map, identity(), true, Reference::LastGood(None), info)
+    let (map, info) = device_ram_and_info(SourceKind::Crash, path, iomem);
+    let memory = FileMemory::device(file, path.to_path_buf(), map, Preads::OneAlignedPage);
+    probe_and_wrap(memory, info)
 }
 
 /// pmem's module (/dev/pmem-phys): offsets are physical addresses; any
@@ -74,16 +86,10 @@ pub(crate) fn module<F: ReadAt + Send + 'static>(
     iomem: Iomem,
     version: String,
 ) -> Result<OpenedSource, SourceError> {
-    let (map, mut info) = device_plan(SourceKind::Module, path, iomem);
+    let (map, mut info) = device_ram_and_info(SourceKind::Module, path, iomem);
     info.module_version = Some(version);
-    finish(
-        file,
-        map,
-        identity(),
-        false,
-        Reference::LastGood(None),
-        info,
-    )
+    let memory = FileMemory::device(file, path.to_path_buf(), map, Preads::AnyLength);
+    probe_and_wrap(memory, info)
 }
 
 /// /dev/mem: offsets are physical addresses. Refused when the kernel
@@ -93,7 +99,7 @@ pub(crate) fn mem<F: ReadAt + Send + 'static>(
     path: &Path,
     iomem: Iomem,
 ) -> Result<OpenedSource, SourceError> {
-    let (map, info) = device_plan(SourceKind::Mem, path, iomem);
+    let (map, info) = device_ram_and_info(SourceKind::Mem, path, iomem);
     if let Some(addr) = strict_probe_address(&map) {
         let mut page = vec![0u8; PAGE_SIZE as usize];
         let result = read_once(&file, &mut page, addr);
@@ -110,14 +116,8 @@ pub(crate) fn mem<F: ReadAt + Send + 'static>(
             DevmemProbe::Failed => {}
         }
     }
-    finish(
-        file,
-        map,
-        identity(),
-        false,
-        Reference::LastGood(None),
-        info,
-    )
+    let memory = FileMemory::device(file, path.to_path_buf(), map, Preads::AnyLength);
+    probe_and_wrap(memory, info)
 }
 
 /// What /dev/mem's answer to a one-page read of RAM above 1 MiB means.
@@ -150,14 +150,14 @@ pub(crate) fn strict_probe_address(map: &MemoryMap) -> Option<u64> {
 }
 
 /// Devices addressed by physical offset read all of RAM, in whole pages.
-fn device_plan(kind: SourceKind, path: &Path, iomem: Iomem) -> (MemoryMap, SourceInfo) {
+fn device_ram_and_info(kind: SourceKind, path: &Path, iomem: Iomem) -> (MemoryMap, SourceInfo) {
     let system_ram = iomem.system_ram();
     let everything = MemoryMap::new(vec![Range {
         start: 0,
         end: u64::MAX,
     }])
     .unwrap_or_default();
-    let (map, not_acquired) = plan(&system_ram, &everything, "");
+    let (map, not_acquired) = split_ram(&system_ram, &everything, "");
     let info = SourceInfo {
         kind,
         path: path.to_path_buf(),
@@ -173,17 +173,6 @@ fn device_plan(kind: SourceKind, path: &Path, iomem: Iomem) -> (MemoryMap, Sourc
     (map, info)
 }
 
-/// File offset = physical address.
-fn identity() -> Vec<Piece> {
-    vec![Piece {
-        phys: Range {
-            start: 0,
-            end: u64::MAX,
-        },
-        file_offset: 0,
-    }]
-}
-
 /// A map from ranges that are sorted and disjoint by construction.
 fn map_of(ranges: Vec<Range>) -> MemoryMap {
     MemoryMap::new(ranges.clone()).unwrap_or_else(|_| MemoryMap::normalized(ranges))
@@ -192,7 +181,7 @@ fn map_of(ranges: Vec<Range>) -> MemoryMap {
 /// Splits System RAM into the whole pages `coverage` can give and the
 /// rest, each with its reason. Adjacent covering segments merge in
 /// `coverage`, so a RAM range spanning two of them stays one range.
-pub(crate) fn plan(
+pub(crate) fn split_ram(
     ram: &MemoryMap,
     coverage: &MemoryMap,
     uncovered_reason: &str,
@@ -233,28 +222,16 @@ pub(crate) fn plan(
 
 /// Wraps up a source and probe-reads it, so that a source that opens but
 /// can't read fails here, before any byte is written, and `auto` moves on.
-fn finish<F: ReadAt + Send + 'static>(
-    file: F,
-    map: MemoryMap,
-    pieces: Vec<Piece>,
-    page_reads: bool,
-    reference: Reference,
+fn probe_and_wrap<F: ReadAt + Send + 'static>(
+    mut memory: FileMemory<F>,
     info: SourceInfo,
 ) -> Result<OpenedSource, SourceError> {
-    if map.is_empty() {
+    if memory.map.is_empty() {
         return Err(SourceError::NothingReadable {
             kind: info.kind,
             path: info.path,
         });
     }
-    let mut memory = FileMemory {
-        file,
-        path: info.path.clone(),
-        map,
-        pieces,
-        page_reads,
-        reference,
-    };
     if let Err(source) = probe(&mut memory) {
         return Err(SourceError::Probe {
             kind: info.kind,
@@ -732,7 +709,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_records_every_lost_byte() {
+    fn split_ram_records_every_lost_byte() {
         let ram = MemoryMap::new(vec![
             r(0x100, 0x200),
             r(0x1000, 0x9fc00),
@@ -740,7 +717,7 @@ mod tests {
         ])
         .unwrap();
         let coverage = MemoryMap::new(vec![r(0, 0x50000), r(MIB + 0x800, 4 * MIB)]).unwrap();
-        let (map, lost) = plan(&ram, &coverage, "gap");
+        let (map, lost) = split_ram(&ram, &coverage, "gap");
         assert_eq!(
             map.ranges(),
             &[r(0x1000, 0x50000), r(MIB + 0x1000, 3 * MIB)]
