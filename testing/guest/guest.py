@@ -122,6 +122,7 @@ def case_script(case):
         'step() { name=$1; shift; t0=$(now); "$@"; rc=$?; echo "@@pmem-guest step $name $t0 $(now) $rc"; return $rc; }',
         # Keep planted frames still: no compaction of mlocked pages, no THP.
         "sysctl -q -w vm.compact_unevictable_allowed=0",
+        "sysctl -q -w vm.compaction_proactiveness=0 || true",
         "echo never > /sys/kernel/mm/transparent_hugepage/enabled",
         "cat /proc/iomem > $OUT/iomem.txt",
         "cat /proc/version > $OUT/version.txt",
@@ -778,10 +779,11 @@ def cmd_suite(args):
         if done and not args.keep:
             # Images are GiBs each: a case's go as soon as its checks are done.
             work = done[1]
-            vm.cleanup([work / "dump.elf"])
             if vol:
-                vol.when_done(case.name, lambda: clean_images(work))
+                # The symbols check may read QEMU's dump too (symcheck.py).
+                vol.when_done(case.name, lambda: (vm.cleanup([work / "dump.elf"]), clean_images(work)))
             else:
+                vm.cleanup([work / "dump.elf"])
                 clean_images(work)
         return done
 

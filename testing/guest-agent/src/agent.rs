@@ -219,6 +219,14 @@ fn run(args: &Args) -> Result<bool, String> {
         fill_page(args.seed, index as u64, count, page);
     }
     planted.lock()?;
+    // The rest of the agent (its stack, with argv and the environment at the
+    // top) is locked too: with compact_unevictable_allowed=0 compaction never
+    // moves locked pages, so Volatility's linux.psaux and linux.envars read
+    // them in an image taken while the guest writes GiBs of page cache.
+    // SAFETY: mlockall has no memory-safety preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
+        return Err(format!("mlockall: {}", errno()));
+    }
     let before = planted.frames()?;
     let mut distinct = before.clone();
     distinct.sort_unstable();
