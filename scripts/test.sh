@@ -23,9 +23,11 @@ source scripts/lib/setup.sh
 # qemu-system-arm: the arm64 guests (testing/guest/arm64.py). openssl: test
 # certificates (presigned.rs); file: the build step's report; g++: libFuzzer
 # (fuzz targets, scripts/fuzz.sh); patch: the pyaff4 set-up patches two sdists.
+# b3sum: an independent BLAKE3 (pmem's default image hash) for the CLI tests,
+# the tls:// Python peer and the guest suite's hash checks.
 apt_ensure qemu-system-x86 busybox-static e2fsprogs kmod cpio zstd libsnappy1v5 \
     wine64 gcc-mingw-w64-x86-64 age clang musl-tools make gcc-12 llvm qemu-system-arm \
-    openssl file g++ patch
+    openssl file g++ patch b3sum
 build_ensure
 python_ensure
 python_dev_ensure

@@ -20,7 +20,7 @@ pub use arch::Arch;
 pub use file_map::{FileMap, FilePiece, Located};
 pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport, PageRun};
 pub use range::{MemoryMap, MemoryMapError, Range};
-pub use sink::{ByteSink, Patch, SinkSummary};
+pub use sink::{ByteSink, HashAlgorithm, ImageHash, Patch, SinkSummary};
 pub use source::{PhysicalMemory, ReadError};
 pub use windows::WindowsMetadata;
 pub use writer::{Chunk, ImageWriter, Plan, WriteError};

@@ -13,11 +13,10 @@
 //! the writes (on one CPU they take turns; offline, or with a second CPU,
 //! they run side by side).
 
-use crate::sink::SinkSummary;
+use crate::sink::{HashAlgorithm, ImageDigest, ImageHash, SinkSummary};
 use crate::source::{PhysicalMemory, ReadError};
 use crate::writer::{Chunk, ImageWriter, Plan, WriteError};
 use crate::PAGE_SIZE;
-use sha2::{Digest, Sha256};
 use std::sync::mpsc;
 
 /// How [`copy_memory`] reads: request size, memory in flight, and whether
@@ -29,9 +28,9 @@ pub struct CopyOptions {
     pub chunk_size: u64,
     /// Read buffers in flight between the reader and the writer (at least 2).
     pub buffers: usize,
-    /// Also compute the SHA-256 of the memory content (format-independent;
+    /// Also hash the memory content with this algorithm (format-independent;
     /// costs a second hash pass).
-    pub memory_hash: bool,
+    pub memory_hash: Option<HashAlgorithm>,
 }
 
 impl Default for CopyOptions {
@@ -41,7 +40,7 @@ impl Default for CopyOptions {
         CopyOptions {
             chunk_size: 1 << 20,
             buffers: 4,
-            memory_hash: false,
+            memory_hash: None,
         }
     }
 }
@@ -65,10 +64,10 @@ pub struct CopyReport {
     pub zero_bytes: u64,
     /// Pages that could not be read even one by one; written as zeros.
     pub unreadable: Vec<PageRun>,
-    /// SHA-256 over the content of all ranges in ascending order (unreadable
+    /// Hash over the content of all ranges in ascending order (unreadable
     /// pages as zeros): equal for every format holding the same memory.
-    /// Only with [`CopyOptions::memory_hash`].
-    pub memory_sha256: Option<[u8; 32]>,
+    /// Only with [`CopyOptions::memory_hash`], with its algorithm.
+    pub memory_hash: Option<ImageHash>,
     /// The image as written.
     pub image: SinkSummary,
 }
@@ -148,7 +147,7 @@ pub fn copy_memory(
     std::thread::scope(|scope| {
         // With a memory hash, buffers go reader -> writer -> hasher ->
         // reader; without, straight back from the writer.
-        let (after_writer, hashed) = if options.memory_hash {
+        let (after_writer, hashed) = if let Some(algorithm) = options.memory_hash {
             let (to_hasher, from_writer) = mpsc::sync_channel::<Filled>(buffers);
             // Moved, not cloned: when the writer fails, the hasher ends and
             // the reader's free list closes, which stops the reader.
@@ -156,13 +155,13 @@ pub fn copy_memory(
             let spawned = std::thread::Builder::new()
                 .name("pmem-memory-hash".into())
                 .spawn_scoped(scope, move || {
-                    let mut hasher = Sha256::new();
+                    let mut hasher = ImageDigest::new(algorithm);
                     for filled in from_writer {
                         // Unreadable pieces are zero-filled: hashed as zeros.
                         hasher.update(&filled.buf[..filled.len]);
                         let _ = back.send(filled.buf);
                     }
-                    <[u8; 32]>::from(hasher.finalize())
+                    hasher.finish()
                 });
             match spawned {
                 Ok(handle) => (AfterWriter::Hasher(to_hasher), Some(handle)),
@@ -209,8 +208,8 @@ pub fn copy_memory(
         let (out, writer) = joined?;
         read_result?;
         // The writer has gone, so the hasher's queue is closed: it ends.
-        let memory_sha256 = match hashed.map(|h| h.join()) {
-            Some(Ok(digest)) => Some(digest),
+        let memory_hash = match hashed.map(|h| h.join()) {
+            Some(Ok(digest)) => digest,
             Some(Err(_)) => {
                 let failed = std::io::Error::other("the memory hashing thread failed");
                 return Err(thread_error(failed));
@@ -222,7 +221,7 @@ pub fn copy_memory(
             bytes: reader.done,
             zero_bytes: out.zero_bytes,
             unreadable: reader.unreadable,
-            memory_sha256,
+            memory_hash,
             image,
         })
     })
@@ -525,7 +524,7 @@ mod tests {
             &CopyOptions {
                 chunk_size,
                 buffers: 3,
-                memory_hash: true,
+                memory_hash: Some(HashAlgorithm::Sha256),
             },
             &mut |done| {
                 assert!(done > last);
@@ -582,9 +581,11 @@ mod tests {
             expected_memory.extend_from_slice(bytes);
         }
         assert_eq!(expected_memory.len(), 0x12000);
+        let memory = report.memory_hash.expect("asked for");
+        assert_eq!(memory.algorithm, HashAlgorithm::Sha256);
         assert_eq!(
-            report.memory_sha256,
-            Some(<[u8; 32]>::from(Sha256::digest(&expected_memory)))
+            memory.bytes,
+            <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&expected_memory))
         );
         // Large reads first: the first range is read in 0x8000-byte requests.
         assert_eq!(mem.reads[0], (0x1000, 0x8000));
@@ -620,7 +621,7 @@ mod tests {
 
     #[test]
     fn a_write_error_stops_the_reader_with_or_without_memory_hash() {
-        for memory_hash in [false, true] {
+        for memory_hash in [None, Some(HashAlgorithm::Blake3)] {
             // On a thread: a reader left waiting for buffers would hang.
             let (done, result) = mpsc::channel();
             std::thread::spawn(move || {
@@ -646,7 +647,7 @@ mod tests {
                 .expect("copy_memory returned");
             assert!(
                 error.as_deref().is_some_and(|e| e.contains("disk gone")),
-                "memory_hash {memory_hash}: {error:?}"
+                "memory_hash {memory_hash:?}: {error:?}"
             );
         }
     }

@@ -1,5 +1,6 @@
 //! Byte sinks: where a format writer's bytes go. Every sink hashes what it
-//! writes (SHA-256 of the image as written) and counts the bytes.
+//! writes (BLAKE3 or SHA-256 of the image as written, see [`HashAlgorithm`])
+//! and counts the bytes.
 //!
 //! [`HashingSink`] writes a file or a stream. It is made of parts, one file
 //! each: the image file written with holes (`file`, with its [`DiskLimit`]
@@ -15,7 +16,7 @@ mod hasher;
 mod hashing;
 mod stream;
 
-pub use digest::{hex, ImageDigest};
+pub use digest::{hex, HashAlgorithm, ImageDigest, ImageHash};
 pub use disk_limit::DiskLimit;
 pub use file::create_image_file;
 pub use hashing::HashingSink;
@@ -28,8 +29,9 @@ use std::io;
 pub struct SinkSummary {
     /// Image length in bytes.
     pub bytes: u64,
-    /// SHA-256 of all image bytes, holes counted as zeros.
-    pub sha256: [u8; 32],
+    /// Hash of all image bytes, holes counted as zeros; `None` when the
+    /// sink hashed nothing (`--hash none`).
+    pub hash: Option<ImageHash>,
 }
 
 /// The end of the pipeline: image bytes in order.

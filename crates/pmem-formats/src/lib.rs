@@ -62,14 +62,14 @@
 //! Write a LiME image from memory. Any [`PhysicalMemory`] can be acquired;
 //! here it is two ranges held in `Vec`s. [`copy_memory`] reads the plan's
 //! ranges in order and hands them to the format's writer, which frames them
-//! into the sink; the report gives the image's length and SHA-256 as
-//! written, which the example checks against the file.
+//! into the sink; the report gives the image's length and hash (BLAKE3 by
+//! default) as written, which the example checks against the file.
 //!
 //! [`PhysicalMemory`]: pmem_core::PhysicalMemory
 //! [`copy_memory`]: pmem_core::copy_memory
 //!
 //! ```
-//! use pmem_core::sink::{HashingSink, ImageDigest};
+//! use pmem_core::sink::{HashAlgorithm, HashingSink, ImageDigest};
 //! use pmem_core::{
 //!     copy_memory, Arch, CopyOptions, MemoryMap, PhysicalMemory, Plan, Range, ReadError,
 //! };
@@ -139,7 +139,7 @@
 //! assert_eq!(image[32..32 + 0x1000], [0x11; 0x1000]);
 //! assert_eq!(&image[0x2020..0x2020 + 4], b"EMiL");
 //! assert_eq!(&image[0x2028..0x2030], &0x5000u64.to_le_bytes());
-//! let mut digest = ImageDigest::new();
+//! let mut digest = ImageDigest::new(HashAlgorithm::Blake3);
 //! digest.update(&image);
 //! assert_eq!(digest.summary(), report.image);
 //! # Ok(())

@@ -10,6 +10,7 @@
 
 use crate::UploadError;
 use pmem_core::sink::ImageDigest;
+use pmem_core::HashAlgorithm;
 use pmem_core::{ByteSink, SinkSummary};
 use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
@@ -109,10 +110,13 @@ pub struct EncryptSink {
 
 impl EncryptSink {
     /// Starts the age file (header) in `inner`. Returns the sink and the
-    /// slot that receives the ciphertext summary when the sink finishes.
+    /// slot that receives the ciphertext summary (hashed by `inner`) when
+    /// the sink finishes. The plaintext is hashed with `hash` (`None`:
+    /// only counted).
     pub fn new(
         inner: Box<dyn ByteSink>,
         recipients: &Recipients,
+        hash: Option<HashAlgorithm>,
     ) -> Result<(EncryptSink, CiphertextSlot), UploadError> {
         let header_len = Arc::new(Mutex::new(0));
         let counted = CountHeader(SinkWriter(inner, 0), header_len.clone());
@@ -122,7 +126,7 @@ impl EncryptSink {
         Ok((
             EncryptSink {
                 stream,
-                digest: ImageDigest::new(),
+                digest: ImageDigest::optional(hash),
                 slot: slot.clone(),
                 header_len,
             },
@@ -252,7 +256,8 @@ mod tests {
         let inner = Box::new(HashingSink::stream(Box::new(
             std::fs::File::create(&path).unwrap(),
         )));
-        let (sink, slot) = EncryptSink::new(inner, &recipients).unwrap();
+        let (sink, slot) =
+            EncryptSink::new(inner, &recipients, Some(HashAlgorithm::Sha256)).unwrap();
         let mut sink: Box<dyn ByteSink> = Box::new(sink);
         sink.write_all(b"hello").unwrap();
         sink.write_zeros(200_000).unwrap();
@@ -262,12 +267,17 @@ mod tests {
         let mut expected = b"hello".to_vec();
         expected.resize(200_005, 0);
         expected.extend_from_slice(b"end");
-        assert_eq!(plain.sha256, <[u8; 32]>::from(Sha256::digest(&expected)));
+        let plain = plain.hash.unwrap();
+        assert_eq!(plain.algorithm, HashAlgorithm::Sha256);
+        assert_eq!(plain.bytes, <[u8; 32]>::from(Sha256::digest(&expected)));
         let stored = std::fs::read(&path).unwrap();
         assert!(is_age(&stored));
         let cipher = slot.lock().unwrap().clone().unwrap();
         assert_eq!(cipher.bytes, stored.len() as u64);
-        assert_eq!(cipher.sha256, <[u8; 32]>::from(Sha256::digest(&stored)));
+        // The inner sink's own (default) algorithm: BLAKE3.
+        let cipher = cipher.hash.unwrap();
+        assert_eq!(cipher.algorithm, HashAlgorithm::Blake3);
+        assert_eq!(cipher.bytes, *blake3::hash(&stored).as_bytes());
         let mut back = Vec::new();
         identities
             .decrypt(&stored[..])
@@ -302,7 +312,7 @@ mod tests {
                     let inner = Box::new(HashingSink::stream(Box::new(
                         std::fs::File::create(&path).unwrap(),
                     )));
-                    let (sink, _) = EncryptSink::new(inner, &recipients).unwrap();
+                    let (sink, _) = EncryptSink::new(inner, &recipients, None).unwrap();
                     let expected = sink.ciphertext_len(plain);
                     let mut sink: Box<dyn ByteSink> = Box::new(sink);
                     sink.write_zeros(plain).unwrap();

@@ -280,7 +280,7 @@ mod tests {
         }
         let summary = SinkSummary {
             bytes: 0,
-            sha256: [0; 32],
+            hash: None,
         };
         up.finish(&summary).unwrap();
         assert_eq!(sink.committed.lock().unwrap().as_deref(), Some(&data[..]));
@@ -309,7 +309,7 @@ mod tests {
         }
         let summary = SinkSummary {
             bytes: 0,
-            sha256: [0; 32],
+            hash: None,
         };
         let finished = if result.is_ok() {
             up.finish(&summary)

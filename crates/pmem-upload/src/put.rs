@@ -359,7 +359,7 @@ mod tests {
         );
         let summary = SinkSummary {
             bytes: 9,
-            sha256: [0; 32],
+            hash: None,
         };
         let err = Box::new(put).finish(&summary).unwrap_err().to_string();
         assert!(err.contains("abandoned"), "{err}");

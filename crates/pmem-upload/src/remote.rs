@@ -6,6 +6,7 @@
 
 use crate::UploadError;
 use pmem_core::sink::ImageDigest;
+use pmem_core::HashAlgorithm;
 use pmem_core::{ByteSink, SinkSummary};
 use std::io;
 
@@ -28,11 +29,12 @@ pub struct RemoteSink {
 }
 
 impl RemoteSink {
-    /// A sink sending the image to `upload`.
-    pub fn new(upload: Box<dyn Upload>) -> RemoteSink {
+    /// A sink sending the image to `upload`, hashing it with `hash`
+    /// (`None`: only counting it).
+    pub fn new(upload: Box<dyn Upload>, hash: Option<HashAlgorithm>) -> RemoteSink {
         RemoteSink {
             upload,
-            digest: ImageDigest::new(),
+            digest: ImageDigest::optional(hash),
         }
     }
 }

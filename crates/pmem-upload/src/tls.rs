@@ -7,19 +7,29 @@
 //! of each, inside TLS (all integers big-endian):
 //!
 //! ```text
-//! header   "PMEMTLS1" kind:u8 flags:u8
+//! header   "PMEMTLS2" kind:u8 flags:u8 hash:u8
 //!          kind: 'I' image, 'S' symbols, 'M' manifest
 //!          flags bit 0: another object of this acquisition follows
+//!          hash: 'b' BLAKE3, 's' SHA-256 (the trailer's algorithm)
+//! ready    "PMEMRDY2"                     (receiver -> sender)
 //! frames   len:u32 (1..=1 MiB) bytes[len] ... then len = 0
-//! trailer  total:u64 sha256[32]           (of the payload bytes)
-//! ack      "PMEMACK1" sha256[32]          (receiver -> sender, after fsync)
+//! trailer  total:u64 hash[32]             (of the payload bytes)
+//! ack      "PMEMACK1" hash[32]            (receiver -> sender, after fsync)
 //! ```
+//!
+//! Version 2 added the hash byte and the ready token. A version-1 sender
+//! sends `"PMEMTLS1" kind flags` and no hash byte, waits for no ready
+//! token, and its trailer is SHA-256: the receiver still takes it. A
+//! version-1 receiver refuses the version-2 magic ("not a pmem stream")
+//! and closes the connection: the sender waits for the ready token in
+//! [`TlsSender::connect`], so it fails there, before any memory is read,
+//! and says to upgrade the receiver.
 //!
 //! The receiver ([`serve`]) stops after the first object whose flag says
 //! nothing follows. Until the symbols existed, bit 0 meant "a manifest
 //! follows" and only the image set it; the senders of that time send the
 //! image (bit 0 set) then the manifest (clear), which ends an acquisition
-//! the same way under either meaning, so the magic stays `PMEMTLS1`. A
+//! the same way under either meaning, so the magic stayed `PMEMTLS1`. A
 //! receiver of that time refuses kind `'S'` ("unknown object kind") and
 //! stops: a new sender's symbols, and the manifest after them, do not
 //! reach it, and the sender fails at the symbols.
@@ -42,7 +52,8 @@
 use crate::remote::Upload;
 use crate::{Companion, UploadError};
 use pmem_core::sink::fill_buffer;
-use pmem_core::SinkSummary;
+use pmem_core::sink::ImageDigest;
+use pmem_core::{HashAlgorithm, ImageHash, SinkSummary};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
@@ -52,8 +63,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const MAGIC: &[u8; 8] = b"PMEMTLS1";
+const MAGIC: &[u8; 8] = b"PMEMTLS2";
+/// The magic of version 1 (SHA-256 trailers, no ready token).
+const MAGIC_V1: &[u8; 8] = b"PMEMTLS1";
+const READY: &[u8; 8] = b"PMEMRDY2";
 const ACK: &[u8; 8] = b"PMEMACK1";
+
+/// The header's byte for a trailer algorithm.
+fn hash_byte(algorithm: HashAlgorithm) -> u8 {
+    match algorithm {
+        HashAlgorithm::Blake3 => b'b',
+        HashAlgorithm::Sha256 => b's',
+    }
+}
+
+fn hash_from_byte(byte: u8) -> Option<HashAlgorithm> {
+    HashAlgorithm::ALL
+        .into_iter()
+        .find(|a| hash_byte(*a) == byte)
+}
 const MAX_FRAME: usize = 1 << 20;
 /// How long a stalled peer may block a read or a write before pmem gives
 /// up with an error instead of hanging forever.
@@ -270,17 +298,20 @@ type ClientStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 pub struct TlsSender {
     stream: ClientStream,
     frame: Vec<u8>,
-    hasher: Sha256,
-    bytes: u64,
+    /// Of the payload, for the trailer.
+    digest: ImageDigest,
 }
 
 impl TlsSender {
-    /// Connects to `host:port` and sends the header.
+    /// Connects to `host:port`, sends the header naming `hash` as the
+    /// trailer's algorithm, and waits for the receiver's ready token: a
+    /// receiver that does not speak this version fails here.
     pub fn connect(
         address: &str,
         trust: &Trust,
         kind: Kind,
         follows: Follows,
+        hash: HashAlgorithm,
     ) -> Result<TlsSender, UploadError> {
         let (host, _) = address
             .rsplit_once(':')
@@ -330,12 +361,26 @@ impl TlsSender {
         let mut header = MAGIC.to_vec();
         header.push(kind.byte());
         header.push(follows.flags());
+        header.push(hash_byte(hash));
         stream.write_all(&header)?;
+        stream.flush()?;
+        let mut ready = [0u8; 8];
+        let answered = read_exact_tls(&mut stream, &mut ready);
+        if answered.is_err() || &ready != READY {
+            let why = match answered {
+                Err(e) => e.to_string(),
+                Ok(()) => format!("it answered {:?}", String::from_utf8_lossy(&ready)),
+            };
+            return Err(UploadError::protocol(format!(
+                "the receiver at {address} did not accept a version-2 pmem stream ({why}): \
+                 it is probably an older `pmem receive`; upgrade pmem on the receiving \
+                 machine (nothing was sent)"
+            )));
+        }
         Ok(TlsSender {
             stream,
             frame: Vec::with_capacity(MAX_FRAME),
-            hasher: Sha256::new(),
-            bytes: 0,
+            digest: ImageDigest::new(hash),
         })
     }
 
@@ -356,7 +401,7 @@ impl TlsSender {
         Upload::write(&mut self, data)?;
         let summary = SinkSummary {
             bytes: data.len() as u64,
-            sha256: Sha256::digest(data).into(),
+            hash: None,
         };
         Box::new(self).finish(&summary)
     }
@@ -364,8 +409,7 @@ impl TlsSender {
 
 impl Upload for TlsSender {
     fn write(&mut self, buf: &[u8]) -> Result<(), UploadError> {
-        self.hasher.update(buf);
-        self.bytes += buf.len() as u64;
+        self.digest.update(buf);
         Ok(fill_buffer(
             self,
             buf,
@@ -377,14 +421,25 @@ impl Upload for TlsSender {
 
     fn finish(mut self: Box<Self>, summary: &SinkSummary) -> Result<(), UploadError> {
         self.flush_frame()?;
-        let sha: [u8; 32] = self.hasher.clone().finalize().into();
-        if sha != summary.sha256 || self.bytes != summary.bytes {
+        let bytes = self.digest.len();
+        let hash = self
+            .digest
+            .clone()
+            .finish()
+            .ok_or_else(|| UploadError::protocol("the trailer has no hash"))?;
+        // The image's own hash, when its sink made one with the same
+        // algorithm, must be the trailer's.
+        let differs = summary
+            .hash
+            .is_some_and(|h| h.algorithm == hash.algorithm && h.bytes != hash.bytes);
+        if differs || bytes != summary.bytes {
             return Err(UploadError::protocol(
                 "the bytes sent differ from the image's summary",
             ));
         }
+        let sha = hash.bytes;
         let mut trailer = 0u32.to_be_bytes().to_vec();
-        trailer.extend_from_slice(&self.bytes.to_be_bytes());
+        trailer.extend_from_slice(&bytes.to_be_bytes());
         trailer.extend_from_slice(&sha);
         self.stream.write_all(&trailer)?;
         self.stream.flush()?;
@@ -440,9 +495,12 @@ pub struct Received {
     pub path: PathBuf,
     /// Payload length in bytes.
     pub bytes: u64,
-    /// SHA-256 of the payload, as the trailer stated and the receiver
-    /// checked.
-    pub sha256: [u8; 32],
+    /// Hash of the payload (the algorithm the sender's header named;
+    /// SHA-256 from a version-1 sender), as the trailer stated and the
+    /// receiver checked.
+    pub hash: ImageHash,
+    /// The protocol version the sender spoke (1 or 2).
+    pub version: u8,
     /// Whether the sender said another object follows.
     pub follows: Follows,
 }
@@ -487,17 +545,32 @@ pub fn receive_one(
     stream
         .read_exact(&mut header)
         .map_err(|e| UploadError::rejected(format!("before the stream started: {e}")).because(e))?;
-    if &header[..8] != MAGIC {
+    let (version, algorithm) = if &header[..8] == MAGIC {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).map_err(|e| {
+            UploadError::rejected(format!("before the stream started: {e}")).because(e)
+        })?;
+        let algorithm = hash_from_byte(byte[0]).ok_or_else(|| {
+            UploadError::protocol(format!("unknown hash algorithm {:?}", byte[0] as char))
+        })?;
+        (2, algorithm)
+    } else if &header[..8] == MAGIC_V1 {
+        (1, HashAlgorithm::Sha256)
+    } else {
         return Err(UploadError::rejected("not a pmem stream"));
-    }
+    };
     let kind = Kind::from_byte(header[8])
         .ok_or_else(|| UploadError::protocol(format!("unknown object kind {}", header[8])))?;
     let follows = Follows::from_flags(header[9]);
+    if version == 2 {
+        stream.write_all(READY)?;
+        stream.flush()?;
+    }
     let target = target_path(out, kind);
     let partial = partial_path(&target);
     let file = pmem_core::sink::create_image_file(&partial, true)?;
     let mut writer = io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
+    let mut hasher = ImageDigest::new(algorithm);
     let mut bytes = 0u64;
     let mut buf = vec![0u8; MAX_FRAME];
     loop {
@@ -517,11 +590,14 @@ pub fn receive_one(
     }
     let mut trailer = [0u8; 40];
     stream.read_exact(&mut trailer).map_err(cut)?;
-    let sha: [u8; 32] = hasher.finalize().into();
+    let hash = hasher
+        .finish()
+        .ok_or_else(|| UploadError::protocol("no hash of the stream"))?;
+    let sha = hash.bytes;
     let declared = u64::from_be_bytes(trailer[..8].try_into().unwrap_or_default());
     if declared != bytes || trailer[8..] != sha {
         return Err(UploadError::protocol(format!(
-            "trailer says {declared} bytes sha256 {}, received {bytes} bytes sha256 {}",
+            "trailer says {declared} bytes {algorithm} {}, received {bytes} bytes {algorithm} {}",
             hex::encode(&trailer[8..]),
             hex::encode(sha)
         )));
@@ -557,7 +633,8 @@ pub fn receive_one(
         kind,
         path: target,
         bytes,
-        sha256: sha,
+        hash,
+        version,
         follows,
     })
 }

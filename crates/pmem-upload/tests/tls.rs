@@ -4,6 +4,7 @@
 //! manifest), and an image that is the only object. Each object must land
 //! complete, byte for byte, under its own name, readable by its owner only.
 
+use pmem_core::HashAlgorithm;
 use pmem_upload::tls::{self, Follows, Kind, Received, Trust};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,11 @@ impl Receiver {
     }
 
     fn send(&self, kind: Kind, follows: Follows, data: &[u8]) {
-        tls::TlsSender::connect(&self.address, &self.trust, kind, follows)
+        self.send_hashed(kind, follows, data, HashAlgorithm::Blake3);
+    }
+
+    fn send_hashed(&self, kind: Kind, follows: Follows, data: &[u8], hash: HashAlgorithm) {
+        tls::TlsSender::connect(&self.address, &self.trust, kind, follows, hash)
             .and_then(|sender| sender.send_all(data))
             .unwrap_or_else(|err| panic!("sending {kind:?}: {err}"));
     }
@@ -89,9 +94,25 @@ fn image_symbols_and_manifest_land_beside_each_other() {
     let symbols: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let manifest = br#"{"complete":true}"#;
     receiver.send(Kind::Image, Follows::More, &image);
-    receiver.send(Kind::Symbols, Follows::More, &symbols);
+    receiver.send_hashed(
+        Kind::Symbols,
+        Follows::More,
+        &symbols,
+        HashAlgorithm::Sha256,
+    );
     receiver.send(Kind::Manifest, Follows::Nothing, manifest);
     let received = receiver.finish();
+
+    // Each object's trailer in the algorithm its header named, checked
+    // here with the reference crates.
+    assert_eq!(received[0].version, 2);
+    assert_eq!(received[0].hash.algorithm, HashAlgorithm::Blake3);
+    assert_eq!(received[0].hash.bytes, *blake3::hash(&image).as_bytes());
+    assert_eq!(received[1].hash.algorithm, HashAlgorithm::Sha256);
+    assert_eq!(
+        received[1].hash.bytes,
+        <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&symbols))
+    );
 
     let kinds: Vec<Kind> = received.iter().map(|r| r.kind).collect();
     assert_eq!(kinds, [Kind::Image, Kind::Symbols, Kind::Manifest]);

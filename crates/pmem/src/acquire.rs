@@ -41,9 +41,10 @@ pub struct Args {
     pub mode: Option<String>,
     #[command(flatten)]
     output_options: OutputArgs,
-    /// Also record memory_sha256, the hash of the memory content that is
-    /// the same whatever the format (costs a second hash pass; `pmem
-    /// convert` and `pmem verify` always compute it).
+    /// Also record memory_hash, the hash of the memory content that is
+    /// the same whatever the format, with the --hash algorithm (BLAKE3
+    /// with --hash none; costs a second hash pass; `pmem convert` and
+    /// `pmem verify` always compute it).
     #[arg(long)]
     memory_hash: bool,
     /// Linux: do not capture the kernel's symbols (BTF, kallsyms, banner,

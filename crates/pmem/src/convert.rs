@@ -139,8 +139,8 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
         sink: args.output_options.sink_options(),
         quiet: args.output_options.quiet,
         // The memory hash ties the output to the input whatever the
-        // formats: recorded unless --no-hash asks for no hashes at all.
-        memory_hash: !args.output_options.no_hash,
+        // formats: recorded unless --hash none asks for no hashes at all.
+        memory_hash: args.output_options.hash().is_some(),
         watch,
         symbols,
         symbols_file: args.output_options.symbols_file.clone(),

@@ -9,7 +9,7 @@
 //! is the order the types allow.
 //!
 //! This lives in the CLI crate, not in pmem-upload: it is made of the
-//! command line's options (`--force`, `--max-disk-usage`, `--no-hash`, the
+//! command line's options (`--force`, `--max-disk-usage`, `--hash`, the
 //! clap `UploadArgs`), speaks in them in its messages, and opens local files
 //! and standard output too; pmem-upload stays a library of sinks that knows
 //! nothing of the command line or of the manifest's schema.
@@ -17,8 +17,8 @@
 use crate::compress::Encoding;
 use crate::manifest::{self, EncryptionJson, Manifest};
 use anyhow::{Context, Result};
-use pmem_core::sink::{create_image_file, hex, DiskLimit, HashingSink};
-use pmem_core::{ByteSink, Plan};
+use pmem_core::sink::{create_image_file, DiskLimit, HashingSink};
+use pmem_core::{ByteSink, HashAlgorithm, Plan};
 use pmem_upload::encrypt::{CiphertextSlot, EncryptSink, Recipients};
 use pmem_upload::remote::RemoteSink;
 use pmem_upload::tls::{Follows, Kind, Trust};
@@ -129,9 +129,10 @@ pub struct Remote {
 pub struct SinkOptions {
     /// Replace an existing image file (--force, or a file this run made).
     pub overwrite: bool,
-    /// Hash what is written (off with --no-hash: the manifest then records
-    /// no image hash).
-    pub hash: bool,
+    /// How to hash what is written (`None` with --hash none: the manifest
+    /// then records no image hash). Also the algorithm of the ciphertext's
+    /// hash and of a tls:// stream's trailers (BLAKE3 there when `None`).
+    pub hash: Option<HashAlgorithm>,
     pub max_disk_usage: Option<DiskLimit>,
 }
 
@@ -240,9 +241,9 @@ impl Destination {
             Destination::File(path) => Box::new(open_file(path, options)?),
             Destination::Azure(remote) => {
                 let upload = pmem_upload::azure::start(remote.azure_config())?;
-                Box::new(RemoteSink::new(Box::new(upload)))
+                Box::new(RemoteSink::new(Box::new(upload), options.hash))
             }
-            Destination::PresignedPut(remote) => return remote.open_put(planned_len),
+            Destination::PresignedPut(remote) => return remote.open_put(planned_len, options),
             Destination::S3(remote) => {
                 let config = remote.s3_config()?;
                 anyhow::ensure!(
@@ -250,7 +251,7 @@ impl Destination {
                     "--part-size must be at least 5 (MiB): S3's smallest part"
                 );
                 let upload = pmem_upload::s3::start(config)?;
-                Box::new(RemoteSink::new(Box::new(upload)))
+                Box::new(RemoteSink::new(Box::new(upload), options.hash))
             }
             Destination::Tls(remote) => {
                 let sender = pmem_upload::tls::TlsSender::connect(
@@ -258,9 +259,10 @@ impl Destination {
                     &remote.tls_trust()?,
                     Kind::Image,
                     Follows::More,
+                    options.hash.unwrap_or_default(),
                 )
                 .with_context(|| format!("connecting to {}", remote.display()))?;
-                Box::new(RemoteSink::new(Box::new(sender)))
+                Box::new(RemoteSink::new(Box::new(sender), options.hash))
             }
         };
         Ok(OpenedSink { sink, length: None })
@@ -270,8 +272,9 @@ impl Destination {
     /// the image and the symbols: S3 `KEY.json`, Azure `BLOB.json`,
     /// `--manifest-url`, or the last object on a `tls://` stream. Nothing
     /// for a file or standard output.
-    pub fn send_manifest(&self, sealed: &[u8]) -> Result<()> {
-        self.send_beside(Companion::Manifest, sealed)
+    /// `hash`: the job's algorithm, which a `tls://` trailer uses.
+    pub fn send_manifest(&self, sealed: &[u8], hash: Option<HashAlgorithm>) -> Result<()> {
+        self.send_beside(Companion::Manifest, sealed, hash)
     }
 
     /// Sends the symbols sidecar (`sealed`: the bundle's tar, encrypted by
@@ -289,8 +292,8 @@ impl Destination {
     /// complete on disk), as an image whose manifest never comes does.
     /// Elsewhere each object stands alone, and the order only keeps the
     /// manifest, which records the symbols' SHA-256, the last to appear.
-    pub fn send_symbols(&self, sealed: &[u8]) -> Result<()> {
-        self.send_beside(Companion::Symbols, sealed)
+    pub fn send_symbols(&self, sealed: &[u8], hash: Option<HashAlgorithm>) -> Result<()> {
+        self.send_beside(Companion::Symbols, sealed, hash)
     }
 
     /// Where [`send_symbols`](Self::send_symbols) puts the symbols, for
@@ -320,7 +323,12 @@ impl Destination {
     }
 
     /// Stores `companion` next to the image, named after it.
-    fn send_beside(&self, companion: Companion, sealed: &[u8]) -> Result<()> {
+    fn send_beside(
+        &self,
+        companion: Companion,
+        sealed: &[u8],
+        hash: Option<HashAlgorithm>,
+    ) -> Result<()> {
         let what = companion.description();
         match self {
             Destination::Stdout | Destination::File(_) => Ok(()),
@@ -379,6 +387,7 @@ impl Destination {
                     &remote.tls_trust()?,
                     Kind::from(companion),
                     follows,
+                    hash.unwrap_or_default(),
                 )
                 .and_then(|s| s.send_all(sealed))
                 .with_context(|| format!("sending {what} to {}", remote.display()))
@@ -387,13 +396,10 @@ impl Destination {
     }
 }
 
-/// --no-hash: the sink hashes nothing; the manifest records no image hash.
+/// --hash: the sink's algorithm (none: it hashes nothing, and the
+/// manifest records no image hash).
 fn hashed(sink: HashingSink, options: &SinkOptions) -> HashingSink {
-    if options.hash {
-        sink
-    } else {
-        sink.without_hash()
-    }
+    sink.with_hash(options.hash)
 }
 
 fn open_file(path: &Path, options: &SinkOptions) -> Result<HashingSink> {
@@ -493,7 +499,7 @@ impl Remote {
     /// A pre-signed PUT URL: one request whose Content-Length is the exact
     /// image length (plus age's overhead when encrypting, which
     /// [`OpenedSink::into_sink`] adds).
-    fn open_put(&self, planned_len: &ImageLength) -> Result<OpenedSink> {
+    fn open_put(&self, planned_len: &ImageLength, options: &SinkOptions) -> Result<OpenedSink> {
         let plaintext = match planned_len {
             ImageLength::Known(size) => *size,
             ImageLength::Unknown(what) => anyhow::bail!(
@@ -515,7 +521,7 @@ impl Remote {
             note_not_uploaded(Companion::Manifest);
         }
         Ok(OpenedSink {
-            sink: Box::new(RemoteSink::new(Box::new(put))),
+            sink: Box::new(RemoteSink::new(Box::new(put), options.hash)),
             length: Some(DeclaredLength { cell, plaintext }),
         })
     }
@@ -532,7 +538,7 @@ impl Remote {
                 Box::new(put),
                 &pmem_core::SinkSummary {
                     bytes: sealed.len() as u64,
-                    sha256: [0; 32],
+                    hash: None,
                 },
             )
         })
@@ -564,14 +570,19 @@ impl OpenedSink {
     /// `encryption` is given (which then holds this sink's ciphertext
     /// summary for the manifest). A pre-signed PUT learns its length here:
     /// with encryption it depends on the age header just written.
-    pub fn into_sink(self, encryption: Option<&mut Encryption>) -> Result<Box<dyn ByteSink>> {
+    /// `hash`: the plaintext's algorithm (the ciphertext's is the sink's).
+    pub fn into_sink(
+        self,
+        encryption: Option<&mut Encryption>,
+        hash: Option<HashAlgorithm>,
+    ) -> Result<Box<dyn ByteSink>> {
         let Some(encryption) = encryption else {
             if let Some(length) = self.length {
                 let _ = length.cell.set(length.plaintext);
             }
             return Ok(self.sink);
         };
-        let (sink, slot) = EncryptSink::new(self.sink, &encryption.recipients)
+        let (sink, slot) = EncryptSink::new(self.sink, &encryption.recipients, hash)
             .context("starting age encryption")?;
         if let Some(length) = self.length {
             let _ = length.cell.set(sink.ciphertext_len(length.plaintext));
@@ -608,12 +619,15 @@ impl Encryption {
             .ciphertext
             .as_ref()
             .and_then(|slot| slot.lock().ok()?.clone());
-        EncryptionJson {
+        let mut record = EncryptionJson {
             scheme: "age".into(),
             recipients: self.recipients.to_strings(),
             ciphertext_bytes: ciphertext.as_ref().map(|c| c.bytes),
-            ciphertext_sha256: ciphertext.as_ref().map(|c| hex(&c.sha256)),
-        }
+            ciphertext_hash: None,
+            ciphertext_sha256: None,
+        };
+        record.set_ciphertext_hash(ciphertext.and_then(|c| c.hash));
+        record
     }
 }
 
@@ -668,7 +682,7 @@ mod tests {
         let destination = Destination::parse(Path::new("https://example.com/img"), &options);
         let sink_options = SinkOptions {
             overwrite: false,
-            hash: true,
+            hash: Some(HashAlgorithm::Blake3),
             max_disk_usage: None,
         };
         let err = destination
@@ -684,7 +698,7 @@ mod tests {
     fn sink_options() -> SinkOptions {
         SinkOptions {
             overwrite: false,
-            hash: true,
+            hash: Some(HashAlgorithm::Blake3),
             max_disk_usage: None,
         }
     }
@@ -711,7 +725,7 @@ mod tests {
         let image = dir.path().join("img.lime");
         let options = UploadArgs::default();
         for destination in [Destination::Stdout, Destination::parse(&image, &options)] {
-            destination.send_symbols(b"tar").unwrap();
+            destination.send_symbols(b"tar", None).unwrap();
         }
         // The caller writes the local sidecar; this writes nothing.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -722,7 +736,7 @@ mod tests {
         let options = UploadArgs::default();
         let destination = Destination::parse(Path::new("https://example.com/img"), &options);
         // Nothing is sent (example.com is never contacted): a note only.
-        destination.send_symbols(b"tar").unwrap();
+        destination.send_symbols(b"tar", None).unwrap();
     }
 
     /// The image, the symbols and the manifest through `Destination` to
@@ -754,16 +768,28 @@ mod tests {
         let mut sink = destination
             .open(&sink_options(), &ImageLength::Known(image.len() as u64))
             .unwrap()
-            .into_sink(None)
+            .into_sink(None, Some(HashAlgorithm::Blake3))
             .unwrap();
         sink.write_all(&image).unwrap();
         sink.finish().unwrap();
-        destination.send_symbols(&symbols).unwrap();
-        destination.send_manifest(b"{}").unwrap();
+        destination.send_symbols(&symbols, None).unwrap();
+        destination
+            .send_manifest(b"{}", Some(HashAlgorithm::Sha256))
+            .unwrap();
 
         let received: Vec<Received> = serving.join().unwrap().unwrap();
         let kinds: Vec<Kind> = received.iter().map(|r| r.kind).collect();
         assert_eq!(kinds, [Kind::Image, Kind::Symbols, Kind::Manifest]);
+        // The trailers' algorithms: the job's, BLAKE3 when it has none.
+        let algorithms: Vec<HashAlgorithm> = received.iter().map(|r| r.hash.algorithm).collect();
+        assert_eq!(
+            algorithms,
+            [
+                HashAlgorithm::Blake3,
+                HashAlgorithm::Blake3,
+                HashAlgorithm::Sha256
+            ]
+        );
         let beside = |suffix: &str| {
             let mut name = out.as_os_str().to_owned();
             name.push(suffix);

@@ -51,6 +51,10 @@ struct InfoJson {
     /// The kernel symbol bundle the image carries (inside it, or its
     /// IMAGE.symbols sidecar): what `pmem symbols IMAGE` reads.
     symbols: Option<SymbolsInfo>,
+    /// The image's and the memory's hashes the manifest records, with
+    /// their algorithm (`pmem verify` checks them).
+    image_hash: Option<manifest::HashJson>,
+    memory_hash: Option<manifest::HashJson>,
 }
 
 #[derive(Serialize)]
@@ -160,6 +164,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         unreadable_from: unreadable_from.to_string(),
         manifest_mismatch: opened.ranges_unproven.clone(),
         symbols: symbols_info(&args.image, recorded.symbols.as_deref(), identity.as_ref()),
+        image_hash: opened.manifest.as_ref().and_then(|m| m.image_hash()),
+        memory_hash: opened.manifest.as_ref().and_then(|m| m.memory_hash()),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -175,6 +181,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         _ => println!("architecture: not recorded"),
     }
     println!("image bytes:  {}", info.image_bytes);
+    if opened.manifest.is_some() {
+        for (name, hash) in [("image", &info.image_hash), ("memory", &info.memory_hash)] {
+            match hash {
+                Some(h) => println!(
+                    "{:<13} {} {} (from the manifest)",
+                    format!("{name} hash:"),
+                    h.algorithm,
+                    h.hex
+                ),
+                None => println!(
+                    "{:<13} not recorded in the manifest",
+                    format!("{name} hash:")
+                ),
+            }
+        }
+    }
     println!(
         "memory:       {} bytes ({:.1} MiB) in {} range(s), ranges from {}",
         info.total_bytes,

@@ -10,7 +10,6 @@ use crate::interrupt::{Watch, Watched};
 use crate::manifest::{self, BytesJson, Existing, Manifest, Origin, PageRunJson, SymbolsJson};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pmem_core::sink::hex;
 use pmem_core::{
     copy_memory, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, WriteError,
 };
@@ -33,12 +32,13 @@ pub struct Job<'a> {
     pub inherited_unreadable: Vec<PageRunJson>,
     /// --compress.
     pub compression: Option<Compression>,
-    /// --force, --no-hash, --max-disk-usage.
+    /// --force, --hash, --max-disk-usage.
     pub sink: SinkOptions,
     /// No progress bar.
     pub quiet: bool,
-    /// Also compute memory_sha256 (the format-independent hash of the
-    /// memory content): a second hash pass.
+    /// Also compute memory_hash (the format-independent hash of the
+    /// memory content, with the sink's algorithm, BLAKE3 when it has
+    /// none): a second hash pass.
     pub memory_hash: bool,
     /// Where a signal finds the manifest to record an interruption in.
     pub watch: &'a Watch,
@@ -150,7 +150,9 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
             memory: job.plan.ranges.total_bytes(),
             ..BytesJson::default()
         },
+        image_hash: None,
         image_sha256: None,
+        memory_hash: None,
         memory_sha256: None,
         finished_at: None,
         seconds: None,
@@ -214,7 +216,7 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
         progress_bar(job.plan.ranges.total_bytes())
     };
     let options = CopyOptions {
-        memory_hash: job.memory_hash,
+        memory_hash: job.memory_hash.then(|| job.sink.hash.unwrap_or_default()),
         ..CopyOptions::default()
     };
     let sink_options = job.sink;
@@ -289,8 +291,7 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
                 .extend(report.unreadable.iter().map(PageRunJson::from));
             manifest.bytes.zero = report.zero_bytes;
             manifest.bytes.image = report.image.bytes;
-            manifest.image_sha256 = sink_options.hash.then(|| hex(&report.image.sha256));
-            manifest.memory_sha256 = report.memory_sha256.as_ref().map(|h| hex(h));
+            manifest.set_hashes(report.image.hash, report.memory_hash);
             // The image was synced by its sink; its directory entry too.
             match &image_path {
                 Some(path) => manifest::sync_parent(path)
@@ -307,7 +308,7 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
     if let (Ok(()), Some(sealed)) = (&outcome, remote_sidecar.take()) {
         // The image is complete: symbols that cannot follow it are a
         // warning in its manifest, not a failed acquisition.
-        if let Err(err) = job.destination.send_symbols(&sealed) {
+        if let Err(err) = job.destination.send_symbols(&sealed, sink_options.hash) {
             let warning = format!(
                 "the kernel's symbols were not uploaded: {}",
                 error_text(&err)
@@ -342,7 +343,7 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
     }
     if outcome.is_ok() && job.destination.is_remote() {
         let text = destination::manifest_bytes(&manifest, job.encryption.as_ref())?;
-        job.destination.send_manifest(&text)?;
+        job.destination.send_manifest(&text, sink_options.hash)?;
     }
     outcome.map(|()| manifest)
 }
@@ -431,7 +432,7 @@ fn copy_once(
     let planned_len = ImageLength::planned(&encoding, &job.plan);
     let opened = job.destination.open(sink_options, &planned_len)?;
     tracker.image_created = true;
-    let writer = encoding.writer(opened.into_sink(job.encryption.as_mut())?);
+    let writer = encoding.writer(opened.into_sink(job.encryption.as_mut(), sink_options.hash)?);
     copy_memory(&mut *job.source, writer, &job.plan, options, &mut |done| {
         tracker.bytes_read = tracker.bytes_read.max(done);
         progress.set_position(done)
@@ -471,14 +472,17 @@ pub fn summary_line(manifest: &Manifest, destination: &Destination) -> String {
     let mib = manifest.bytes.memory as f64 / (1 << 20) as f64;
     let secs = manifest.seconds.unwrap_or(0.0);
     let mut line = format!(
-        "pmem: wrote {:.1} MiB of memory in {} range(s) to {} ({} bytes, {:.1} s, {:.0} MiB/s), sha256 {}",
+        "pmem: wrote {:.1} MiB of memory in {} range(s) to {} ({} bytes, {:.1} s, {:.0} MiB/s), {}",
         mib,
         manifest.ranges.len(),
         destination.display(),
         manifest.bytes.image,
         secs,
         if secs > 0.0 { mib / secs } else { 0.0 },
-        manifest.image_sha256.as_deref().unwrap_or("-"),
+        manifest.image_hash().map_or_else(
+            || "not hashed".into(),
+            |h| format!("{} {}", h.algorithm, h.hex)
+        ),
     );
     if manifest.unreadable_page_count > 0 {
         line.push_str(&format!(
@@ -494,6 +498,7 @@ mod tests {
     use super::*;
     use crate::destination::UploadArgs;
     use crate::manifest::{HostJson, SourceJson};
+    use pmem_core::sink::hex;
     use pmem_core::{Arch, MemoryMap, Range, ReadError};
     use sha2::{Digest, Sha256};
 
@@ -578,7 +583,7 @@ mod tests {
             compression: None,
             sink: SinkOptions {
                 overwrite: false,
-                hash: true,
+                hash: Some(pmem_core::HashAlgorithm::Sha256),
                 max_disk_usage: None,
             },
             quiet: true,
@@ -601,8 +606,13 @@ mod tests {
         );
         let stored = crate::image::read_manifest(&manifest_path.unwrap(), None).unwrap();
         assert!(stored.complete);
+        assert_eq!(stored.image_hash, manifest.image_hash);
         assert_eq!(stored.image_sha256, manifest.image_sha256);
         assert_eq!(stored.memory_sha256, manifest.memory_sha256);
+        assert_eq!(
+            stored.memory_hash.as_ref().map(|h| h.hex.as_str()),
+            manifest.memory_sha256.as_deref()
+        );
         assert_eq!(stored.ranges, manifest::ranges_json(&memory.map));
 
         // The image holds the memory, read back at its addresses.

@@ -2,7 +2,7 @@
 //! where, what could not be read, and the hashes that `pmem verify` checks.
 
 use anyhow::{Context, Result};
-use pmem_core::{MemoryMap, PageRun, Range, WindowsMetadata};
+use pmem_core::{HashAlgorithm, ImageHash, MemoryMap, PageRun, Range, WindowsMetadata};
 use pmem_sources::macos::PmemInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -286,7 +286,10 @@ pub struct Manifest {
     /// manifests from before the field existed read as version 1. Fields
     /// are only ever added, never given a new meaning, so a reader of
     /// version N reads any later version too (it ignores what it does not
-    /// know). docs/manifest.md is the field reference.
+    /// know). Version 2 added the hashes with their algorithm
+    /// (`image_hash`...); the SHA-256 fields of version 1 are written
+    /// only when the algorithm is SHA-256. docs/manifest.md is the field
+    /// reference.
     #[serde(default = "first_schema_version")]
     pub schema_version: u32,
     #[serde(flatten)]
@@ -301,7 +304,18 @@ pub struct Manifest {
     pub unreadable_pages: Vec<PageRunJson>,
     pub unreadable_page_count: u64,
     pub bytes: BytesJson,
+    /// The image's hash and its algorithm (schema 2); null with --hash none.
+    #[serde(default)]
+    pub image_hash: Option<HashJson>,
+    /// SHA-256 of the image: beside `image_hash` when that is SHA-256 (for
+    /// readers of schema 1), the only image hash in a schema-1 manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_sha256: Option<String>,
+    /// The memory content's hash (schema 2), as `image_hash`.
+    #[serde(default)]
+    pub memory_hash: Option<HashJson>,
+    /// As `image_sha256`, for the memory hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_sha256: Option<String>,
     pub finished_at: Option<String>,
     pub seconds: Option<f64>,
@@ -346,14 +360,91 @@ pub struct EncryptionJson {
     /// "age" (age-encryption.org/v1, X25519 recipients).
     pub scheme: String,
     pub recipients: Vec<String>,
-    /// Length and SHA-256 of the ciphertext as stored or sent; the
-    /// manifest's image_sha256 is that of the plaintext image.
+    /// Length and hash of the ciphertext as stored or sent; the
+    /// manifest's image_hash is that of the plaintext image.
     pub ciphertext_bytes: Option<u64>,
+    /// Schema 2; `ciphertext_sha256` too when it is SHA-256.
+    #[serde(default)]
+    pub ciphertext_hash: Option<HashJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ciphertext_sha256: Option<String>,
 }
 
+impl EncryptionJson {
+    /// Records the ciphertext's hash (and its `ciphertext_sha256`).
+    pub fn set_ciphertext_hash(&mut self, hash: Option<ImageHash>) {
+        (self.ciphertext_hash, self.ciphertext_sha256) = hash_fields(hash);
+    }
+
+    /// The ciphertext's hash, from either schema.
+    pub fn ciphertext_hash(&self) -> Option<HashJson> {
+        either_hash(&self.ciphertext_hash, &self.ciphertext_sha256)
+    }
+}
+
+/// A hash as schema 2 writes it: the algorithm's name ("blake3" or
+/// "sha256") and the hex of the hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashJson {
+    pub algorithm: String,
+    pub hex: String,
+}
+
+impl From<ImageHash> for HashJson {
+    fn from(hash: ImageHash) -> HashJson {
+        HashJson {
+            algorithm: hash.algorithm.name().into(),
+            hex: hash.hex(),
+        }
+    }
+}
+
+impl HashJson {
+    /// The algorithm, if this pmem knows it.
+    pub fn algorithm(&self) -> Option<HashAlgorithm> {
+        HashAlgorithm::from_name(&self.algorithm)
+    }
+}
+
+/// The schema-2 field and the SHA-256 field kept for older readers.
+fn hash_fields(hash: Option<ImageHash>) -> (Option<HashJson>, Option<String>) {
+    let sha256 = hash
+        .filter(|h| h.algorithm == HashAlgorithm::Sha256)
+        .map(|h| h.hex());
+    (hash.map(HashJson::from), sha256)
+}
+
+/// The schema-2 field, else a schema-1 manifest's SHA-256.
+fn either_hash(hash: &Option<HashJson>, sha256: &Option<String>) -> Option<HashJson> {
+    hash.clone().or_else(|| {
+        sha256.as_ref().map(|hex| HashJson {
+            algorithm: HashAlgorithm::Sha256.name().into(),
+            hex: hex.clone(),
+        })
+    })
+}
+
+impl Manifest {
+    /// Records the image's and the memory's hashes, in the fields of both
+    /// schemas where they are SHA-256.
+    pub fn set_hashes(&mut self, image: Option<ImageHash>, memory: Option<ImageHash>) {
+        (self.image_hash, self.image_sha256) = hash_fields(image);
+        (self.memory_hash, self.memory_sha256) = hash_fields(memory);
+    }
+
+    /// The image's hash, from either schema.
+    pub fn image_hash(&self) -> Option<HashJson> {
+        either_hash(&self.image_hash, &self.image_sha256)
+    }
+
+    /// The memory's hash, from either schema.
+    pub fn memory_hash(&self) -> Option<HashJson> {
+        either_hash(&self.memory_hash, &self.memory_sha256)
+    }
+}
+
 /// The manifest field set this pmem writes: see docs/manifest.md.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 fn first_schema_version() -> u32 {
     1
@@ -538,7 +629,10 @@ mod tests {
             "compression": "zstd",
             "warnings": ["w"],
             "encryption": {"scheme": "age", "recipients": ["age1"], "ciphertext_bytes": 1,
+                "ciphertext_hash": {"algorithm": "sha256", "hex": "00"},
                 "ciphertext_sha256": "00"},
+            "image_sha256": "00",
+            "memory_sha256": "00",
             "windows": serde_json::to_value(WindowsJson::from(&WindowsMetadata::default())).unwrap(),
             "symbols": {"carried": "sidecar", "file": "m.lime.symbols", "bytes": 1, "sha256": "00",
                 "capture": {"kind": "pmem-symbols-bundle", "version": 1, "kernel_release": "6.1.0",
@@ -592,6 +686,46 @@ mod tests {
                 "docs/manifest.md: {path} is not in the field reference"
             );
         }
+    }
+
+    /// A schema-1 manifest's SHA-256 fields read as hashes with their
+    /// algorithm; schema 2 writes the SHA-256 fields only for SHA-256.
+    #[test]
+    fn hashes_read_from_either_schema() {
+        let doc = include_str!("../../../docs/manifest.md");
+        let example = doc
+            .split("## Field reference")
+            .nth(1)
+            .and_then(|r| r.split("```json").nth(1))
+            .and_then(|r| r.split("```").next())
+            .unwrap();
+        let mut v1: serde_json::Value = serde_json::from_str(example).unwrap();
+        let object = v1.as_object_mut().unwrap();
+        for key in ["schema_version", "image_hash", "memory_hash"] {
+            object.remove(key);
+        }
+        object.insert("image_sha256".into(), "ab".repeat(32).into());
+        let old: Manifest = serde_json::from_value(v1).unwrap();
+        assert_eq!(old.schema_version, 1);
+        let hash = old.image_hash().unwrap();
+        assert_eq!(hash.algorithm(), Some(HashAlgorithm::Sha256));
+        assert_eq!(hash.hex, "ab".repeat(32));
+        assert_eq!(old.memory_hash(), None);
+
+        let mut new = old.clone();
+        let blake3 = HashAlgorithm::Blake3.digest(b"x");
+        let sha256 = HashAlgorithm::Sha256.digest(b"x");
+        new.set_hashes(Some(blake3), Some(sha256));
+        let written = serde_json::to_value(&new).unwrap();
+        assert_eq!(written["image_hash"]["algorithm"], "blake3");
+        assert_eq!(written["image_hash"]["hex"], blake3.hex());
+        assert!(written.get("image_sha256").is_none());
+        assert_eq!(written["memory_hash"]["algorithm"], "sha256");
+        assert_eq!(written["memory_sha256"], sha256.hex());
+        new.set_hashes(None, None);
+        let written = serde_json::to_value(&new).unwrap();
+        assert!(written["image_hash"].is_null());
+        assert!(written.get("image_sha256").is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use crate::compress::Compression;
 use crate::destination::{SinkOptions, UploadArgs};
 use pmem_core::sink::DiskLimit;
+use pmem_core::HashAlgorithm;
 use std::path::PathBuf;
 
 /// The output options `acquire` and `convert` share: the manifest, how
@@ -35,22 +36,45 @@ pub struct OutputArgs {
     /// Checked before writing and every 16 MiB while writing.
     #[arg(long, value_name = "MiB|N%", value_parser = parse_disk_limit)]
     pub max_disk_usage: Option<DiskLimit>,
-    /// Do not hash while writing (the manifest then records no image_sha256,
-    /// and `convert` no memory_sha256): for when every second of smear
-    /// counts more than a hash made at acquisition time (hash the file
-    /// afterwards; `pmem verify` computes both).
-    #[arg(long)]
+    /// The hash of the image (and of the memory, and of the ciphertext, and
+    /// of a tls:// stream's objects): blake3 (fast), sha256, or none (the
+    /// manifest then records no image_hash, and `convert` no memory_hash:
+    /// for when every second of smear counts more than a hash made at
+    /// acquisition time; hash the file afterwards, `pmem verify` computes
+    /// both).
+    #[arg(long, value_enum, value_name = "ALGORITHM", default_value = "blake3")]
+    pub hash: HashChoice,
+    /// The same as --hash none.
+    #[arg(long, conflicts_with = "hash")]
     pub no_hash: bool,
     #[command(flatten)]
     pub upload: UploadArgs,
 }
 
+/// `--hash`: an algorithm, or none.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashChoice {
+    Blake3,
+    Sha256,
+    None,
+}
+
 impl OutputArgs {
+    /// The algorithm of every hash the job makes; `None` for --hash none
+    /// (or --no-hash).
+    pub fn hash(&self) -> Option<HashAlgorithm> {
+        match (self.no_hash, self.hash) {
+            (true, _) | (false, HashChoice::None) => None,
+            (false, HashChoice::Blake3) => Some(HashAlgorithm::Blake3),
+            (false, HashChoice::Sha256) => Some(HashAlgorithm::Sha256),
+        }
+    }
+
     /// How the job's file or stream sink is made.
     pub fn sink_options(&self) -> SinkOptions {
         SinkOptions {
             overwrite: self.force,
-            hash: !self.no_hash,
+            hash: self.hash(),
             max_disk_usage: self.max_disk_usage,
         }
     }

@@ -74,8 +74,9 @@ pub struct ReceiveArgs {
 
 /// `pmem receive`: the responder's side of `tls://`. Receives one image,
 /// its symbols if they come, and its manifest, each written (mode 0600) to
-/// NAME.partial and renamed only when its trailer (length and SHA-256)
-/// matches; a cut stream exits non-zero.
+/// NAME.partial and renamed only when its trailer (length and hash, in the
+/// algorithm the sender named; SHA-256 from a version-1 sender) matches; a
+/// cut stream exits non-zero.
 pub fn receive(args: ReceiveArgs) -> Result<ExitCode> {
     let config = pmem_upload::tls::server_config(&args.cert, &args.key)?;
     let chain = pmem_upload::tls::read_certs(&args.cert)?;
@@ -91,10 +92,16 @@ pub fn receive(args: ReceiveArgs) -> Result<ExitCode> {
     );
     pmem_upload::tls::serve(&listener, config, &args.out, args.force, |got| match got {
         Ok(got) => eprintln!(
-            "pmem: received {} bytes into {}, sha256 {}",
+            "pmem: received {} bytes into {}, {} {}{}",
             got.bytes,
             got.path.display(),
-            hex(&got.sha256)
+            got.hash.algorithm,
+            got.hash.hex(),
+            if got.version == 1 {
+                " (a version-1 sender)"
+            } else {
+                ""
+            }
         ),
         Err(err) => eprintln!("pmem: {err}; still listening"),
     })

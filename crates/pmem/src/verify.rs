@@ -4,8 +4,8 @@
 use crate::image;
 use crate::manifest;
 use anyhow::{Context, Result};
-use pmem_core::sink::hex;
-use pmem_core::Range;
+use pmem_core::sink::{hex, ImageDigest};
+use pmem_core::{HashAlgorithm, Range};
 use pmem_formats::ImageReader;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -50,19 +50,42 @@ pub fn run(args: Args) -> Result<ExitCode> {
         format == manifest.format,
         format!("image is {format}, manifest says {}", manifest.format),
     );
-    let (length, sha) = hash_file(&args.image, identity.as_ref())?;
+    // Each hash in the algorithm the manifest names (SHA-256 in a
+    // schema-1 manifest); one it does not record is shown in BLAKE3.
+    let recorded_image = manifest.image_hash();
+    let algorithm = report.algorithm("image hash", recorded_image.as_ref());
+    // The plaintext of an encrypted image: the manifest's hash is of it.
+    let plain = image::plain_reader(&args.image, identity.as_ref())?;
+    let (length, image_hash) = hash_file(plain, &args.image, algorithm)?;
     report.check(
         "image length",
         length == manifest.bytes.image,
         format!("{length} bytes, manifest says {}", manifest.bytes.image),
     );
-    // An acquisition made with --no-hash records none: shown, not compared.
+    // An acquisition made with --hash none records none: shown, not compared.
     report.hash(
-        "image sha256",
-        &sha,
-        manifest.image_sha256.as_deref(),
-        "not recorded in the manifest: --no-hash",
+        &format!("image {algorithm}"),
+        &image_hash,
+        recorded_image.as_ref().map(|h| h.hex.as_str()),
+        "not recorded in the manifest: --hash none",
     );
+    if let Some(recorded) = manifest
+        .encryption
+        .as_ref()
+        .and_then(|e| e.ciphertext_hash())
+    {
+        // The file as stored: the ciphertext.
+        let algorithm = report.algorithm("ciphertext hash", Some(&recorded));
+        let file = std::fs::File::open(&args.image)
+            .with_context(|| format!("opening {}", args.image.display()))?;
+        let (_, stored) = hash_file(Box::new(file), &args.image, algorithm)?;
+        report.hash(
+            &format!("ciphertext {algorithm}"),
+            &stored,
+            Some(&recorded.hex),
+            "",
+        );
+    }
     let ranges = manifest::ranges_json(opened.reader.memory_map());
     match &opened.ranges_unproven {
         Some(reason) => report.check("ranges", false, reason.clone()),
@@ -81,14 +104,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Err(detail) => (false, detail),
     };
     report.check("unreadable pages", ok, detail);
-    // Acquisitions record memory_sha256 only with --memory-hash: compare
+    // Acquisitions record memory_hash only with --memory-hash: compare
     // when recorded, always show it (it identifies the memory whatever the
-    // format).
-    let memory_sha = hash_memory(opened.reader.as_mut())?;
+    // format), in the image hash's algorithm when the memory has none.
+    let recorded_memory = manifest.memory_hash();
+    let algorithm = match &recorded_memory {
+        Some(_) => report.algorithm("memory hash", recorded_memory.as_ref()),
+        None => algorithm,
+    };
+    let memory_hash = hash_memory(opened.reader.as_mut(), algorithm)?;
     report.hash(
-        "memory sha256",
-        &memory_sha,
-        manifest.memory_sha256.as_deref(),
+        &format!("memory {algorithm}"),
+        &memory_hash,
+        recorded_memory.as_ref().map(|h| h.hex.as_str()),
         "not recorded in the manifest",
     );
     check_symbols(
@@ -124,6 +152,26 @@ impl Report {
         println!("{} {name}: {detail}", if ok { "ok  " } else { "FAIL" });
         if !ok {
             self.failures += 1;
+        }
+    }
+
+    /// The algorithm of a recorded hash (BLAKE3 when none is recorded); an
+    /// algorithm this pmem does not know fails the check named `name`,
+    /// and BLAKE3 is shown instead.
+    fn algorithm(&mut self, name: &str, recorded: Option<&manifest::HashJson>) -> HashAlgorithm {
+        match recorded {
+            None => HashAlgorithm::default(),
+            Some(hash) => hash.algorithm().unwrap_or_else(|| {
+                self.check(
+                    name,
+                    false,
+                    format!(
+                        "the manifest's algorithm {:?} is unknown to this pmem",
+                        hash.algorithm
+                    ),
+                );
+                HashAlgorithm::default()
+            }),
         }
     }
 
@@ -196,10 +244,13 @@ fn check_symbols(
     Ok(())
 }
 
-fn hash_file(path: &Path, identity: Option<&image::Identity>) -> Result<(u64, String)> {
-    // The plaintext of an encrypted image: the manifest's hash is of it.
-    let mut file = image::plain_reader(path, identity)?;
-    let mut hasher = Sha256::new();
+/// The length and hash of what `file` (the image at `path`) reads.
+fn hash_file(
+    mut file: Box<dyn Read>,
+    path: &Path,
+    algorithm: HashAlgorithm,
+) -> Result<(u64, String)> {
+    let mut hasher = ImageDigest::new(algorithm);
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -212,13 +263,17 @@ fn hash_file(path: &Path, identity: Option<&image::Identity>) -> Result<(u64, St
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((total, hex(&hasher.finalize())))
+    Ok((total, finish(hasher)))
 }
 
-/// SHA-256 of the memory content as the image's reader returns it, in the
-/// same order as the pipeline hashes it during acquisition.
-fn hash_memory(reader: &mut dyn ImageReader) -> Result<String> {
-    let mut hasher = Sha256::new();
+fn finish(digest: ImageDigest) -> String {
+    digest.finish().map(|h| h.hex()).unwrap_or_default()
+}
+
+/// The hash of the memory content as the image's reader returns it, in
+/// the same order as the pipeline hashes it during acquisition.
+fn hash_memory(reader: &mut dyn ImageReader, algorithm: HashAlgorithm) -> Result<String> {
+    let mut hasher = ImageDigest::new(algorithm);
     let mut buf = vec![0u8; 4 << 20];
     let ranges = reader.memory_map().ranges().to_vec();
     for range in ranges {
@@ -230,7 +285,7 @@ fn hash_memory(reader: &mut dyn ImageReader) -> Result<String> {
             addr += len as u64;
         }
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(finish(hasher))
 }
 
 /// The manifest's unreadable pages: runs that add up to its count, lie

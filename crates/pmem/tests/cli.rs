@@ -150,7 +150,21 @@ fn acquires_lime_byte_exact_with_manifest() {
         format!("{DIRECT_MAP:#x}")
     );
     assert_eq!(man["host"]["arch"], "x86_64");
-    assert_eq!(man["image_sha256"], sha256_hex(&bytes));
+    // BLAKE3 by default, in schema 2's field only.
+    assert_eq!(man["schema_version"], 2);
+    assert_blake3(&man["image_hash"], &bytes);
+    assert!(man.get("image_sha256").is_none(), "{man}");
+    // An independent BLAKE3: Debian's b3sum (installed by the set-up).
+    let b3sum = std::process::Command::new("b3sum")
+        .arg("--no-names")
+        .arg(&out)
+        .output()
+        .expect("b3sum (apt package b3sum) must be installed: scripts/test.sh installs it");
+    assert!(b3sum.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&b3sum.stdout).trim(),
+        man["image_hash"]["hex"]
+    );
     assert_eq!(man["bytes"]["image"], bytes.len() as u64);
     let ranges: Vec<Value> = expected.iter().map(range_json).collect();
     assert_eq!(man["ranges"], Value::Array(ranges));
@@ -241,14 +255,15 @@ fn every_format_holds_the_same_memory_and_converts_back_exactly() {
     let m = machine();
     let lime = m.path("a.lime");
     m.acquire_with("lime", &lime, &["--memory-hash"]).success();
-    let memory_sha = manifest(&lime)["memory_sha256"].clone();
-    assert_eq!(memory_sha.as_str().map(str::len), Some(64));
+    let memory_sha = manifest(&lime)["memory_hash"].clone();
+    assert_eq!(memory_sha["hex"].as_str().map(str::len), Some(64));
+    assert_eq!(memory_sha["algorithm"], "blake3");
     // Without --memory-hash an acquisition records the image hash only.
     let plain = m.path("plain.lime");
     m.acquire("lime", &plain).success();
-    assert_eq!(manifest(&plain)["memory_sha256"], Value::Null);
+    assert_eq!(manifest(&plain)["memory_hash"], Value::Null);
     assert_eq!(
-        manifest(&plain)["image_sha256"].as_str().map(str::len),
+        manifest(&plain)["image_hash"]["hex"].as_str().map(str::len),
         Some(64)
     );
 
@@ -268,7 +283,7 @@ fn every_format_holds_the_same_memory_and_converts_back_exactly() {
             .assert()
             .success();
         let man = manifest(output);
-        assert_eq!(man["memory_sha256"], memory_sha, "{}", output.display());
+        assert_eq!(man["memory_hash"], memory_sha, "{}", output.display());
         assert_eq!(man["source"]["kind"], "image");
         // The acquisition's record travels with the image.
         assert_eq!(man["not_acquired"][0]["start"], "0x9f000");
@@ -331,7 +346,7 @@ fn stdout_carries_only_the_image() {
         .get_output()
         .clone();
     let man: Value = serde_json::from_slice(&std::fs::read(&man_path).unwrap()).unwrap();
-    assert_eq!(man["image_sha256"], sha256_hex(&output.stdout));
+    assert_blake3(&man["image_hash"], &output.stdout);
     assert_eq!(
         output.stdout.len() as u64,
         acquired_ranges().last().unwrap().end
@@ -394,8 +409,8 @@ fn verify_detects_a_changed_byte() {
         .arg(&out)
         .assert()
         .failure()
-        .stdout(predicates::str::contains("FAIL image sha256"))
-        .stdout(predicates::str::contains("FAIL memory sha256"));
+        .stdout(predicates::str::contains("FAIL image blake3"))
+        .stdout(predicates::str::contains("FAIL memory blake3"));
 }
 
 #[test]
@@ -506,7 +521,13 @@ fn no_hash_writes_the_same_image_and_verify_accepts_it() {
     m.acquire("lime", &hashed).success();
     m.acquire_with("lime", &plain, &["--no-hash"]).success();
     assert!(std::fs::read(&hashed).unwrap() == std::fs::read(&plain).unwrap());
-    assert_eq!(manifest(&plain)["image_sha256"], Value::Null);
+    assert_eq!(manifest(&plain)["image_hash"], Value::Null);
+    assert!(manifest(&plain).get("image_sha256").is_none());
+    // --hash none is the same.
+    let none = m.path("none.lime");
+    m.acquire_with("lime", &none, &["--hash", "none"]).success();
+    assert_eq!(manifest(&none)["image_hash"], Value::Null);
+    assert!(std::fs::read(&none).unwrap() == std::fs::read(&plain).unwrap());
     pmem()
         .arg("verify")
         .arg(&plain)
@@ -531,20 +552,112 @@ fn no_hash_writes_the_same_image_and_verify_accepts_it() {
     }
     assert!(std::fs::read(&converted).unwrap() == std::fs::read(&converted_plain).unwrap());
     let (with, without) = (manifest(&converted), manifest(&converted_plain));
-    assert!(with["memory_sha256"].is_string() && with["image_sha256"].is_string());
-    assert_eq!(without["memory_sha256"], Value::Null);
-    assert_eq!(without["image_sha256"], Value::Null);
+    assert!(with["memory_hash"]["hex"].is_string() && with["image_hash"]["hex"].is_string());
+    assert_eq!(without["memory_hash"], Value::Null);
+    assert_eq!(without["image_hash"], Value::Null);
+}
+
+/// --hash sha256: every hash in SHA-256, in schema 2's fields and in
+/// schema 1's beside them; `verify` checks them, and `info` names the
+/// algorithm.
+#[test]
+fn sha256_on_request_writes_both_schemas_and_verify_checks_it() {
+    let m = machine();
+    let out = m.path("s.lime");
+    m.acquire_with("lime", &out, &["--hash", "sha256", "--memory-hash"])
+        .success();
+    let bytes = std::fs::read(&out).unwrap();
+    let man = manifest(&out);
+    assert_eq!(man["image_hash"]["algorithm"], "sha256");
+    assert_eq!(man["image_hash"]["hex"], sha256_hex(&bytes));
+    assert_eq!(man["image_sha256"], sha256_hex(&bytes));
+    assert_eq!(man["memory_hash"]["algorithm"], "sha256");
+    assert_eq!(man["memory_sha256"], man["memory_hash"]["hex"]);
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(format!(
+            "ok   image sha256: {}",
+            sha256_hex(&bytes)
+        )))
+        .stdout(predicates::str::contains("ok   memory sha256"));
+    pmem()
+        .arg("info")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(format!(
+            "image hash:   sha256 {}",
+            sha256_hex(&bytes)
+        )));
+    assert_eq!(info_json(&out)["image_hash"]["algorithm"], "sha256");
+    // The default's info names BLAKE3.
+    let default = m.path("b.lime");
+    m.acquire("lime", &default).success();
+    pmem()
+        .arg("info")
+        .arg(&default)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(format!(
+            "image hash:   blake3 {}",
+            blake3_hex(&std::fs::read(&default).unwrap())
+        )))
+        .stdout(predicates::str::contains("memory hash:  not recorded"));
+    // A changed byte fails the check in the manifest's algorithm.
+    let mut changed = bytes.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(&out, &changed).unwrap();
+    verify_fails(&out, "image sha256");
+}
+
+/// A manifest of schema 1 (before the hashes named their algorithm: only
+/// image_sha256 and memory_sha256) still parses, and `verify` checks its
+/// SHA-256 fields.
+#[test]
+fn verify_checks_a_schema_1_manifest() {
+    let m = machine();
+    let out = m.path("old.lime");
+    m.acquire_with("lime", &out, &["--hash", "sha256", "--memory-hash"])
+        .success();
+    let path = m.path("old.lime.json");
+    let mut old = manifest(&out);
+    let fields = old.as_object_mut().unwrap();
+    for key in ["schema_version", "image_hash", "memory_hash"] {
+        assert!(fields.remove(key).is_some(), "{key}");
+    }
+    let v1 = Value::Object(fields.clone());
+    std::fs::write(&path, serde_json::to_vec_pretty(&v1).unwrap()).unwrap();
+    pmem()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("ok   image sha256"))
+        .stdout(predicates::str::contains("ok   memory sha256"));
+    // Its hashes are compared, not only read: a wrong one fails.
+    let mut wrong = v1.clone();
+    wrong["memory_sha256"] = "00".repeat(32).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&wrong).unwrap()).unwrap();
+    verify_fails(&out, "memory sha256");
+    let mut wrong = v1;
+    wrong["image_sha256"] = "00".repeat(32).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&wrong).unwrap()).unwrap();
+    verify_fails(&out, "image sha256");
 }
 
 /// Every format pmem writes converts into every other with the same memory
-/// (memory_sha256 of each conversion equals the acquisition's), and every
+/// (memory_hash of each conversion equals the acquisition's), and every
 /// format converts back to the acquisition's LiME bytes.
 #[test]
 fn every_format_pair_converts_with_the_same_memory() {
     let m = machine();
     let lime = m.path("acquired.lime");
     m.acquire_with("lime", &lime, &["--memory-hash"]).success();
-    let memory_sha = manifest(&lime)["memory_sha256"].clone();
+    let memory_sha = manifest(&lime)["memory_hash"].clone();
     let original = std::fs::read(&lime).unwrap();
     // (name, convert arguments): AVML is LiME with snappy; a crash dump
     // needs the Windows facts a Linux image lacks.
@@ -566,7 +679,7 @@ fn every_format_pair_converts_with_the_same_memory() {
             .assert()
             .success();
         let man = manifest(output);
-        assert_eq!(man["memory_sha256"], memory_sha, "{}", output.display());
+        assert_eq!(man["memory_hash"], memory_sha, "{}", output.display());
         pmem().arg("verify").arg(output).assert().success();
     };
     for (from, from_args) in formats {
@@ -590,7 +703,7 @@ fn every_format_pair_converts_with_the_same_memory() {
         m.acquire_with("aff4", &out, &["--memory-hash", "--compress", compress])
             .success();
         let man = manifest(&out);
-        assert_eq!(man["memory_sha256"], memory_sha, "aff4 {compress}");
+        assert_eq!(man["memory_hash"], memory_sha, "aff4 {compress}");
         assert_eq!(man["compression"], compress);
         pmem().arg("verify").arg(&out).assert().success();
     }

@@ -73,7 +73,8 @@ fn avml_round_trip_keeps_every_byte_and_leaves_zeros_out() {
     let back = dir.path().join("back.lime");
     convert(&avml, &back, &["--format", "lime"]).success();
     assert!(std::fs::read(&back).unwrap() == bytes);
-    assert_eq!(manifest(&back)["memory_sha256"], man["memory_sha256"]);
+    assert_eq!(manifest(&back)["memory_hash"], man["memory_hash"]);
+    assert_eq!(man["memory_hash"]["algorithm"], "blake3");
 }
 
 #[test]

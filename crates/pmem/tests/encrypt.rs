@@ -90,11 +90,11 @@ fn encrypted_file_and_manifest_decrypt_with_age() {
     let manifest: Value =
         serde_json::from_slice(&age_decrypt(&b.identity, &manifest_path)).unwrap();
     assert_eq!(manifest["complete"], true);
-    assert_eq!(manifest["image_sha256"], sha(&plain_bytes));
+    assert_blake3(&manifest["image_hash"], &plain_bytes);
     assert_eq!(manifest["bytes"]["image"], plain_bytes.len() as u64);
     let enc = &manifest["encryption"];
     assert_eq!(enc["scheme"], "age");
-    assert_eq!(enc["ciphertext_sha256"], sha(&stored));
+    assert_blake3(&enc["ciphertext_hash"], &stored);
     assert_eq!(enc["ciphertext_bytes"], stored.len() as u64);
     assert_eq!(enc["recipients"].as_array().unwrap().len(), 2);
 
@@ -135,10 +135,7 @@ fn encrypted_stdout_and_truncation_is_an_error() {
     assert_eq!(plain, std::fs::read(&input).unwrap());
     let manifest: Value =
         serde_json::from_slice(&age_decrypt(&a.identity, &manifest_path)).unwrap();
-    assert_eq!(
-        manifest["encryption"]["ciphertext_sha256"],
-        sha(&out.stdout)
-    );
+    assert_blake3(&manifest["encryption"]["ciphertext_hash"], &out.stdout);
 
     // A cut ciphertext never decrypts to a shorter "complete" image.
     let cut = dir.path().join("cut.age");

@@ -115,7 +115,8 @@ fn info_verify_convert_read_encrypted_images_in_place() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{format}: {stdout}");
-        assert!(stdout.contains("ok   image sha256"), "{stdout}");
+        assert!(stdout.contains("ok   image blake3"), "{stdout}");
+        assert!(stdout.contains("ok   ciphertext blake3"), "{stdout}");
         assert!(!stdout.contains("FAIL"), "{stdout}");
 
         // convert: the same LiME image (byte for byte) as from the plain one.

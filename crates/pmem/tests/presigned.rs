@@ -14,7 +14,6 @@
 use assert_cmd::Command;
 use pmem_upload::sigv4::{presign, Credentials};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
@@ -229,10 +228,7 @@ fn put_and_check(server: &Server, input: &Path, key: &str, format: &str) -> Valu
     let manifest: Value = serde_json::from_slice(&manifest_text).unwrap();
     assert_eq!(manifest["complete"], true);
     assert_eq!(manifest["bytes"]["image"], object.len() as u64);
-    assert_eq!(
-        manifest["image_sha256"],
-        hex::encode(Sha256::digest(&object))
-    );
+    assert_blake3(&manifest["image_hash"], &object);
     manifest
 }
 
@@ -301,10 +297,7 @@ fn https_endpoints_with_a_private_ca() {
     );
     let object = weed.cat("multi.lime").unwrap();
     let manifest: Value = serde_json::from_slice(&weed.cat("multi.lime.json").unwrap()).unwrap();
-    assert_eq!(
-        manifest["image_sha256"],
-        hex::encode(Sha256::digest(&object))
-    );
+    assert_blake3(&manifest["image_hash"], &object);
 }
 
 #[test]
@@ -440,14 +433,8 @@ fn encrypted_presigned_put_declares_the_ciphertext_length() {
     let plain = age_decrypt(&identity, &stored, dir.path());
     assert_eq!(manifest["complete"], true);
     assert_eq!(manifest["bytes"]["image"], plain.len() as u64);
-    assert_eq!(
-        manifest["image_sha256"],
-        hex::encode(Sha256::digest(&plain))
-    );
-    assert_eq!(
-        manifest["encryption"]["ciphertext_sha256"],
-        hex::encode(Sha256::digest(&stored))
-    );
+    assert_blake3(&manifest["image_hash"], &plain);
+    assert_blake3(&manifest["encryption"]["ciphertext_hash"], &stored);
     assert_eq!(
         manifest["encryption"]["ciphertext_bytes"],
         stored.len() as u64

@@ -13,7 +13,6 @@
 
 use assert_cmd::Command;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -161,10 +160,7 @@ fn check_object(endpoint: &str, key: &str) -> u64 {
     let manifest: Value = serde_json::from_slice(&manifest.stdout).unwrap();
     assert_eq!(manifest["complete"], true);
     assert_eq!(manifest["bytes"]["image"], object.stdout.len() as u64);
-    assert_eq!(
-        manifest["image_sha256"],
-        hex::encode(Sha256::digest(&object.stdout))
-    );
+    assert_blake3(&manifest["image_hash"], &object.stdout);
     object.stdout.len() as u64
 }
 

@@ -2,11 +2,12 @@
 //! pmem to `pmem receive` (pinned fingerprint), pmem to an independent
 //! Python ssl receiver (CA file), a receiver that drops the connection, a
 //! sender cut before its trailer, a wrong pin, and `pmem receive` taking
-//! the symbols as a third object. Every received image is hashed and
-//! compared with the manifest that travelled with it.
+//! the symbols as a third object, and both sides of the version change
+//! (a new sender refused by a version-1 receiver, a version-1 sender taken
+//! by `pmem receive`). Every received image is hashed and compared with
+//! the manifest that travelled with it.
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -162,10 +163,7 @@ fn check_against_manifest(image: &Path) {
         serde_json::from_slice(&std::fs::read(PathBuf::from(manifest_path)).unwrap()).unwrap();
     assert_eq!(manifest["complete"], true);
     assert_eq!(manifest["bytes"]["image"], bytes.len() as u64);
-    assert_eq!(
-        manifest["image_sha256"],
-        hex::encode(Sha256::digest(&bytes))
-    );
+    assert_blake3(&manifest["image_hash"], &bytes);
 }
 
 #[test]
@@ -282,6 +280,7 @@ fn a_cut_sender_leaves_only_a_partial_file() {
 /// only, says so, and exits once the manifest is in.
 #[test]
 fn pmem_receive_stores_the_symbols_beside_the_image() {
+    use pmem_core::HashAlgorithm;
     use pmem_upload::tls::{parse_fingerprint, Follows, Kind, TlsSender, Trust};
     let pki = Pki::new();
     let out = pki.path("with-symbols.lime");
@@ -296,7 +295,13 @@ fn pmem_receive_stores_the_symbols_beside_the_image() {
         (Kind::Symbols, Follows::More, &symbols[..]),
         (Kind::Manifest, Follows::Nothing, &manifest[..]),
     ] {
-        TlsSender::connect(&address, &trust, kind, follows)
+        // The symbols' trailer in SHA-256, the others in BLAKE3: the
+        // receiver checks and logs each in the algorithm its header names.
+        let hash = match kind {
+            Kind::Symbols => HashAlgorithm::Sha256,
+            _ => HashAlgorithm::Blake3,
+        };
+        TlsSender::connect(&address, &trust, kind, follows, hash)
             .and_then(|sender| sender.send_all(data))
             .unwrap_or_else(|err| panic!("sending {kind:?}: {err}"));
     }
@@ -309,6 +314,11 @@ fn pmem_receive_stores_the_symbols_beside_the_image() {
             sidecar.display(),
             sha256_hex(&symbols)
         )),
+        "{logged}"
+    );
+    let logged = server.wait_for(".json");
+    assert!(
+        logged.contains(&format!("blake3 {}", blake3_hex(manifest))),
         "{logged}"
     );
     assert!(server.wait(), "pmem receive failed");
@@ -357,4 +367,70 @@ fn convert_sends_the_symbols_to_pmem_receive() {
     let manifest = manifest(&out);
     assert_eq!(manifest["symbols"]["sha256"], sha256_hex(&tar));
     assert_eq!(manifest["symbols"]["bytes"], tar.len() as u64);
+}
+
+/// A new sender refuses to go on with a receiver of version 1 (the peer's
+/// `receive-v1`, which refuses the version-2 header as pmem's receivers of
+/// that time did): it fails before reading any memory, leaves nothing
+/// behind, and says to upgrade the receiver.
+#[test]
+fn a_version_1_receiver_stops_a_new_sender_before_any_memory_is_read() {
+    let pki = Pki::new();
+    let input = varied_input(pki.dir.path(), 12);
+    let server = python(&[
+        "receive-v1",
+        pki.path("srv.pem").to_str().unwrap(),
+        pki.path("srv.key").to_str().unwrap(),
+    ]);
+    let port = port_of_python(&server);
+    let manifest = pki.path("local-manifest.json");
+    let out = pmem()
+        .args(["convert", "--quiet", "--arch", "x86_64", "--format", "lime"])
+        .arg("--tls-ca")
+        .arg(pki.path("ca.pem"))
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg(&input)
+        .arg(format!("tls://localhost:{port}"))
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upgrade pmem on the receiving machine"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    assert!(
+        !manifest.exists(),
+        "no manifest of a copy that never started"
+    );
+    server.wait_for("REJECTED");
+    assert!(server.wait(), "the version-1 receiver failed");
+}
+
+/// `pmem receive` still takes a version-1 sender's stream (the peer's
+/// `send-v1`: no hash byte, no ready token, a SHA-256 trailer) and says so.
+#[test]
+fn pmem_receive_takes_a_version_1_sender() {
+    let pki = Pki::new();
+    let input = varied_input(pki.dir.path(), 3);
+    let out = pki.path("from-v1.raw");
+    let (server, port, _) = pmem_receive(&pki, &out);
+    let sent = python(&["send-v1", "127.0.0.1", &port, input.to_str().unwrap()]);
+    let line = sent.wait_for("SENT");
+    let data = std::fs::read(&input).unwrap();
+    assert!(line.contains(&sha256_hex(&data)), "{line}");
+    assert!(sent.wait(), "the version-1 sender failed");
+    let logged = server.wait_for("received");
+    assert!(
+        logged.contains(&format!(
+            "sha256 {} (a version-1 sender)",
+            sha256_hex(&data)
+        )),
+        "{logged}"
+    );
+    assert!(server.wait(), "pmem receive failed");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }

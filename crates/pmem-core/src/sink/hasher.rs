@@ -4,7 +4,7 @@
 //! held back may still be patched. Otherwise the written buffers themselves
 //! go to the hasher and come back for reuse.
 
-use super::digest::ImageDigest;
+use super::digest::{HashAlgorithm, ImageDigest, ImageHash};
 use super::file::read_at;
 use super::BUFFER;
 use std::fs::File;
@@ -33,9 +33,9 @@ struct HashState {
 }
 
 impl HashState {
-    fn new(file: Option<File>) -> HashState {
+    fn new(file: Option<File>, algorithm: HashAlgorithm) -> HashState {
         HashState {
-            digest: ImageDigest::new(),
+            digest: ImageDigest::new(algorithm),
             file,
             buf: Vec::new(),
         }
@@ -78,26 +78,32 @@ impl HashState {
 /// The hasher: a thread, or inline on the writer's thread when no thread
 /// (or no second file handle) could be had.
 enum Hasher {
+    /// Not started: starts at the first work, so that the algorithm can
+    /// still be chosen after the sink is made.
+    Idle {
+        file: Option<File>,
+        algorithm: HashAlgorithm,
+    },
     Thread {
         to: Option<SyncSender<ToHasher>>,
         /// Buffers coming back in stream mode.
         back: Receiver<Vec<u8>>,
-        thread: Option<JoinHandle<io::Result<[u8; 32]>>>,
+        thread: Option<JoinHandle<io::Result<Option<ImageHash>>>>,
     },
     Inline {
         state: HashState,
         spare: Option<Vec<u8>>,
         error: Option<io::Error>,
     },
-    /// No hash asked for (`acquire --no-hash`): reports zeros.
+    /// No hash asked for (`--hash none`): reports none.
     Off,
 }
 
 impl Hasher {
     /// `file`: hash by reading this handle back (file mode); `None`: by
     /// the buffers sent.
-    fn new(file: Option<File>) -> Hasher {
-        let state = HashState::new(file);
+    fn new(file: Option<File>, algorithm: HashAlgorithm) -> Hasher {
+        let state = HashState::new(file, algorithm);
         // A few messages of lag: in file mode the bytes are still in the
         // page cache when hashed; in stream mode this bounds the buffers.
         let (to, from) = mpsc::sync_channel::<ToHasher>(1);
@@ -117,7 +123,7 @@ impl Hasher {
                         let _ = give_back.send(buf);
                     }
                 }
-                Ok(state.digest.sha256())
+                Ok(state.digest.finish())
             });
         match spawned {
             Ok(thread) => Hasher::Thread {
@@ -128,7 +134,7 @@ impl Hasher {
             Err(_) => {
                 let state = shared.lock().ok().and_then(|mut s| s.take());
                 Hasher::Inline {
-                    state: state.unwrap_or_else(|| HashState::new(None)),
+                    state: state.unwrap_or_else(|| HashState::new(None, algorithm)),
                     spare: None,
                     error: None,
                 }
@@ -138,6 +144,7 @@ impl Hasher {
 
     /// Sends work; an error is reported at `join`.
     fn send(&mut self, msg: ToHasher) {
+        self.start();
         match self {
             Hasher::Thread { to, .. } => {
                 if let Some(sender) = to {
@@ -146,7 +153,7 @@ impl Hasher {
                     }
                 }
             }
-            Hasher::Off => {}
+            Hasher::Off | Hasher::Idle { .. } => {}
             Hasher::Inline {
                 state,
                 spare,
@@ -167,12 +174,22 @@ impl Hasher {
         match self {
             Hasher::Thread { back, .. } => back.try_recv().ok(),
             Hasher::Inline { spare, .. } => spare.take(),
-            Hasher::Off => None,
+            Hasher::Off | Hasher::Idle { .. } => None,
         }
     }
 
-    fn join(&mut self) -> io::Result<[u8; 32]> {
+    /// Starts an idle hasher.
+    fn start(&mut self) {
+        if let Hasher::Idle { file, algorithm } = self {
+            let (file, algorithm) = (file.take(), *algorithm);
+            *self = Hasher::new(file, algorithm);
+        }
+    }
+
+    /// The hash of everything sent; `None` when off.
+    fn join(&mut self) -> io::Result<Option<ImageHash>> {
         match self {
+            Hasher::Idle { algorithm, .. } => Ok(ImageDigest::new(*algorithm).finish()),
             Hasher::Thread { to, thread, .. } => {
                 *to = None;
                 match thread.take().map(JoinHandle::join) {
@@ -182,9 +199,9 @@ impl Hasher {
             }
             Hasher::Inline { state, error, .. } => match error.take() {
                 Some(e) => Err(e),
-                None => Ok(std::mem::take(&mut state.digest).sha256()),
+                None => Ok(state.digest.clone().finish()),
             },
-            Hasher::Off => Ok([0; 32]),
+            Hasher::Off => Ok(None),
         }
     }
 }
@@ -214,21 +231,36 @@ pub(crate) struct HashFeed {
 }
 
 impl HashFeed {
-    /// Hashes by reading `reader` back when there is one, else by the
-    /// bytes sent.
-    pub(crate) fn new(reader: Option<File>) -> HashFeed {
+    /// Hashes with `algorithm` by reading `reader` back when there is
+    /// one, else by the bytes sent.
+    pub(crate) fn new(reader: Option<File>, algorithm: HashAlgorithm) -> HashFeed {
         HashFeed {
             by_reading: reader.is_some(),
-            hasher: Hasher::new(reader),
+            hasher: Hasher::Idle {
+                file: reader,
+                algorithm,
+            },
             held: None,
             released: 0,
         }
     }
 
-    /// Hashes nothing: the summary's hash is all zeros.
+    /// Hashes nothing: the summary has no hash.
     pub(crate) fn off(&mut self) {
         self.hasher = Hasher::Off;
         self.by_reading = false;
+    }
+
+    /// Hashes with `algorithm` instead: only before any byte is written
+    /// (returns false, changing nothing, after).
+    pub(crate) fn set_algorithm(&mut self, algorithm: HashAlgorithm) -> bool {
+        match &mut self.hasher {
+            Hasher::Idle { algorithm: a, .. } => {
+                *a = algorithm;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether written bytes reach the hash without a copy of their own:
@@ -289,7 +321,7 @@ impl HashFeed {
     }
 
     /// Waits for the hash of everything released or sent.
-    pub(crate) fn finish(&mut self) -> io::Result<[u8; 32]> {
+    pub(crate) fn finish(&mut self) -> io::Result<Option<ImageHash>> {
         self.hasher.join()
     }
 }

@@ -4,6 +4,7 @@
 //! needs no copy of them, and lets the AVML writer patch bytes it holds
 //! back from the hash.
 
+use super::digest::HashAlgorithm;
 use super::file::SparseFile;
 use super::hasher::HashFeed;
 use super::{fill_buffer, zeros_through, ByteSink, DiskLimit, Patch, SinkSummary, BUFFER};
@@ -59,12 +60,18 @@ impl HashingSink {
         // create_image_file are); otherwise hash the buffers as written,
         // and patching is not possible.
         let (file, reader) = SparseFile::new(file);
-        HashingSink::with_target(Target::File(file), HashFeed::new(reader))
+        HashingSink::with_target(
+            Target::File(file),
+            HashFeed::new(reader, HashAlgorithm::default()),
+        )
     }
 
     /// A sink writing a non-seekable stream; holes are written as zeros.
     pub fn stream(writer: Box<dyn Write + Send>) -> HashingSink {
-        HashingSink::with_target(Target::Stream(writer), HashFeed::new(None))
+        HashingSink::with_target(
+            Target::Stream(writer),
+            HashFeed::new(None, HashAlgorithm::default()),
+        )
     }
 
     /// A file sink if `file` is a regular file, a stream sink otherwise
@@ -84,10 +91,24 @@ impl HashingSink {
         HashingSink::stream(super::stdout_stream())
     }
 
-    /// Hashes nothing: the summary's hash is all zeros. For acquisitions
+    /// Hashes nothing: the summary has no hash. For acquisitions
     /// where speed matters more than a hash made at acquisition time.
     pub fn without_hash(mut self) -> HashingSink {
         self.feed.off();
+        self
+    }
+
+    /// Hashes with `algorithm` (`None`: hashes nothing, as
+    /// [`without_hash`](Self::without_hash)); the default is
+    /// [`HashAlgorithm::Blake3`]. Chosen before the first byte is written.
+    pub fn with_hash(mut self, algorithm: Option<HashAlgorithm>) -> HashingSink {
+        match algorithm {
+            Some(algorithm) => {
+                let chosen = self.feed.set_algorithm(algorithm);
+                debug_assert!(chosen, "the hash is chosen before writing");
+            }
+            None => self.feed.off(),
+        }
         self
     }
 
@@ -210,10 +231,10 @@ impl ByteSink for HashingSink {
             Target::File(file) => file.sync()?,
             Target::Stream(w) => w.flush()?,
         }
-        let sha256 = self.feed.finish()?;
+        let hash = self.feed.finish()?;
         Ok(SinkSummary {
             bytes: self.position,
-            sha256,
+            hash,
         })
     }
 }
@@ -262,11 +283,16 @@ fn cannot_rewrite() -> io::Error {
 mod tests {
     use super::*;
     use crate::sink::create_image_file;
-    use sha2::{Digest, Sha256};
+    use crate::sink::ImageHash;
+    use sha2::Digest;
     use std::io::Read;
 
-    fn sha(data: &[u8]) -> [u8; 32] {
-        Sha256::digest(data).into()
+    /// The default hash of `data`, computed by the `blake3` crate directly.
+    fn sha(data: &[u8]) -> Option<ImageHash> {
+        Some(ImageHash {
+            algorithm: HashAlgorithm::Blake3,
+            bytes: *blake3::hash(data).as_bytes(),
+        })
     }
 
     #[test]
@@ -290,7 +316,7 @@ mod tests {
             .unwrap();
         assert_eq!(written, expected);
         assert_eq!(summary.bytes, expected.len() as u64);
-        assert_eq!(summary.sha256, sha(&expected));
+        assert_eq!(summary.hash, sha(&expected));
     }
 
     #[test]
@@ -321,7 +347,7 @@ mod tests {
         expected.resize(expected.len() + 10_000, 0);
         let written = std::fs::read(&path).unwrap();
         assert!(written == expected);
-        assert_eq!(summary.sha256, sha(&expected));
+        assert_eq!(summary.hash, sha(&expected));
     }
 
     /// A stream whose bytes the test can read afterwards.
@@ -379,9 +405,40 @@ mod tests {
             };
             assert!(written == expected, "{mode} hashed={hashed}: bytes differ");
             assert_eq!(summary.bytes, expected.len() as u64);
-            let want = if hashed { sha(&expected) } else { [0; 32] };
-            assert_eq!(summary.sha256, want, "{mode} hashed={hashed}");
+            let want = if hashed { sha(&expected) } else { None };
+            assert_eq!(summary.hash, want, "{mode} hashed={hashed}");
         }
+    }
+
+    #[test]
+    fn sha256_when_asked_in_every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = vec![9u8; 2 * BUFFER + 3];
+        expected.resize(expected.len() + 70_000, 0);
+        expected.extend_from_slice(b"end");
+        for mode in ["file", "write-only", "stream"] {
+            let path = dir.path().join(mode);
+            let sink = match mode {
+                "file" => HashingSink::file(create_image_file(&path, false).unwrap()),
+                "write-only" => HashingSink::file(File::create(&path).unwrap()),
+                _ => HashingSink::stream(Box::new(File::create(&path).unwrap())),
+            };
+            let mut sink = Box::new(sink.with_hash(Some(HashAlgorithm::Sha256)));
+            sink.write_all(&expected[..2 * BUFFER + 3]).unwrap();
+            sink.write_zeros(70_000).unwrap();
+            sink.write_all(b"end").unwrap();
+            let summary = sink.finish().unwrap();
+            assert!(std::fs::read(&path).unwrap() == expected, "{mode}");
+            let hash = summary.hash.expect("hashed");
+            assert_eq!(hash.algorithm, HashAlgorithm::Sha256, "{mode}");
+            assert_eq!(
+                hash.bytes,
+                <[u8; 32]>::from(sha2::Sha256::digest(&expected))
+            );
+        }
+        // Nothing written: the hash of no bytes.
+        let empty = Box::new(HashingSink::stream(Box::new(io::sink())));
+        assert_eq!(empty.finish().unwrap().hash, sha(b""));
     }
 
     #[test]
@@ -395,7 +452,7 @@ mod tests {
         let summary = sink.finish().unwrap();
         let written = std::fs::read(&path).unwrap();
         assert_eq!(written.len(), 100 + (3 << 20));
-        assert_eq!(summary.sha256, sha(&written));
+        assert_eq!(summary.hash, sha(&written));
     }
 
     #[test]
@@ -443,7 +500,7 @@ mod tests {
         sink.patcher().unwrap().hold(None);
         sink.write_zeros(100).unwrap();
         let summary = sink.finish().unwrap();
-        assert_eq!(summary.sha256, [0; 32]);
+        assert_eq!(summary.hash, None);
         assert_eq!(summary.bytes, (3 << 20) + 100);
         let written = std::fs::read(&path).unwrap();
         assert_eq!(&written[..3], b"AB\x05");
@@ -461,6 +518,6 @@ mod tests {
         let summary = sink.finish().unwrap();
         let written = std::fs::read(&path).unwrap();
         assert_eq!(written.len(), 70_001);
-        assert_eq!(summary.sha256, sha(&written));
+        assert_eq!(summary.hash, sha(&written));
     }
 }

@@ -196,7 +196,7 @@ fn copy(
         &plan,
         &CopyOptions {
             chunk_size: 256 << 10,
-            memory_hash: true,
+            memory_hash: Some(pmem_core::HashAlgorithm::Sha256),
             ..CopyOptions::default()
         },
         &mut |_| {},

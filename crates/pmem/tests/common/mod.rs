@@ -47,6 +47,18 @@ pub fn varied_input(dir: &Path, mib: u32) -> PathBuf {
     path
 }
 
+/// BLAKE3 of `data` in hex, by the `blake3` crate.
+pub fn blake3_hex(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
+/// A manifest's hash record (`image_hash`, `memory_hash`,
+/// `encryption.ciphertext_hash`): BLAKE3 (the default) of `data`.
+pub fn assert_blake3(record: &Value, data: &[u8]) {
+    assert_eq!(record["algorithm"], "blake3", "{record}");
+    assert_eq!(record["hex"], blake3_hex(data), "{record}");
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
