@@ -451,16 +451,21 @@ def check_image(results, case, subject, fmt, path, manifest_path, ctx, timing, v
     ok, detail = compare_kernel(image, dump, kernel_ranges)
     results.add(case.name, subject, "kernel code+rodata = QEMU dump", ok, detail)
 
-    sha = images.file_sha256(path)
-    results.add(case.name, subject, "image_sha256", sha == manifest.get("image_sha256"),
-                "" if sha == manifest.get("image_sha256") else f"file {sha[:16]}, manifest {str(manifest.get('image_sha256'))[:16]}")
-    # memory_sha256 is recorded only with `acquire --memory-hash` (the
+    # Each hash in the algorithm the manifest names (BLAKE3 by default,
+    # checked with b3sum; SHA-256 with hashlib).
+    algorithm, recorded = images.manifest_hash(manifest, "image")
+    sha = images.file_hash(path, algorithm or "blake3")
+    results.add(case.name, subject, f"image_hash ({algorithm})", sha == recorded,
+                "" if sha == recorded else f"file {sha[:16]}, manifest {str(recorded)[:16]}")
+    # memory_hash is recorded only with `acquire --memory-hash` (the
     # streamed acquisitions pass it, so there it must be present and right).
     want_memory_hash = subject.endswith("(stream)")
-    msha = image.memory_sha256() if want_memory_hash or manifest.get("memory_sha256") else None
+    malgorithm, mrecorded = images.manifest_hash(manifest, "memory")
+    msha = (image.memory_hash(malgorithm or algorithm or "blake3")
+            if want_memory_hash or mrecorded else None)
     if msha is not None:
-        results.add(case.name, subject, "memory_sha256", msha == manifest.get("memory_sha256"),
-                    "" if msha == manifest.get("memory_sha256") else f"image {msha[:16]}, manifest {str(manifest.get('memory_sha256'))[:16]}")
+        results.add(case.name, subject, f"memory_hash ({malgorithm})", msha == mrecorded,
+                    "" if msha == mrecorded else f"image {msha[:16]}, manifest {str(mrecorded)[:16]}")
 
     # pmem's own view of the image must agree with the independent one.
     default_manifest = Path(str(path) + ".json")
@@ -493,15 +498,17 @@ def check_image(results, case, subject, fmt, path, manifest_path, ctx, timing, v
 
 def check_container(results, case, name, path, pmem, want_format):
     """A container pmem's readers read but the harness does not (AVML, .zst,
-    AFF4): its manifest says complete and the format, its image_sha256 is
-    the file's, and `pmem verify` passes."""
+    AFF4): its manifest says complete and the format, its image_hash is
+    the file's (in the manifest's algorithm), and `pmem verify` passes."""
     manifest_path = Path(str(path) + ".json")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     ok = manifest.get("complete") is True and manifest.get("format") == want_format
     results.add(case.name, name, "manifest", ok,
                 f"complete={manifest.get('complete')} format={manifest.get('format')} "
                 f"compression={manifest.get('compression')} warnings={manifest.get('warnings')}")
-    results.add(case.name, name, "image_sha256", images.file_sha256(path) == manifest.get("image_sha256"))
+    algorithm, recorded = images.manifest_hash(manifest, "image")
+    results.add(case.name, name, f"image_hash ({algorithm})",
+                recorded is not None and images.file_hash(path, algorithm) == recorded)
     verify = subprocess.run([str(pmem), "verify", str(path)], capture_output=True, text=True)
     results.add(case.name, name, "pmem verify", verify.returncode == 0,
                 "" if verify.returncode == 0 else (verify.stdout + verify.stderr).strip()[-300:])

@@ -13,6 +13,7 @@ then register it in open_image() below.
 import hashlib
 import os
 import struct
+import subprocess
 from dataclasses import dataclass
 
 LIME_MAGIC = 0x4C694D45  # "EMiL" on disk, little-endian
@@ -88,9 +89,10 @@ class Image:
             length -= take
         return bytes(out) if length == 0 else None
 
-    def memory_sha256(self):
-        """SHA-256 of all covered bytes in address order (pmem's memory_sha256)."""
-        digest = hashlib.sha256()
+    def memory_hash(self, algorithm):
+        """The hash of all covered bytes in address order (pmem's memory_hash),
+        in `algorithm`: "sha256" (hashlib) or "blake3" (Debian's b3sum)."""
+        digest = new_digest(algorithm)
         for s in self.segments:
             self.file.seek(s.offset)
             left = s.length
@@ -101,6 +103,45 @@ class Image:
                 digest.update(chunk)
                 left -= len(chunk)
         return digest.hexdigest()
+
+
+class B3sum:
+    """A hashlib-like BLAKE3 digest fed to Debian's `b3sum` through a pipe
+    (Python's standard library has no BLAKE3)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(["b3sum", "--no-names"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=False)
+
+    def update(self, data):
+        self.proc.stdin.write(data)
+
+    def hexdigest(self):
+        out, _ = self.proc.communicate()
+        if self.proc.returncode != 0:
+            raise ImageError(f"b3sum exited {self.proc.returncode}")
+        return out.decode().strip()
+
+
+def new_digest(algorithm):
+    """A digest of pmem's algorithm names: "sha256" or "blake3"."""
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "blake3":
+        return B3sum()
+    raise ImageError(f"unknown hash algorithm {algorithm!r}")
+
+
+def manifest_hash(manifest, name):
+    """(algorithm, hex) of the manifest's `name` hash ("image", "memory"):
+    schema 2's `NAME_hash` object, else schema 1's `NAME_sha256`; (None, None)
+    when it records none."""
+    record = manifest.get(f"{name}_hash")
+    if isinstance(record, dict):
+        return record.get("algorithm"), record.get("hex")
+    if manifest.get(f"{name}_sha256"):
+        return "sha256", manifest[f"{name}_sha256"]
+    return None, None
 
 
 class LimeImage(Image):
@@ -274,7 +315,12 @@ def open_image(path, fmt, manifest=None):
     raise ImageError(f"no reader for format {fmt!r}")
 
 
-def file_sha256(path):
+def file_hash(path, algorithm="sha256"):
+    """The file's hash in `algorithm` ("sha256" or "blake3", as new_digest)."""
+    if algorithm == "blake3":
+        out = subprocess.run(["b3sum", "--no-names", str(path)], check=True,
+                             capture_output=True, text=True).stdout
+        return out.strip()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(8 << 20):
