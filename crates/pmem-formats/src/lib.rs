@@ -110,7 +110,8 @@
 //!
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("memory.lime");
-//! // Read and write: the sink hashes the file by reading it back.
+//! // Read and write: bytes held back from the hash (AVML's headers) are
+//! // hashed by reading them back.
 //! let file = std::fs::File::options()
 //!     .read(true)
 //!     .write(true)

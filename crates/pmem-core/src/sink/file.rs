@@ -12,7 +12,8 @@ use std::path::Path;
 /// `overwrite` is set.
 pub fn create_image_file(path: &Path, overwrite: bool) -> io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
-    // Readable too: the sink hashes the image by reading it back.
+    // Readable too: bytes held back from the hash (to be patched) are
+    // hashed by reading them back.
     options.read(true).write(true);
     if overwrite {
         options.create(true).truncate(true);
@@ -42,7 +43,7 @@ pub fn create_image_file(path: &Path, overwrite: bool) -> io::Result<File> {
 pub(crate) struct SparseFile {
     file: File,
     /// Readable (as [`create_image_file`] makes them): bytes may be
-    /// rewritten, and the hasher reads the image back.
+    /// rewritten, and the hasher reads held bytes back.
     readable: bool,
     limit: Option<DiskLimited>,
 }

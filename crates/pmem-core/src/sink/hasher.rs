@@ -1,8 +1,11 @@
 //! The image hash, computed on a thread of its own so that it never stalls
-//! the copy. For a readable file the hasher reads back what was written
-//! (from the page cache, by offset), up to where the sink lets it: bytes
-//! held back may still be patched. Otherwise the written buffers themselves
-//! go to the hasher and come back for reuse.
+//! the copy. The written buffers themselves go to the hasher and come back
+//! for reuse. Bytes a file sink holds back (they may still be patched: the
+//! AVML writer's block headers) are read back from the file instead (from
+//! the page cache, by offset) once released, patches and all. Hashing the
+//! buffers is the faster way where it can be used: reading a file back is
+//! one more pass over every byte (measured with `examples/hash_speed.rs`:
+//! docs/benchmarks.md).
 
 use super::digest::{HashAlgorithm, ImageDigest, ImageHash};
 use super::file::read_at;
@@ -221,8 +224,8 @@ impl Drop for Hasher {
 /// held back from it.
 pub(crate) struct HashFeed {
     hasher: Hasher,
-    /// The hasher reads the file back: it is told how far, never given
-    /// bytes.
+    /// The hasher can read the file back: held bytes, once released, are
+    /// read back (it is told how far); others are given as buffers.
     by_reading: bool,
     /// File mode: bytes from here on are not hashed yet (may be patched).
     held: Option<u64>,
@@ -263,14 +266,21 @@ impl HashFeed {
         }
     }
 
-    /// Whether written bytes reach the hash without a copy of their own:
-    /// read back from the file, or not hashed at all.
-    pub(crate) fn needs_no_copy(&self) -> bool {
-        self.by_reading || matches!(self.hasher, Hasher::Off)
+    /// Whether written bytes go to the hasher as buffers (the sink copies
+    /// them into one): always, unless nothing is hashed or a file holds
+    /// bytes back (then they are read back once released). While no byte
+    /// is held, every written byte has been released: the hasher is at the
+    /// sink's write offset, so buffers may follow.
+    pub(crate) fn takes_buffers(&self) -> bool {
+        !matches!(self.hasher, Hasher::Off) && (!self.by_reading || self.held.is_none())
     }
 
-    /// These bytes were written (stream mode, or a file not read back).
+    /// These bytes were written at the hasher's offset ([`takes_buffers`](Self::takes_buffers)).
     pub(crate) fn data(&mut self, bytes: Vec<u8>) {
+        if self.by_reading {
+            debug_assert!(self.held.is_none(), "buffers while bytes are held");
+            self.released += bytes.len() as u64;
+        }
         self.hasher.send(ToHasher::Data(bytes));
     }
 
@@ -281,10 +291,13 @@ impl HashFeed {
             .unwrap_or_else(|| Vec::with_capacity(BUFFER))
     }
 
-    /// `len` zeros were written or left as a hole.
+    /// `len` zeros were written or left as a hole (held ones are read back
+    /// as zeros).
     pub(crate) fn zeros(&mut self, len: u64) {
-        // Read back as zeros when hashing by reading.
-        if !self.needs_no_copy() {
+        if self.takes_buffers() {
+            if self.by_reading {
+                self.released += len;
+            }
             self.hasher.send(ToHasher::Zeros(len));
         }
     }

@@ -1,8 +1,9 @@
 //! [`HashingSink`]: the sink over an image file or a stream, which hashes
 //! and counts every byte. It buffers small writes into [`BUFFER`]-sized
-//! ones, sends large ones straight from the caller's buffer when the hash
-//! needs no copy of them, and lets the AVML writer patch bytes it holds
-//! back from the hash.
+//! ones (which then go to the hasher), sends large ones straight from the
+//! caller's buffer when the hash needs no copy of them (nothing hashed, or
+//! bytes held back and read back later), and lets the AVML writer patch
+//! bytes it holds back from the hash.
 
 use super::digest::HashAlgorithm;
 use super::file::SparseFile;
@@ -56,9 +57,10 @@ impl Drop for HashingSink {
 impl HashingSink {
     /// A sink writing a regular file from offset 0 with sparse holes.
     pub fn file(file: File) -> HashingSink {
-        // Hash by reading back when the file can be read (images made by
-        // create_image_file are); otherwise hash the buffers as written,
-        // and patching is not possible.
+        // The hasher takes the written buffers; when the file can be read
+        // (images made by create_image_file are), bytes may also be held
+        // back, patched and then read back; otherwise patching is not
+        // possible.
         let (file, reader) = SparseFile::new(file);
         HashingSink::with_target(
             Target::File(file),
@@ -141,7 +143,7 @@ impl HashingSink {
         let written = self.write_out(&buf);
         self.buf = buf;
         written?;
-        if self.feed.needs_no_copy() {
+        if !self.feed.takes_buffers() {
             self.buf.clear();
         } else {
             // Hand the bytes to the hasher and take a spare buffer: one
@@ -177,10 +179,10 @@ impl HashingSink {
 
 impl ByteSink for HashingSink {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        if buf.len() >= DIRECT && self.feed.needs_no_copy() {
+        if buf.len() >= DIRECT && !self.feed.takes_buffers() {
             // Large pieces go out from the caller's buffer: a copy of every
             // byte saved (the dearest cost left when nothing is hashed, or
-            // when the hash reads the file back).
+            // when held bytes are read back by the hash).
             self.flush_buffer()?;
             self.write_out(buf)?;
             self.position += buf.len() as u64;
@@ -347,6 +349,43 @@ mod tests {
         expected.resize(expected.len() + 10_000, 0);
         let written = std::fs::read(&path).unwrap();
         assert!(written == expected);
+        assert_eq!(summary.hash, sha(&expected));
+    }
+
+    /// Blocks as the AVML writer makes them: bytes hashed as buffers, then
+    /// a held header patched after its block, released, and so on; holes
+    /// between them. The hash is that of the file as finally written.
+    #[test]
+    fn holds_between_buffered_bytes_hash_the_patched_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let mut sink = Box::new(HashingSink::file(create_image_file(&path, false).unwrap()));
+        let block: Vec<u8> = (0..BUFFER + 4321).map(|i| (i % 253) as u8).collect();
+        let mut expected = Vec::new();
+        for round in 0..4u8 {
+            sink.write_all(&block[..round as usize * 1000 + 17])
+                .unwrap();
+            expected.extend_from_slice(&block[..round as usize * 1000 + 17]);
+            let at = sink.position();
+            sink.patcher().unwrap().hold(Some(at));
+            sink.write_all(b"LEN=????").unwrap();
+            sink.write_all(&block).unwrap();
+            sink.write_zeros(3000).unwrap();
+            sink.patcher()
+                .unwrap()
+                .patch(at + 4, &[b'0' + round; 4])
+                .unwrap();
+            sink.patcher().unwrap().hold(None);
+            expected.extend_from_slice(b"LEN=");
+            expected.extend_from_slice(&[b'0' + round; 4]);
+            expected.extend_from_slice(&block);
+            expected.resize(expected.len() + 3000, 0);
+            sink.write_zeros(100_000).unwrap();
+            expected.resize(expected.len() + 100_000, 0);
+        }
+        let summary = sink.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap() == expected);
+        assert_eq!(summary.bytes, expected.len() as u64);
         assert_eq!(summary.hash, sha(&expected));
     }
 
