@@ -94,6 +94,8 @@ pub struct CopyReport {
     pub order_note: Option<String>,
     /// Digests of the pages as written, with [`CopyOptions::page_digests`].
     pub page_digests: Option<PageDigests>,
+    /// The time map's origin: when the copy started.
+    pub started: std::time::Instant,
 }
 
 impl CopyReport {
@@ -263,6 +265,7 @@ pub fn copy_memory(
             time_map,
             order_note,
             page_digests,
+            started: clock.origin(),
         })
     })
 }

@@ -252,6 +252,9 @@ impl Clock {
     pub(crate) fn now_us(&self) -> u64 {
         self.0.elapsed().as_micros() as u64
     }
+    pub(crate) fn origin(&self) -> Instant {
+        self.0
+    }
 }
 
 /// A digest of 8 bytes of each page of the plan, as written: what a
