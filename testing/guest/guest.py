@@ -37,6 +37,7 @@ import markers
 import module_cases
 import symcheck
 import vm
+import windowcheck
 
 HERE = Path(__file__).resolve().parent
 WORK = Path(os.environ.get("PMEM_GUEST_WORK", HERE / "work"))
@@ -73,6 +74,9 @@ class Case:
     # `pmem symbols` on the captured symbols, and Volatility 3's pslist
     # through that ISF alone (symcheck.py; arm64: a schema check).
     symbols_isf: bool = False
+    # Smear and the kernel window (windowcheck.py): --reread with and without
+    # churn, --order kernel-first against address order.
+    window: bool = False
 
     @property
     def seed(self):
@@ -91,8 +95,9 @@ CASES = [
               "vol3 pslist through the ISF of the captured symbols"),
     # raw.zst (COMPRESSED) is not in a case: ruzstd needs ~240 s per GiB
     # under TCG, too much for CI; `zstd -d` round trips are in the CLI tests.
-    Case("6.12-1g", "6.12", 1024, ["raw", "elf", "macho"], ["raw"],
-         note="raw, elf and Mach-O, streamed raw"),
+    Case("6.12-1g", "6.12", 1024, ["raw", "elf", "macho"], ["raw"], window=True,
+         note="raw, elf and Mach-O, streamed raw; smear measured by --reread with and without "
+              "churn, the kernel window in kernel-first and address order"),
     Case("6.12-2g", "6.12", 2048, ["lime"], symbols_isf=True,
          note="2 GiB guest (lime on 6.12); vol3 pslist through the ISF of the captured symbols"),
     # 1 GiB below the PCI hole, 512 MiB from 4 GiB up: the smallest guest whose
@@ -161,6 +166,8 @@ def case_script(case):
             f'step stream-{fmt} sh -c "/data/bin/pmem acquire {hook.acquire_args("stream")}--format {fmt} --memory-hash '
             f'--manifest $OUT/stream.{fmt}.json - > $OUT/stream.{fmt} 2> $OUT/stream.{fmt}.log"'
         )
+    if case.window:
+        lines += windowcheck.guest_lines()
     lines += [
         "sync",
         # The host dumps guest memory (guest paused) while the markers are held.
@@ -702,6 +709,8 @@ def run_case(case, pmem, agent, results, timings, other_markers, vol):
                          (out / "version.txt").read_text())
     if case.hook:
         case.hook.check(results, case, out)
+    if case.window:
+        windowcheck.check(results, case, out)
     if case.symbols_isf and vol:
         arm = env.KERNELS[case.kernel].target != env.MUSL
         vol.submit_task(case.name, "symbols", lambda: symcheck.check_case(

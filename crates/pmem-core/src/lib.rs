@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod range;
 pub mod sink;
 pub mod source;
+pub mod window;
 pub mod windows;
 pub mod writer;
 
@@ -22,6 +23,7 @@ pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport, PageRun};
 pub use range::{MemoryMap, MemoryMapError, Range};
 pub use sink::{ByteSink, HashAlgorithm, ImageHash, Patch, SinkSummary};
 pub use source::{PhysicalMemory, ReadError};
+pub use window::{PageDigests, ReadOrder, RereadReport, TimeMap};
 pub use windows::WindowsMetadata;
 pub use writer::{Chunk, ImageWriter, Plan, WriteError};
 

@@ -13,8 +13,10 @@
 //! the writes (on one CPU they take turns; offline, or with a second CPU,
 //! they run side by side).
 
+use crate::range::Range;
 use crate::sink::{HashAlgorithm, ImageDigest, ImageHash, SinkSummary};
 use crate::source::{PhysicalMemory, ReadError};
+use crate::window::{Clock, PageDigests, ReadOrder, TimeMap};
 use crate::writer::{Chunk, ImageWriter, Plan, WriteError};
 use crate::PAGE_SIZE;
 use std::sync::mpsc;
@@ -31,7 +33,18 @@ pub struct CopyOptions {
     /// Also hash the memory content with this algorithm (format-independent;
     /// costs a second hash pass).
     pub memory_hash: Option<HashAlgorithm>,
+    /// Keep an 8-byte digest of every page written
+    /// ([`CopyReport::page_digests`]), for a re-read to compare with.
+    pub page_digests: bool,
+    /// The order memory is read in.
+    pub order: ReadOrder,
+    /// Largest kernel image [`ReadOrder::KernelFirst`] reads ahead into
+    /// memory; above it the copy reads in address order.
+    pub kernel_buffer_limit: u64,
 }
+
+/// Default of [`CopyOptions::kernel_buffer_limit`].
+pub const KERNEL_BUFFER_LIMIT: u64 = 256 << 20;
 
 impl Default for CopyOptions {
     fn default() -> Self {
@@ -41,6 +54,9 @@ impl Default for CopyOptions {
             chunk_size: 1 << 20,
             buffers: 4,
             memory_hash: None,
+            page_digests: false,
+            order: ReadOrder::Address,
+            kernel_buffer_limit: KERNEL_BUFFER_LIMIT,
         }
     }
 }
@@ -70,6 +86,15 @@ pub struct CopyReport {
     pub memory_hash: Option<ImageHash>,
     /// The image as written.
     pub image: SinkSummary,
+    /// When each part of memory was read.
+    pub time_map: TimeMap,
+    /// Why the copy did not read in the order asked (kernel-first without
+    /// a known kernel image, or one too large to hold).
+    pub order_note: Option<String>,
+    /// Digests of the pages as written, with [`CopyOptions::page_digests`].
+    pub page_digests: Option<PageDigests>,
+    /// The time map's origin: when the copy started.
+    pub started: std::time::Instant,
 }
 
 impl CopyReport {
@@ -134,6 +159,10 @@ pub fn copy_memory(
         (options.chunk_size.max(granularity) / granularity * granularity).max(PAGE_SIZE);
     let retry_size = PAGE_SIZE.max(granularity);
     let buffers = options.buffers.max(2);
+    let clock = Clock::start();
+    let (order, kernel_pieces, order_note) = kernel_pieces(plan, options, granularity);
+    let mut time_map = TimeMap::new(plan, order);
+    let digests = options.page_digests.then(|| PageDigests::new(&plan.ranges));
     writer.begin(plan)?;
 
     // Full buffers go to the writer, empty ones come back: `buffers`
@@ -174,8 +203,12 @@ pub fn copy_memory(
             .name("pmem-write".into())
             .spawn_scoped(scope, move || {
                 let mut out = Output { zero_bytes: 0 };
+                let mut digests = digests;
                 for filled in from_reader {
                     out.emit(writer.as_mut(), &filled)?;
+                    if let Some(digests) = &mut digests {
+                        digests.add(filled.addr, &filled.buf[..filled.len]);
+                    }
                     // The reader (or hasher) may have stopped; then the
                     // buffer is dropped.
                     match &after_writer {
@@ -187,7 +220,7 @@ pub fn copy_memory(
                         }
                     }
                 }
-                Ok::<_, WriteError>((out, writer))
+                Ok::<_, WriteError>((out, writer, digests))
             });
         let written = match written {
             Ok(handle) => handle,
@@ -196,16 +229,20 @@ pub fn copy_memory(
         let mut reader = Reader {
             unreadable: Vec::new(),
             done: 0,
+            clock,
+            time_map: &mut time_map,
+            chunk_size,
+            retry_size,
         };
-        let read_result = reader.read_all(
-            source, plan, chunk_size, retry_size, &free, &to_writer, progress,
-        );
+        let read_result =
+            reader.read_all(source, plan, &kernel_pieces, &free, &to_writer, progress);
+        let (unreadable, done) = (reader.unreadable, reader.done);
         drop(to_writer);
         let joined = written
             .join()
             .map_err(|_| thread_error(std::io::Error::other("the writer thread failed")))?;
         // A write error stops the reader too; report the write error then.
-        let (out, writer) = joined?;
+        let (out, mut writer, page_digests) = joined?;
         read_result?;
         // The writer has gone, so the hasher's queue is closed: it ends.
         let memory_hash = match hashed.map(|h| h.join()) {
@@ -216,13 +253,18 @@ pub fn copy_memory(
             }
             None => None,
         };
+        writer.time_map(&time_map.to_json())?;
         let image = writer.finish()?;
         Ok(CopyReport {
-            bytes: reader.done,
+            bytes: done,
             zero_bytes: out.zero_bytes,
-            unreadable: reader.unreadable,
+            unreadable,
             memory_hash,
             image,
+            time_map,
+            order_note,
+            page_digests,
+            started: clock.origin(),
         })
     })
 }
@@ -233,94 +275,202 @@ fn thread_error(source: std::io::Error) -> CopyError {
     CopyError::Write(WriteError::Io { offset: 0, source })
 }
 
+/// What [`ReadOrder::KernelFirst`] reads ahead: the kernel image's
+/// ranges inside the plan, widened to whole pages (and read units) within
+/// their planned range. Empty, with the reason, when the order is address
+/// or the read-ahead cannot be done.
+fn kernel_pieces(
+    plan: &Plan,
+    options: &CopyOptions,
+    granularity: u64,
+) -> (ReadOrder, Vec<Range>, Option<String>) {
+    if options.order != ReadOrder::KernelFirst {
+        return (ReadOrder::Address, Vec::new(), None);
+    }
+    let unit = PAGE_SIZE.max(granularity);
+    let mut pieces: Vec<Range> = Vec::new();
+    for range in plan.ranges.ranges() {
+        for kernel in &plan.kernel_image {
+            let Some(inside) = range.intersect(kernel) else {
+                continue;
+            };
+            // Whole units from the range's start, clipped to the range.
+            let from = range.start + (inside.start - range.start) / unit * unit;
+            let to =
+                (range.start + (inside.end - range.start).div_ceil(unit) * unit).min(range.end);
+            let Some(piece) = Range::new(from, to) else {
+                continue;
+            };
+            match pieces.last_mut() {
+                Some(last) if last.end >= piece.start => last.end = last.end.max(piece.end),
+                _ => pieces.push(piece),
+            }
+        }
+    }
+    let bytes: u64 = pieces.iter().map(Range::len).sum();
+    if pieces.is_empty() {
+        let note = "--order kernel-first: where the kernel image lies is not known (no Kernel \
+                    code/data in the memory map): read in address order"
+            .to_string();
+        return (ReadOrder::Address, Vec::new(), Some(note));
+    }
+    if bytes > options.kernel_buffer_limit {
+        let note = format!(
+            "--order kernel-first: the kernel image spans {} MiB, more than the {} MiB pmem \
+             holds in memory: read in address order",
+            bytes >> 20,
+            options.kernel_buffer_limit >> 20
+        );
+        return (ReadOrder::Address, Vec::new(), Some(note));
+    }
+    (ReadOrder::KernelFirst, pieces, None)
+}
+
 /// The reading side.
-struct Reader {
+struct Reader<'t> {
     unreadable: Vec<PageRun>,
     done: u64,
+    clock: Clock,
+    time_map: &'t mut TimeMap,
+    chunk_size: u64,
+    retry_size: u64,
 }
 
 /// The reader stopped because the writer thread has gone (a write error,
 /// reported by the writer).
 struct WriterGone;
 
-impl Reader {
-    #[allow(clippy::too_many_arguments)]
-    fn read_all(
-        &mut self,
-        source: &mut dyn PhysicalMemory,
-        plan: &Plan,
-        chunk_size: u64,
-        retry_size: u64,
-        free: &mpsc::Receiver<Vec<u8>>,
-        to_writer: &mpsc::SyncSender<Filled>,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<(), CopyError> {
-        for range in plan.ranges.ranges() {
-            let mut addr = range.start;
-            while addr < range.end {
-                let len = chunk_size.min(range.end - addr);
-                let Ok(mut buf) = free.recv() else {
-                    return Ok(()); // the writer failed: it reports why
-                };
-                buf.resize(chunk_size as usize, 0);
-                let mut bad = Vec::new();
-                match source.read_at(addr, &mut buf[..len as usize]) {
-                    Ok(()) => {}
-                    Err(ReadError::Unreadable { .. }) => self.retry_by_page(
-                        source,
-                        addr,
-                        &mut buf[..len as usize],
-                        retry_size,
-                        &mut bad,
-                    )?,
-                    Err(fatal) => return Err(fatal.into()),
-                }
-                let filled = Filled {
-                    addr,
-                    buf,
-                    len: len as usize,
-                    bad,
-                };
-                if to_writer.send(filled).map_err(|_| WriterGone).is_err() {
-                    return Ok(());
-                }
-                addr += len;
-                self.done += len;
-                progress(self.done);
-            }
-        }
-        Ok(())
-    }
+/// The kernel image read ahead: its pieces, their bytes one after the
+/// other, and the pieces of them that could not be read (absolute).
+struct ReadAhead {
+    pieces: Vec<(Range, usize)>,
+    bytes: Vec<u8>,
+    bad: Vec<(u64, u64)>,
+}
 
-    /// Reads a failed chunk again in page-sized pieces: good pages are kept,
-    /// pages that still fail are zero-filled, recorded, and listed in `bad`.
-    fn retry_by_page(
+impl Reader<'_> {
+    /// Reads `buf` at `addr` (a failed read again page by page), records
+    /// the read in the time map and returns the pieces that could not be
+    /// read (absolute address, length), zero-filled in `buf`.
+    fn read_timed(
         &mut self,
         source: &mut dyn PhysicalMemory,
         addr: u64,
         buf: &mut [u8],
-        page: u64,
-        bad: &mut Vec<(usize, usize)>,
-    ) -> Result<(), CopyError> {
-        let end = addr + buf.len() as u64;
-        let mut at = addr;
-        while at < end {
-            // Pieces end on absolute page boundaries.
-            let piece_end = ((at / page) + 1).saturating_mul(page).min(end);
-            let (from, to) = ((at - addr) as usize, (piece_end - addr) as usize);
-            match source.read_at(at, &mut buf[from..to]) {
-                Ok(()) => {}
-                Err(ReadError::Unreadable { .. }) => {
-                    buf[from..to].fill(0);
-                    self.record_unreadable(at, piece_end - at);
-                    match bad.last_mut() {
-                        Some(last) if last.0 + last.1 == from => last.1 += to - from,
-                        _ => bad.push((from, to - from)),
-                    }
-                }
-                Err(fatal) => return Err(fatal.into()),
+    ) -> Result<Vec<(u64, u64)>, CopyError> {
+        let first = self.clock.now_us();
+        let mut bad = Vec::new();
+        match source.read_at(addr, buf) {
+            Ok(()) => {}
+            Err(ReadError::Unreadable { .. }) => {
+                retry_by_page(source, addr, buf, self.retry_size, &mut bad)?
             }
-            at = piece_end;
+            Err(fatal) => return Err(fatal.into()),
+        }
+        let last = self.clock.now_us();
+        self.time_map.record(addr, buf.len() as u64, first, last);
+        Ok(bad)
+    }
+
+    fn read_ahead(
+        &mut self,
+        source: &mut dyn PhysicalMemory,
+        pieces: &[Range],
+    ) -> Result<ReadAhead, CopyError> {
+        let total: u64 = pieces.iter().map(Range::len).sum();
+        let mut ahead = ReadAhead {
+            pieces: Vec::with_capacity(pieces.len()),
+            bytes: vec![0; total as usize],
+            bad: Vec::new(),
+        };
+        let mut offset = 0usize;
+        for piece in pieces {
+            ahead.pieces.push((*piece, offset));
+            let mut addr = piece.start;
+            while addr < piece.end {
+                let len = self.chunk_size.min(piece.end - addr) as usize;
+                let at = offset + (addr - piece.start) as usize;
+                let bad = self.read_timed(source, addr, &mut ahead.bytes[at..at + len])?;
+                ahead.bad.extend(bad);
+                addr += len as u64;
+            }
+            offset += piece.len() as usize;
+        }
+        self.time_map.buffered_bytes = total;
+        Ok(ahead)
+    }
+
+    fn read_all(
+        &mut self,
+        source: &mut dyn PhysicalMemory,
+        plan: &Plan,
+        kernel_pieces: &[Range],
+        free: &mpsc::Receiver<Vec<u8>>,
+        to_writer: &mpsc::SyncSender<Filled>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), CopyError> {
+        let ahead = self.read_ahead(source, kernel_pieces)?;
+        for range in plan.ranges.ranges() {
+            // The range in segments: read now, or taken from the read-ahead.
+            let mut segments: Vec<(Range, Option<usize>)> = Vec::new();
+            let mut at = range.start;
+            for &(piece, offset) in &ahead.pieces {
+                if piece.start >= range.end || piece.end <= range.start {
+                    continue;
+                }
+                segments.extend(Range::new(at, piece.start).map(|r| (r, None)));
+                segments.push((piece, Some(offset)));
+                at = piece.end;
+            }
+            segments.extend(Range::new(at, range.end).map(|r| (r, None)));
+            for (segment, held) in segments {
+                let mut addr = segment.start;
+                while addr < segment.end {
+                    let len = self.chunk_size.min(segment.end - addr);
+                    let Ok(mut buf) = free.recv() else {
+                        return Ok(()); // the writer failed: it reports why
+                    };
+                    buf.resize(self.chunk_size as usize, 0);
+                    let chunk = &mut buf[..len as usize];
+                    let bad_now = match held {
+                        None => self.read_timed(source, addr, chunk)?,
+                        Some(offset) => {
+                            let from = offset + (addr - segment.start) as usize;
+                            chunk.copy_from_slice(&ahead.bytes[from..from + len as usize]);
+                            ahead
+                                .bad
+                                .iter()
+                                .filter_map(|&(a, l)| {
+                                    let r = Range::new(a, a + l)?
+                                        .intersect(&Range::new(addr, addr + len)?)?;
+                                    Some((r.start, r.len()))
+                                })
+                                .collect()
+                        }
+                    };
+                    let mut bad: Vec<(usize, usize)> = Vec::new();
+                    for (bad_at, bad_len) in bad_now {
+                        self.record_unreadable(bad_at, bad_len);
+                        let from = (bad_at - addr) as usize;
+                        match bad.last_mut() {
+                            Some(last) if last.0 + last.1 == from => last.1 += bad_len as usize,
+                            _ => bad.push((from, bad_len as usize)),
+                        }
+                    }
+                    let filled = Filled {
+                        addr,
+                        buf,
+                        len: len as usize,
+                        bad,
+                    };
+                    if to_writer.send(filled).map_err(|_| WriterGone).is_err() {
+                        return Ok(());
+                    }
+                    addr += len;
+                    self.done += len;
+                    progress(self.done);
+                }
+            }
         }
         Ok(())
     }
@@ -329,13 +479,47 @@ impl Reader {
         let first = addr / PAGE_SIZE * PAGE_SIZE;
         let pages = (addr + len).div_ceil(PAGE_SIZE) - addr / PAGE_SIZE;
         match self.unreadable.last_mut() {
-            Some(run) if run.start + run.pages * PAGE_SIZE == first => run.pages += pages,
+            Some(run) if run.start + run.pages * PAGE_SIZE >= first => {
+                run.pages = run.pages.max((first - run.start) / PAGE_SIZE + pages)
+            }
             _ => self.unreadable.push(PageRun {
                 start: first,
                 pages,
             }),
         }
     }
+}
+
+/// Reads a failed chunk again in page-sized pieces: good pages are kept,
+/// pages that still fail are zero-filled and listed in `bad` (absolute
+/// address, length; adjacent pieces merged).
+fn retry_by_page(
+    source: &mut dyn PhysicalMemory,
+    addr: u64,
+    buf: &mut [u8],
+    page: u64,
+    bad: &mut Vec<(u64, u64)>,
+) -> Result<(), CopyError> {
+    let end = addr + buf.len() as u64;
+    let mut at = addr;
+    while at < end {
+        // Pieces end on absolute page boundaries.
+        let piece_end = ((at / page) + 1).saturating_mul(page).min(end);
+        let (from, to) = ((at - addr) as usize, (piece_end - addr) as usize);
+        match source.read_at(at, &mut buf[from..to]) {
+            Ok(()) => {}
+            Err(ReadError::Unreadable { .. }) => {
+                buf[from..to].fill(0);
+                match bad.last_mut() {
+                    Some(last) if last.0 + last.1 == at => last.1 += piece_end - at,
+                    _ => bad.push((at, piece_end - at)),
+                }
+            }
+            Err(fatal) => return Err(fatal.into()),
+        }
+        at = piece_end;
+    }
+    Ok(())
 }
 
 /// Where the writer thread passes a buffer it is done with.
@@ -425,6 +609,7 @@ mod tests {
     use super::*;
     use crate::range::{MemoryMap, Range};
     use crate::sink::{ByteSink, HashingSink};
+    use crate::window::ReadOrder;
     use crate::writer::ChunkCursor;
     use crate::Arch;
     use std::io;
@@ -525,6 +710,7 @@ mod tests {
                 chunk_size,
                 buffers: 3,
                 memory_hash: Some(HashAlgorithm::Sha256),
+                ..CopyOptions::default()
             },
             &mut |done| {
                 assert!(done > last);
@@ -637,6 +823,7 @@ mod tests {
                     chunk_size: 0x1000,
                     buffers: 2,
                     memory_hash,
+                    ..CopyOptions::default()
                 };
                 let writer = Box::new(FailingWriter { chunks: 0 });
                 let report = copy_memory(&mut mem, writer, &plan, &options, &mut |_| {});
@@ -713,6 +900,137 @@ mod tests {
             &mut |_| {},
         );
         assert!(matches!(err, Err(CopyError::Plan(_))));
+    }
+
+    fn copy_with(
+        mem: &mut PatternMemory,
+        plan: &Plan,
+        options: &CopyOptions,
+    ) -> (CopyReport, Recorded) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = Box::new(RecordingWriter {
+            cursor: ChunkCursor::default(),
+            out: out.clone(),
+            sink: Box::new(HashingSink::stream(Box::new(io::sink()))),
+        });
+        let report = copy_memory(mem, writer, plan, options, &mut |_| {}).unwrap();
+        let chunks = out.lock().unwrap().clone();
+        (report, chunks)
+    }
+
+    #[test]
+    fn kernel_first_reads_the_kernel_ahead_and_writes_in_address_order() {
+        let mut mem = PatternMemory {
+            map: map(&[(0x1000, 0x9000), (0x10000, 0x40000)]),
+            bad_pages: vec![0x21000],
+            zero_pages: vec![],
+            granularity: 1,
+            reads: Vec::new(),
+        };
+        let mut plan = Plan::new(mem.map.clone(), Arch::X86_64);
+        // Not page-aligned at its end: read ahead up to the page's end.
+        plan.kernel_image = vec![Range::new(0x20000, 0x22800).unwrap()];
+        let options = CopyOptions {
+            chunk_size: 0x8000,
+            order: ReadOrder::KernelFirst,
+            ..CopyOptions::default()
+        };
+        let (report, chunks) = copy_with(&mut mem, &plan, &options);
+        assert_eq!(report.order_note, None);
+        assert_eq!(report.time_map.order, ReadOrder::KernelFirst);
+        assert_eq!(report.time_map.buffered_bytes, 0x3000);
+        // The kernel first (one request, then the failed one page by
+        // page), and never again.
+        assert_eq!(mem.reads[0], (0x20000, 0x3000));
+        assert_eq!(
+            &mem.reads[1..4],
+            &[(0x20000, 0x1000), (0x21000, 0x1000), (0x22000, 0x1000)]
+        );
+        assert_eq!(mem.reads[4], (0x1000, 0x8000));
+        assert!(mem.reads[4..]
+            .iter()
+            .all(|&(a, l)| a + l as u64 <= 0x20000 || a >= 0x23000));
+        // Written in address order, with the right bytes where they belong.
+        let mut next = 0x1000;
+        let mut written = 0;
+        for (addr, bytes, _) in &chunks {
+            if *addr != next {
+                assert_eq!((next, *addr), (0x9000, 0x10000));
+            }
+            for (i, b) in bytes.iter().enumerate() {
+                let a = addr + i as u64;
+                let want = if a / PAGE_SIZE == 0x21 { 0 } else { byte_at(a) };
+                assert_eq!(*b, want, "byte at {a:#x}");
+            }
+            next = addr + bytes.len() as u64;
+            written += bytes.len();
+        }
+        assert_eq!(written as u64, plan.ranges.total_bytes());
+        assert_eq!(
+            report.unreadable,
+            vec![PageRun {
+                start: 0x21000,
+                pages: 1
+            }]
+        );
+        // The time map says the kernel was read before anything else.
+        let kernel = report.time_map.kernel.unwrap();
+        let first_region = report.time_map.regions[0].1.unwrap();
+        assert!(kernel.last_us <= first_region.first_us);
+    }
+
+    #[test]
+    fn kernel_first_falls_back_to_address_order() {
+        let mut mem = PatternMemory {
+            map: map(&[(0, 0x10000)]),
+            bad_pages: vec![],
+            zero_pages: vec![],
+            granularity: 1,
+            reads: Vec::new(),
+        };
+        let mut plan = Plan::new(mem.map.clone(), Arch::X86_64);
+        plan.kernel_image = vec![Range::new(0x4000, 0x8000).unwrap()];
+        let options = CopyOptions {
+            chunk_size: 0x4000,
+            order: ReadOrder::KernelFirst,
+            kernel_buffer_limit: 0x3000,
+            ..CopyOptions::default()
+        };
+        let (report, _) = copy_with(&mut mem, &plan, &options);
+        assert_eq!(report.time_map.order, ReadOrder::Address);
+        assert!(report.order_note.unwrap().contains("more than"));
+        assert_eq!(mem.reads[0], (0, 0x4000));
+        plan.kernel_image.clear();
+        let (report, _) = copy_with(&mut mem, &plan, &options);
+        assert!(report.order_note.unwrap().contains("not known"));
+    }
+
+    #[test]
+    fn time_map_covers_every_region_in_address_order() {
+        let mut mem = PatternMemory {
+            map: map(&[(0, 0x20000), (0x100000, 0x110000)]),
+            bad_pages: vec![],
+            zero_pages: vec![],
+            granularity: 1,
+            reads: Vec::new(),
+        };
+        let mut plan = Plan::new(mem.map.clone(), Arch::X86_64);
+        plan.kernel_image = vec![Range::new(0x100000, 0x101000).unwrap()];
+        let options = CopyOptions {
+            chunk_size: 0x4000,
+            ..CopyOptions::default()
+        };
+        let (report, _) = copy_with(&mut mem, &plan, &options);
+        let t = &report.time_map;
+        assert_eq!(t.order, ReadOrder::Address);
+        assert_eq!(t.regions.len(), 2);
+        let (first, second) = (t.regions[0].1.unwrap(), t.regions[1].1.unwrap());
+        assert!(first.last_us <= second.first_us);
+        assert_eq!(t.all.unwrap().first_us, first.first_us);
+        assert_eq!(t.all.unwrap().last_us, second.last_us);
+        // The kernel's page was read by the second range's first request.
+        assert!(t.kernel.unwrap().first_us >= first.last_us);
+        assert!(report.page_digests.is_none());
     }
 
     #[test]

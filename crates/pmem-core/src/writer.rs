@@ -1,7 +1,7 @@
 //! The trait every image format writer implements.
 
 use crate::arch::Arch;
-use crate::range::MemoryMap;
+use crate::range::{MemoryMap, Range};
 use crate::sink::SinkSummary;
 use crate::windows::WindowsMetadata;
 use std::io;
@@ -27,6 +27,14 @@ pub struct Plan {
     /// BTF, kallsyms, banner, ...; opaque bytes here), carried by the
     /// formats that have room for it (pmem_formats' `Format::carries_symbols`).
     pub symbols: Option<Vec<u8>>,
+    /// Where the kernel image lies (Linux iomem's Kernel code, rodata,
+    /// data and bss, as one span per System RAM range), inside `ranges`;
+    /// empty when unknown. The time map reports when it was read and
+    /// `--order kernel-first` reads it first.
+    pub kernel_image: Vec<Range>,
+    /// Reserve room for the time map in formats that write it after the
+    /// copy ([`crate::window::TimeMap::json_bound`]).
+    pub time_map: bool,
 }
 
 impl Plan {
@@ -40,6 +48,8 @@ impl Plan {
             metadata_json: None,
             windows: None,
             symbols: None,
+            kernel_image: Vec::new(),
+            time_map: false,
         }
     }
 }
@@ -132,6 +142,13 @@ pub trait ImageWriter: Send {
     /// to aff4:UnreadableData.
     fn write_unreadable(&mut self, addr: u64, len: u64) -> Result<(), WriteError> {
         self.write_chunk(addr, Chunk::Zero(len))
+    }
+    /// The copy's time map as JSON ([`crate::TimeMap::to_json`]), given
+    /// after the last chunk and before `finish`. Formats that write their
+    /// metadata at the end (AFF4), or that reserved room for it because
+    /// [`Plan::time_map`] asked (ELF), carry it; the others ignore it.
+    fn time_map(&mut self, _json: &str) -> Result<(), WriteError> {
+        Ok(())
     }
     /// Writes what follows the last range (an index, a trailer), then
     /// finishes the sink: the image's commit point. Fails with

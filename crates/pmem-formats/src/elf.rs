@@ -28,6 +28,7 @@
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
 use crate::image_file::Parsing;
+use crate::laid_out::Trailer;
 use crate::reader::{mapped_file_reader, MappedFile};
 use crate::write::{plan_error, plan_symbols};
 use crate::{Format, FormatError, ImageFile, ImageMetadata, LaidOutWriter};
@@ -58,6 +59,11 @@ pub const NT_PMEM_METADATA_OLD: u32 = 1;
 /// bytes): the bytes "PSYM" read little-endian, named as
 /// [`NT_PMEM_METADATA`] is.
 pub const NT_PMEM_SYMBOLS: u32 = u32::from_le_bytes(*b"PSYM");
+/// Type of the `PMEM` note whose descriptor is the time map (JSON, padded
+/// with spaces to the room reserved before the copy): "PTIM"
+/// little-endian. It is the only note of a second `PT_NOTE` segment, after
+/// the last range's data, written once the copy is over.
+pub const NT_PMEM_TIME_MAP: u32 = u32::from_le_bytes(*b"PTIM");
 /// Largest `PT_NOTE` segment read (or written): notes are read whole into
 /// memory. Real ones (VMCOREINFO, per-CPU status) are kilobytes; 16 MiB for
 /// them, plus room for a symbol bundle of up to [`crate::MAX_SYMBOLS`].
@@ -71,7 +77,38 @@ const NOTE_ALIGN: usize = 4;
 /// A writer streaming an ELF core: the layout is fixed in `begin`, after
 /// which bytes only ever go forward.
 pub fn writer(sink: Box<dyn ByteSink>) -> LaidOutWriter {
-    LaidOutWriter::new(Format::Elf, layout, sink)
+    LaidOutWriter::new(Format::Elf, layout, sink).with_trailer(Trailer {
+        len: time_map_note_len,
+        bytes: time_map_note,
+    })
+}
+
+/// Bytes of the time map's note (header, name, reserved descriptor) when
+/// the plan asks for one, else 0.
+fn time_map_note_len(plan: &Plan) -> u64 {
+    if !plan.time_map {
+        return 0;
+    }
+    let desc = pmem_core::TimeMap::json_bound(plan).next_multiple_of(NOTE_ALIGN);
+    12 + (PMEM_NAME.len() + 1).next_multiple_of(NOTE_ALIGN) as u64 + desc as u64
+}
+
+/// The time map's note of `len` bytes: the JSON padded with spaces (all
+/// spaces when there is none, or when it would not fit: never, by
+/// [`pmem_core::TimeMap::json_bound`]).
+fn time_map_note(json: Option<&str>, len: u64) -> Vec<u8> {
+    let name = (PMEM_NAME.len() + 1).next_multiple_of(NOTE_ALIGN);
+    let room = len as usize - 12 - name;
+    let mut desc = json
+        .map(str::as_bytes)
+        .filter(|j| j.len() <= room)
+        .unwrap_or_default()
+        .to_vec();
+    desc.resize(room, b' ');
+    let mut out = Vec::with_capacity(len as usize);
+    // Cannot fail: the descriptor fits the room counted above.
+    let _ = push_note(&mut out, PMEM_NAME, NT_PMEM_TIME_MAP, &desc);
+    out
 }
 
 fn page_align(offset: u64) -> Option<u64> {
@@ -82,7 +119,8 @@ fn page_align(offset: u64) -> Option<u64> {
 /// notes) and the file offset of each range's data.
 fn layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
     let notes = notes(plan)?;
-    let note_phdrs = u64::from(!notes.is_empty());
+    let trailer = time_map_note_len(plan);
+    let note_phdrs = u64::from(!notes.is_empty()) + u64::from(trailer > 0);
     let phnum = note_phdrs + plan.ranges.len() as u64;
     let phnum = u16::try_from(phnum)
         .ok()
@@ -137,6 +175,20 @@ fn layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
             p_align: U64::new(LE, 0),
         };
         head.extend_from_slice(object::bytes_of(&load));
+    }
+    if trailer > 0 {
+        // After the last range's data, written when the copy is over.
+        let note = ProgramHeader64 {
+            p_type: U32::new(LE, E::PT_NOTE),
+            p_flags: U32::new(LE, 0),
+            p_offset: U64::new(LE, next.next_multiple_of(NOTE_ALIGN as u64)),
+            p_vaddr: U64::new(LE, 0),
+            p_paddr: U64::new(LE, 0),
+            p_filesz: U64::new(LE, trailer),
+            p_memsz: U64::new(LE, trailer),
+            p_align: U64::new(LE, NOTE_ALIGN as u64),
+        };
+        head.extend_from_slice(object::bytes_of(&note));
     }
     head.extend_from_slice(&notes);
     Ok((head, offsets))
@@ -280,6 +332,7 @@ impl ElfReader {
                 metadata_json: notes.metadata_json,
                 vmcoreinfo: notes.vmcoreinfo,
                 symbols: notes.symbols,
+                time_map_json: notes.time_map_json,
                 direct_map_offset,
                 ..ImageMetadata::default()
             },
@@ -423,6 +476,7 @@ struct Notes {
     vmcoreinfo: Option<Vec<u8>>,
     metadata_json: Option<String>,
     symbols: Option<Vec<u8>>,
+    time_map_json: Option<String>,
 }
 
 impl Notes {
@@ -477,6 +531,14 @@ impl Notes {
                 && self.symbols.is_none()
             {
                 self.symbols = Some(note.desc().to_vec());
+            } else if note.name() == PMEM_NAME
+                && note.n_type(LE) == NT_PMEM_TIME_MAP
+                && self.time_map_json.is_none()
+            {
+                // Padded with spaces; all spaces when the copy gave none.
+                let text = String::from_utf8_lossy(note.desc());
+                let text = text.trim_end();
+                self.time_map_json = (!text.is_empty()).then(|| text.to_owned());
             }
         }
         Ok(())
@@ -678,6 +740,48 @@ mod tests {
         let mut other = bytes.clone();
         other[at + 8..at + 12].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(open_bytes(&other).unwrap().metadata().symbols, None);
+    }
+
+    #[test]
+    fn the_time_map_note_follows_the_data_in_the_room_reserved() {
+        let mut plan = Plan::new(map(&[(0x1000, 0x3000), (0x10000, 0x10800)]), Arch::X86_64);
+        plan.metadata_json = Some("{}".into());
+        plan.time_map = true;
+        let json = "{\"order\":\"address\",\"regions\":[]}";
+        let bytes = crate::test_util::write_image_with_time_map(Format::Elf, &plan, Some(json));
+        // As long as planned before the copy (uploads announce it).
+        assert_eq!(
+            crate::image_size(Format::Elf, &plan).unwrap(),
+            Some(bytes.len() as u64)
+        );
+        let r = open_bytes(&bytes).unwrap();
+        assert_eq!(r.metadata().time_map_json.as_deref(), Some(json));
+        assert_eq!(r.metadata().metadata_json.as_deref(), Some("{}"));
+        // The memory is where it was: the last range's bytes end where the
+        // note's padding starts.
+        let mut page = vec![0u8; 0x800];
+        let mut r = r;
+        r.read_at(0x10000, &mut page).unwrap();
+        assert_eq!(page, vec![0x22; 0x800]);
+        let note = position(&bytes, b"PTIM") - 8;
+        assert_eq!(note % 4, 0);
+        assert!(bytes[note - 4..note].iter().all(|&b| b == 0x22 || b == 0));
+        // No time map given: a note of spaces, read as none.
+        let blank = crate::test_util::write_image_with_time_map(Format::Elf, &plan, None);
+        assert_eq!(blank.len(), bytes.len());
+        assert_eq!(open_bytes(&blank).unwrap().metadata().time_map_json, None);
+        // Not asked for: no room, no note.
+        plan.time_map = false;
+        let plain = crate::test_util::write_image_with_time_map(Format::Elf, &plan, Some(json));
+        assert!(plain.len() < bytes.len());
+        assert_eq!(open_bytes(&plain).unwrap().metadata().time_map_json, None);
+    }
+
+    fn position(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
     }
 
     #[test]

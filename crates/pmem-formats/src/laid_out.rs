@@ -8,6 +8,15 @@ use pmem_core::{ByteSink, Chunk, Plan, SinkSummary, WriteError};
 /// A format's layout of a plan: the header bytes and each range's data offset.
 pub(crate) type LayoutFn = fn(&Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError>;
 
+/// What a format writes after the last range's data, at the next multiple
+/// of 4 bytes (the ELF note holding the time map): its length for a plan
+/// (0: none; the layout lists it), and its bytes given the time map JSON.
+#[derive(Clone, Copy)]
+pub(crate) struct Trailer {
+    pub(crate) len: fn(&Plan) -> u64,
+    pub(crate) bytes: fn(Option<&str>, u64) -> Vec<u8>,
+}
+
 /// A format laid out whole before the first byte: a header (which lists the
 /// ranges), then each range's data at a precomputed offset. ELF and Mach-O
 /// cores are written this way, strictly forward, so they stream to pipes.
@@ -17,6 +26,9 @@ pub struct LaidOutWriter {
     sink: Box<dyn ByteSink>,
     cursor: ChunkCursor,
     offsets: Vec<u64>,
+    trailer: Option<Trailer>,
+    trailer_len: u64,
+    time_map: Option<String>,
 }
 
 impl LaidOutWriter {
@@ -27,7 +39,16 @@ impl LaidOutWriter {
             sink,
             cursor: ChunkCursor::default(),
             offsets: Vec::new(),
+            trailer: None,
+            trailer_len: 0,
+            time_map: None,
         }
+    }
+
+    /// The writer, with `trailer` after the last range.
+    pub(crate) fn with_trailer(mut self, trailer: Trailer) -> LaidOutWriter {
+        self.trailer = Some(trailer);
+        self
     }
 }
 
@@ -38,6 +59,7 @@ impl pmem_core::ImageWriter for LaidOutWriter {
         write_all(self.sink.as_mut(), &head)?;
         self.offsets = offsets;
         self.cursor = ChunkCursor::new(&plan.ranges);
+        self.trailer_len = self.trailer.map_or(0, |t| (t.len)(plan));
         Ok(())
     }
 
@@ -51,7 +73,20 @@ impl pmem_core::ImageWriter for LaidOutWriter {
         write_body(self.sink.as_mut(), chunk)
     }
 
-    fn finish(self: Box<Self>) -> Result<SinkSummary, WriteError> {
+    fn time_map(&mut self, json: &str) -> Result<(), WriteError> {
+        self.time_map = Some(json.to_owned());
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<SinkSummary, WriteError> {
+        if let (Some(trailer), true) = (self.trailer, self.cursor.is_complete()) {
+            if self.trailer_len > 0 {
+                let end = self.sink.position();
+                write_zeros(self.sink.as_mut(), end.next_multiple_of(4) - end)?;
+                let bytes = (trailer.bytes)(self.time_map.as_deref(), self.trailer_len);
+                write_all(self.sink.as_mut(), &bytes)?;
+            }
+        }
         finish_sink(self.sink, &self.cursor)
     }
 }

@@ -29,6 +29,9 @@ pub struct ImageMetadata {
     /// [`MAX_SYMBOLS`](crate::MAX_SYMBOLS)): ELF, Mach-O and AFF4 images
     /// written by pmem carry it ([`Format::carries_symbols`]).
     pub symbols: Option<Vec<u8>>,
+    /// When each part of memory was read (pmem's time map JSON, the
+    /// manifest's `time_map`): ELF and AFF4 images of an acquisition.
+    pub time_map_json: Option<String>,
     /// Memory the image marks as not read (its bytes read as zeros). Only
     /// AFF4 can say so inside the image; other formats leave it to the
     /// manifest.

@@ -17,6 +17,16 @@ pub(crate) fn map(ranges: &[(u64, u64)]) -> MemoryMap {
 
 /// The bytes of a `format` image of `plan`, range i filled with 0x11 * (i + 1).
 pub(crate) fn write_image(format: Format, plan: &Plan) -> Vec<u8> {
+    write_image_with_time_map(format, plan, None)
+}
+
+/// [`write_image`], handing the writer `time_map` after the last chunk as
+/// the copy does.
+pub(crate) fn write_image_with_time_map(
+    format: Format,
+    plan: &Plan,
+    time_map: Option<&str>,
+) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("image");
     let sink = HashingSink::file(create_image_file(&path, false).unwrap());
@@ -25,6 +35,9 @@ pub(crate) fn write_image(format: Format, plan: &Plan) -> Vec<u8> {
     for (i, r) in plan.ranges.ranges().iter().enumerate() {
         let data = vec![0x11 * (i as u8 + 1); r.len() as usize];
         writer.write_chunk(r.start, Chunk::Data(&data)).unwrap();
+    }
+    if let Some(json) = time_map {
+        writer.time_map(json).unwrap();
     }
     writer.finish().unwrap();
     std::fs::read(&path).unwrap()

@@ -160,6 +160,29 @@ impl Iomem {
         MemoryMap::new(ranges.clone()).unwrap_or_else(|_| MemoryMap::normalized(ranges))
     }
 
+    /// Where the kernel image lies: the span from the first to the last of
+    /// its entries ("Kernel code", "Kernel rodata", "Kernel data", "Kernel
+    /// bss"; x86 lists no rodata, which lies between code and data) inside
+    /// each System RAM range that holds some. Empty when iomem lists none.
+    pub fn kernel_image(&self) -> Vec<Range> {
+        const PARTS: [&str; 4] = ["Kernel code", "Kernel rodata", "Kernel data", "Kernel bss"];
+        let ram = self.system_ram();
+        let mut spans: Vec<Range> = Vec::new();
+        for ram_range in ram.ranges() {
+            let inside = self
+                .entries
+                .iter()
+                .filter(|e| PARTS.contains(&e.name.as_str()))
+                .filter_map(|e| e.range.intersect(ram_range));
+            let span = inside.fold(None::<Range>, |span, r| match span {
+                None => Some(r),
+                Some(s) => Range::new(s.start.min(r.start), s.end.max(r.end)),
+            });
+            spans.extend(span);
+        }
+        spans
+    }
+
     /// All entries with exactly this name, in file order.
     pub fn find(&self, name: &str) -> Vec<&IomemEntry> {
         self.entries.iter().filter(|e| e.name == name).collect()
@@ -271,6 +294,7 @@ fffc0000-ffffffff : Reserved
         assert_eq!(code[0].range, r(0x2b000000, 0x2c002407));
         assert_eq!(code[0].depth, 1);
         assert_eq!(iomem.find("Kernel rodata")[0].range.start, 0x2c200000);
+        assert_eq!(iomem.kernel_image(), [r(0x2b000000, 0x2da00000)]);
         let drm = iomem.find("bochs-drm");
         assert_eq!(drm.iter().map(|e| e.depth).collect::<Vec<_>>(), [2, 2]);
         assert_eq!(iomem.find("PCI Bus 0000:00").len(), 4, "names keep colons");

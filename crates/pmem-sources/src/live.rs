@@ -39,6 +39,10 @@ pub struct KernelFacts {
     pub windows: Option<(WindowsMetadata, windows::Mode)>,
     /// What the MacPmem kext's /dev/pmem_info says.
     pub macos: Option<macos::PmemInfo>,
+    /// Where the kernel image lies in physical memory (Linux: iomem's
+    /// Kernel code/rodata/data/bss, see [`crate::iomem::Iomem::kernel_image`]);
+    /// empty when unknown.
+    pub kernel_image: Vec<pmem_core::Range>,
 }
 
 /// One description of an opened live source, the same on every OS.
@@ -144,6 +148,7 @@ fn open_linux(request: &LiveRequest) -> Result<LiveSource, LiveError> {
             kernel: KernelFacts {
                 direct_map_offset: info.direct_map_offset,
                 vmcoreinfo: info.vmcoreinfo,
+                kernel_image: info.iomem.kernel_image(),
                 ..KernelFacts::default()
             },
         },

@@ -53,8 +53,37 @@ pub struct Args {
     #[arg(long)]
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     no_symbols: bool,
+    /// After the copy, read all memory again and count the pages that
+    /// changed since they were copied (smear), from an 8-byte digest of
+    /// each page kept during the copy (2 MiB per GiB of RAM). Nothing more
+    /// is written: the manifest records the count, and stderr the ratio.
+    #[arg(long)]
+    reread: bool,
+    /// The order memory is read in. kernel-first reads the kernel image
+    /// (Linux: iomem's Kernel code/data/bss) first, so that the structures
+    /// analysis starts from are copied within a short window; it holds
+    /// the kernel image in memory meanwhile (tens of MiB; above 256 MiB
+    /// pmem reads in address order).
+    #[arg(long, value_enum, default_value = "address")]
+    order: OrderArg,
     /// Image file, or - for standard output.
     output: PathBuf,
+}
+
+/// `--order`'s values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OrderArg {
+    Address,
+    KernelFirst,
+}
+
+impl From<OrderArg> for pmem_core::ReadOrder {
+    fn from(order: OrderArg) -> Self {
+        match order {
+            OrderArg::Address => pmem_core::ReadOrder::Address,
+            OrderArg::KernelFirst => pmem_core::ReadOrder::KernelFirst,
+        }
+    }
 }
 
 /// `--source`'s help: "Memory source: auto, kcore, crash, mem or module
@@ -104,6 +133,8 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
     let encryption = Encryption::parse(&args.output_options.upload)?;
     let destination = Destination::parse(&args.output, &args.output_options.upload);
     let manifest_path = destination.local_manifest_path(args.output_options.manifest.as_deref());
+    // Room for the time map in the formats that carry it (ELF).
+    live.plan.time_map = true;
     let manifest = job::run(Job {
         source: live.memory.as_mut(),
         plan: live.plan,
@@ -120,6 +151,8 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
         watch,
         symbols,
         symbols_file: args.output_options.symbols_file.clone(),
+        reread: args.reread,
+        order: args.order.into(),
     })?;
     eprintln!("{}", job::summary_line(&manifest, &destination));
     if let Some(path) = manifest_path {

@@ -144,6 +144,8 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
         watch,
         symbols,
         symbols_file: args.output_options.symbols_file.clone(),
+        reread: false,
+        order: pmem_core::ReadOrder::Address,
     })?;
     eprintln!("{}", job::summary_line(&manifest, &destination));
     Ok(ExitCode::SUCCESS)

@@ -122,6 +122,8 @@ impl ImageOrigin {
             metadata_json,
             windows: input.windows,
             symbols: None,
+            kernel_image: Vec::new(),
+            time_map: false,
         };
         Ok(ImageOrigin { origin, plan })
     }

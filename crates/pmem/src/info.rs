@@ -2,7 +2,7 @@
 
 use crate::carried_symbols::CarriedSymbols;
 use crate::image;
-use crate::manifest::{self, RangeJson};
+use crate::manifest::{self, RangeJson, RereadJson, TimeMapJson};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -55,6 +55,16 @@ struct InfoJson {
     /// their algorithm (`pmem verify` checks them).
     image_hash: Option<manifest::HashJson>,
     memory_hash: Option<manifest::HashJson>,
+    /// When each part of memory was read: from the image (ELF note, AFF4
+    /// pmem:timeMap) or its manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_map: Option<TimeMapJson>,
+    /// "image" or "manifest".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_map_from: Option<String>,
+    /// What `acquire --reread` found (from the manifest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reread: Option<RereadJson>,
 }
 
 #[derive(Serialize)]
@@ -148,6 +158,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (_, Some(m)) => (unreadable_from_manifest(m), "manifest"),
         _ => (Vec::new(), "image"),
     };
+    let from_image = recorded
+        .time_map_json
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<TimeMapJson>(text).ok());
+    let (time_map, time_map_from) = match (from_image, &opened.manifest) {
+        (Some(t), _) => (Some(t), Some("image".to_string())),
+        (None, Some(m)) if m.time_map.is_some() => {
+            (m.time_map.clone(), Some("manifest".to_string()))
+        }
+        _ => (None, None),
+    };
     let info = InfoJson {
         path: args.image.display().to_string(),
         format: reader.format().name().to_string(),
@@ -166,6 +187,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         symbols: symbols_info(&args.image, recorded.symbols.as_deref(), identity.as_ref()),
         image_hash: opened.manifest.as_ref().and_then(|m| m.image_hash()),
         memory_hash: opened.manifest.as_ref().and_then(|m| m.memory_hash()),
+        time_map,
+        time_map_from,
+        reread: opened.manifest.as_ref().and_then(|m| m.reread.clone()),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -246,10 +270,58 @@ pub fn run(args: Args) -> Result<ExitCode> {
             summarize_members(&symbols.members)
         ),
     }
+    if let (Some(t), Some(from)) = (&info.time_map, &info.time_map_from) {
+        for line in window_lines(t, from) {
+            println!("{line}");
+        }
+    }
+    if let Some(r) = &info.reread {
+        println!(
+            "re-read:      {} of {} pages ({:.3}%) changed since they were copied{}",
+            r.pages_changed,
+            r.pages_compared,
+            r.ratio * 100.0,
+            if r.pages_unreadable > 0 {
+                format!(", {} not compared (unreadable)", r.pages_unreadable)
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Some(meta) = &info.metadata {
         println!("metadata:     {}", serde_json::to_string(meta)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The time map in a few lines: the whole window, the kernel's, the
+/// slowest region.
+fn window_lines(t: &TimeMapJson, from: &str) -> Vec<String> {
+    let secs = |ms: Option<f64>| ms.map_or("?".to_string(), |ms| format!("{:.3} s", ms / 1000.0));
+    let mut lines = vec![format!(
+        "window:       memory read over {} ({} order; from the {from})",
+        secs(t.window_ms),
+        t.order
+    )];
+    match &t.kernel {
+        Some(k) => lines.push(format!(
+            "kernel:       its image ({:.1} MiB in {} range(s)) read over {}, from {} to {}",
+            k.ranges.iter().map(|r| r.bytes).sum::<u64>() as f64 / (1 << 20) as f64,
+            k.ranges.len(),
+            secs(k.window_ms),
+            secs(k.first_ms),
+            secs(k.last_ms)
+        )),
+        None => lines.push("kernel:       where its image lies is not known".into()),
+    }
+    if let Some((start, bytes, ms)) = t.slowest_region() {
+        lines.push(format!(
+            "slowest:      region {start} ({:.1} MiB) read over {}",
+            bytes as f64 / (1 << 20) as f64,
+            secs(Some(ms))
+        ));
+    }
+    lines
 }
 
 /// The members, module BTF counted instead of listed.

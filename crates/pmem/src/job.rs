@@ -7,11 +7,14 @@ use crate::compress::{self, Compression, Encoding};
 use crate::destination::{self, Destination, Encryption, ImageLength, SinkOptions};
 use crate::errors::error_text;
 use crate::interrupt::{Watch, Watched};
-use crate::manifest::{self, BytesJson, Existing, Manifest, Origin, PageRunJson, SymbolsJson};
+use crate::manifest::{
+    self, BytesJson, Existing, Manifest, Origin, PageRunJson, RereadJson, SymbolsJson, TimeMapJson,
+};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pmem_core::window::reread;
 use pmem_core::{
-    copy_memory, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, WriteError,
+    copy_memory, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, ReadOrder, WriteError,
 };
 use pmem_formats::Format;
 use std::path::{Path, PathBuf};
@@ -48,6 +51,11 @@ pub struct Job<'a> {
     /// --symbols-file: where the bundle goes when the format has no room
     /// for it (default: `IMAGE.symbols` beside an image file).
     pub symbols_file: Option<PathBuf>,
+    /// --reread: after the copy, read memory again and count the pages
+    /// that changed since they were copied (the image is not touched).
+    pub reread: bool,
+    /// --order: the order memory is read in.
+    pub order: ReadOrder,
 }
 
 /// Where a job's symbol bundle goes.
@@ -160,6 +168,8 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
         warnings: Vec::new(),
         encryption: job.encryption.as_ref().map(Encryption::record),
         symbols: symbols_record,
+        time_map: None,
+        reread: None,
     };
     // A manifest that cannot be written should stop us before we write
     // gigabytes: create it first, replace it at the end. From here on a
@@ -217,6 +227,8 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
     };
     let options = CopyOptions {
         memory_hash: job.memory_hash.then(|| job.sink.hash.unwrap_or_default()),
+        page_digests: job.reread,
+        order: job.order,
         ..CopyOptions::default()
     };
     let sink_options = job.sink;
@@ -292,6 +304,7 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
             manifest.bytes.zero = report.zero_bytes;
             manifest.bytes.image = report.image.bytes;
             manifest.set_hashes(report.image.hash, report.memory_hash);
+            record_window(&mut job, &report, &mut manifest);
             // The image was synced by its sink; its directory entry too.
             match &image_path {
                 Some(path) => manifest::sync_parent(path)
@@ -346,6 +359,64 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
         job.destination.send_manifest(&text, sink_options.hash)?;
     }
     outcome.map(|()| manifest)
+}
+
+/// Records the copy's time map in the manifest and, with --reread, reads
+/// memory again and records how much of it changed since it was copied.
+/// A re-read that fails is a warning: the image is complete either way.
+fn record_window(job: &mut Job<'_>, report: &CopyReport, manifest: &mut Manifest) {
+    // `convert` reads an image: when it read it says nothing of the memory.
+    if !job.plan.time_map {
+        return;
+    }
+    if let Some(note) = &report.order_note {
+        eprintln!("pmem: warning: {note}");
+        manifest.warnings.push(note.clone());
+    }
+    match TimeMapJson::of(&report.time_map) {
+        Ok(time_map) => manifest.time_map = Some(time_map),
+        Err(err) => manifest.warnings.push(format!(
+            "the time map was not recorded: {}",
+            error_text(&err)
+        )),
+    }
+    let Some(digests) = &report.page_digests else {
+        return;
+    };
+    if !job.quiet {
+        eprintln!("pmem: reading memory again to measure what changed during the copy");
+    }
+    let started_ms = report.started.elapsed().as_secs_f64() * 1000.0;
+    match reread(
+        &mut *job.source,
+        &job.plan,
+        digests,
+        &report.unreadable,
+        CopyOptions::default().chunk_size,
+    ) {
+        Ok(found) => {
+            let window = manifest
+                .time_map
+                .as_ref()
+                .and_then(|t| t.window_ms)
+                .unwrap_or(0.0);
+            eprintln!(
+                "pmem: re-read: {} of {} pages ({:.3}%) changed since they were copied \
+                 (copy window {:.1} s, re-read {:.1} s)",
+                found.pages_changed,
+                found.pages_compared,
+                found.ratio() * 100.0,
+                window / 1000.0,
+                found.duration_us as f64 / 1e6
+            );
+            manifest.reread = Some(RereadJson::new(&found, started_ms));
+        }
+        Err(err) => {
+            let warning = format!("the re-read failed: {err}");
+            eprintln!("pmem: warning: {warning}");
+            manifest.warnings.push(warning);
+        }
+    }
 }
 
 /// What the copy has done so far: whether this run created the image file,
@@ -591,6 +662,8 @@ mod tests {
             watch: &watch,
             symbols: Some(sample_symbols()),
             symbols_file: None,
+            reread: false,
+            order: ReadOrder::Address,
         })
         .unwrap();
         // The job is over: nothing is left for a signal to record.

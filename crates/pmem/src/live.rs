@@ -12,7 +12,7 @@ use crate::manifest::{
     self, MacosJson, NotAcquiredJson, Origin, RangeJson, SkippedJson, SourceJson, WindowsJson,
 };
 use anyhow::Result;
-use pmem_core::{PhysicalMemory, Plan, WindowsMetadata};
+use pmem_core::{MemoryMap, PhysicalMemory, Plan, WindowsMetadata};
 use pmem_sources::{LiveInfo, LiveSource};
 
 /// An opened live source with what the image and the manifest say about it.
@@ -53,6 +53,11 @@ impl Live {
             metadata_json: Some(serde_json::to_string(&origin)?),
             windows: info.kernel.windows.map(|(windows, _)| windows),
             symbols: None,
+            kernel_image: MemoryMap::normalized(info.kernel.kernel_image)
+                .intersect(memory.memory_map())
+                .ranges()
+                .to_vec(),
+            time_map: false,
         };
         Ok(Live {
             memory,

@@ -334,6 +334,124 @@ pub struct Manifest {
     /// where it went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbols: Option<SymbolsJson>,
+    /// When each part of memory was read (acquisitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_map: Option<TimeMapJson>,
+    /// What `acquire --reread` found: pages changed since they were copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reread: Option<RereadJson>,
+}
+
+/// The manifest's time map: pmem_core's [`TimeMap::to_json`], which the
+/// ELF and AFF4 images carry as is. Times are milliseconds from the
+/// copy's start (monotonic clock); null for memory never read.
+///
+/// [`TimeMap::to_json`]: pmem_core::TimeMap::to_json
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeMapJson {
+    /// `address` or `kernel-first`: the order memory was read in.
+    pub order: String,
+    /// Start of the first read, end of the last, and the time between.
+    pub first_ms: Option<f64>,
+    pub last_ms: Option<f64>,
+    pub window_ms: Option<f64>,
+    /// The kernel image's ranges and when they were read; null when the
+    /// memory map does not say where it lies.
+    pub kernel: Option<KernelWindowJson>,
+    /// The plan's ranges cut every 64 MiB, and when each was read.
+    pub regions: Vec<RegionTimeJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelWindowJson {
+    pub ranges: Vec<RangeJson>,
+    pub first_ms: Option<f64>,
+    pub last_ms: Option<f64>,
+    pub window_ms: Option<f64>,
+    /// Bytes read ahead and held in memory (kernel-first), else 0.
+    pub buffered_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionTimeJson {
+    pub start: String,
+    pub bytes: u64,
+    pub first_ms: Option<f64>,
+    pub last_ms: Option<f64>,
+}
+
+impl TimeMapJson {
+    /// The time map as the manifest records it.
+    pub fn of(time_map: &pmem_core::TimeMap) -> Result<TimeMapJson> {
+        serde_json::from_str(&time_map.to_json()).context("the time map's JSON")
+    }
+
+    /// The region read over the longest time: (start, bytes, ms).
+    pub fn slowest_region(&self) -> Option<(&str, u64, f64)> {
+        self.regions
+            .iter()
+            .filter_map(|r| Some((r.start.as_str(), r.bytes, r.last_ms? - r.first_ms?)))
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+    }
+}
+
+/// The manifest's record of a re-read (`acquire --reread`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RereadJson {
+    /// Pages read in both passes and compared (digests of 8 bytes).
+    pub pages_compared: u64,
+    /// Of those, pages whose content differs from what the image holds.
+    pub pages_changed: u64,
+    /// Pages not compared: unreadable in the copy or in the re-read.
+    pub pages_unreadable: u64,
+    /// pages_changed / pages_compared.
+    pub ratio: f64,
+    /// Runs of changed pages, at most 1024.
+    pub changed_pages: Vec<PageRunJson>,
+    /// True when more runs changed than `changed_pages` lists.
+    pub changed_pages_truncated: bool,
+    /// Per region of the time map: pages compared and changed.
+    pub regions: Vec<RereadRegionJson>,
+    /// When the re-read started, in the time map's milliseconds (from the
+    /// copy's start).
+    pub started_ms: f64,
+    /// How long the re-read took.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RereadRegionJson {
+    pub start: String,
+    pub bytes: u64,
+    pub pages_compared: u64,
+    pub pages_changed: u64,
+}
+
+impl RereadJson {
+    /// The manifest's record of a re-read that started `started_ms` after
+    /// the copy.
+    pub fn new(r: &pmem_core::RereadReport, started_ms: f64) -> Self {
+        RereadJson {
+            pages_compared: r.pages_compared,
+            pages_changed: r.pages_changed,
+            pages_unreadable: r.pages_unreadable,
+            ratio: r.ratio(),
+            changed_pages: r.changed.iter().map(PageRunJson::from).collect(),
+            changed_pages_truncated: r.changed_truncated,
+            regions: r
+                .regions
+                .iter()
+                .map(|(range, compared, changed)| RereadRegionJson {
+                    start: format!("{:#x}", range.start),
+                    bytes: range.len(),
+                    pages_compared: *compared,
+                    pages_changed: *changed,
+                })
+                .collect(),
+            started_ms,
+            seconds: r.duration_us as f64 / 1e6,
+        }
+    }
 }
 
 /// The manifest's record of the symbol bundle.
@@ -640,6 +758,14 @@ mod tests {
                     "files": [{"name": "kallsyms", "source": "/proc/kallsyms", "bytes": 1}],
                     "missing": [{"name": "config", "source": "/boot/config-6.1.0", "reason": "not present"}],
                     "seconds": 0.1}},
+            "time_map": {"order": "kernel-first", "first_ms": 0.1, "last_ms": 9.5, "window_ms": 9.4,
+                "kernel": {"ranges": [{"start": "0x0", "last": "0xfff", "bytes": 4096}],
+                    "first_ms": 0.1, "last_ms": 0.2, "window_ms": 0.1, "buffered_bytes": 4096},
+                "regions": [{"start": "0x0", "bytes": 4096, "first_ms": 0.1, "last_ms": 0.2}]},
+            "reread": {"pages_compared": 1, "pages_changed": 1, "pages_unreadable": 0, "ratio": 1.0,
+                "changed_pages": [{"start": "0x0", "pages": 1}], "changed_pages_truncated": false,
+                "regions": [{"start": "0x0", "bytes": 4096, "pages_compared": 1, "pages_changed": 1}],
+                "started_ms": 9.6, "seconds": 0.1},
             "macos": {"pmem_api_version": 2, "cr3": "0x0", "dtb": "0x0", "kaslr_slide": "0x0",
                 "kernel_version": "", "kernel_poffset": "0x0", "phys_mem_size": 0,
                 "pci_config_space_base": "0x0",

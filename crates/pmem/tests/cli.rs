@@ -1538,3 +1538,68 @@ fn an_elf_image_carries_its_symbols_inside() {
         man["symbols"]["sha256"]
     );
 }
+
+#[test]
+fn acquire_records_the_time_map_and_rereads_in_kernel_first_order() {
+    let m = machine();
+    let plain = m.path("address.lime");
+    m.acquire("lime", &plain).success();
+    let man = manifest(&plain);
+    let t = &man["time_map"];
+    assert_eq!(t["order"], "address");
+    // The regions follow the ranges (none is over 64 MiB here).
+    let regions = t["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), acquired_ranges().len());
+    assert_eq!(regions[1]["start"], "0x100000");
+    assert!(regions
+        .iter()
+        .all(|r| r["first_ms"].as_f64().unwrap() <= r["last_ms"].as_f64().unwrap()));
+    // iomem's Kernel code and rodata, as one span.
+    assert_eq!(t["kernel"]["ranges"][0]["start"], "0x200000");
+    assert_eq!(t["kernel"]["ranges"][0]["last"], "0x37ffff");
+    assert_eq!(t["kernel"]["buffered_bytes"], 0);
+    assert!(man.get("reread").is_none());
+
+    let out = m.path("kernel-first.elf");
+    let assert = m
+        .acquire_with("elf", &out, &["--reread", "--order", "kernel-first"])
+        .success();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(stderr.contains("pmem: re-read: 0 of "), "{stderr}");
+    let man = manifest(&out);
+    assert_eq!(man["time_map"]["order"], "kernel-first");
+    assert_eq!(man["time_map"]["kernel"]["buffered_bytes"], 0x180000);
+    let pages: u64 = acquired_ranges().iter().map(|r| r.len() / 4096).sum();
+    let reread = &man["reread"];
+    assert_eq!(reread["pages_compared"], pages);
+    assert_eq!(reread["pages_changed"], 0);
+    assert_eq!(reread["ratio"], 0.0);
+    assert_eq!(reread["changed_pages"], Value::Array(vec![]));
+    assert_eq!(reread["regions"].as_array().unwrap().len(), 3);
+    // The re-read left the image as the manifest hashed it.
+    pmem().arg("verify").arg(&out).assert().success();
+    // The ELF image carries the time map; info summarises it.
+    let info = pmem().arg("info").arg(&out).assert().success();
+    let text = String::from_utf8_lossy(&info.get_output().stdout).to_string();
+    assert!(
+        text.contains("kernel-first order; from the image"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kernel:       its image (1.5 MiB in 1 range(s))"),
+        "{text}"
+    );
+    assert!(text.contains("re-read:      0 of "), "{text}");
+    let info = pmem().args(["info", "--json"]).arg(&out).assert().success();
+    let json: Value = serde_json::from_slice(&info.get_output().stdout).unwrap();
+    assert_eq!(json["time_map"], man["time_map"]);
+
+    // The same memory as an address-order copy, byte for byte.
+    let lime = m.path("kernel-first.lime");
+    m.acquire_with("lime", &lime, &["--order", "kernel-first"])
+        .success();
+    assert_eq!(
+        std::fs::read(&lime).unwrap(),
+        std::fs::read(&plain).unwrap()
+    );
+}

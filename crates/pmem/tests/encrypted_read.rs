@@ -94,15 +94,17 @@ fn info_verify_convert_read_encrypted_images_in_place() {
         // info: the same format, ranges and lengths.
         let a = json(&info(&plain, None));
         let b = json(&info(&sealed, Some(&identity)));
-        for key in [
-            "format",
-            "ranges",
-            "total_bytes",
-            "image_bytes",
-            "ranges_from",
-        ] {
+        for key in ["format", "ranges", "total_bytes", "ranges_from"] {
             assert_eq!(a[key], b[key], "{format}: {key}");
         }
+        // AFF4's Turtle states the time map, whose millisecond figures
+        // differ in length between two acquisitions; the rest is equal.
+        let (la, lb) = (a["image_bytes"].as_i64(), b["image_bytes"].as_i64());
+        let slack = if format == "aff4" { 64 } else { 0 };
+        assert!(
+            (la.unwrap() - lb.unwrap()).abs() <= slack,
+            "{format}: image_bytes {la:?} {lb:?}"
+        );
         assert_eq!(b["ranges"].as_array().unwrap().len(), 2, "{format}");
 
         // verify: against the encrypted manifest beside it.

@@ -285,6 +285,15 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    if argv.first().map(String::as_str) == Some("churn") {
+        return match crate::churn::main(&argv) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("pmem-guest-agent: churn: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse_args(argv.into_iter()) {
         Ok(args) => args,
         Err(message) => {

@@ -38,6 +38,8 @@
 mod agent;
 #[cfg(target_os = "linux")]
 mod bench;
+#[cfg(target_os = "linux")]
+mod churn;
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {

@@ -259,6 +259,22 @@ mod tests {
     }
 
     #[test]
+    fn the_time_map_is_stated_in_the_turtle() {
+        let plan = Plan::new(map(&[(0x1000, 0x3000)]), Arch::X86_64);
+        let json = "{\"order\":\"kernel-first\",\"regions\":[{\"start\":\"0x1000\"}]}";
+        let bytes = crate::test_util::write_image_with_time_map(Format::Aff4, &plan, Some(json));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.aff4");
+        let r = reopen(&path, &bytes).unwrap();
+        assert_eq!(r.metadata().time_map_json.as_deref(), Some(json));
+        let (_dir, path, bytes) = image();
+        assert_eq!(
+            reopen(&path, &bytes).unwrap().metadata().time_map_json,
+            None
+        );
+    }
+
+    #[test]
     fn a_symbol_member_claiming_too_much_or_missing_is_refused() {
         let (_dir, path, bytes) = image_with_symbols(&[7; 100]);
         let (header, _) = member(&path, &bytes, SYMBOLS_MEMBER);

@@ -326,6 +326,7 @@ impl Volume {
                 .and_then(|v| v.parse().ok()),
             vmcoreinfo: self.pmem(map, "vmcoreinfo").map(String::into_bytes),
             metadata_json: self.pmem(map, "metadata"),
+            time_map_json: self.pmem(map, "timeMap"),
             windows: None,
             symbols: self.symbols(image, zip, map)?,
             unreadable: entries

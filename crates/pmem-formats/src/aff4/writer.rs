@@ -71,6 +71,8 @@ pub struct Aff4Writer {
     image: String,
     /// The URN of the symbol bundle's member, once written.
     symbols: Option<String>,
+    /// The copy's time map (JSON), stated in the Turtle.
+    time_map: Option<String>,
     plan: Option<Plan>,
     /// Bytes of the chunk being filled.
     chunk: Vec<u8>,
@@ -107,6 +109,7 @@ impl Aff4Writer {
             map: String::new(),
             image: String::new(),
             symbols: None,
+            time_map: None,
             plan: None,
             chunk: Vec::with_capacity(CHUNK_SIZE as usize),
             stream_len: 0,
@@ -304,6 +307,9 @@ impl Aff4Writer {
         if let Some(urn) = &self.symbols {
             extra.push(format!("pmem:symbols <{urn}>"));
         }
+        if let Some(json) = &self.time_map {
+            extra.push(format!("pmem:timeMap {}", literal(json)));
+        }
         let pmem = statement(m, &extra);
         format!(
             "@prefix aff4: <{AFF4}> .\n@prefix rdf: <http://www.w3.org/1999/02/22-rdf-syntax-ns#> .\n@prefix xsd: <http://www.w3.org/2001/XMLSchema#> .\n@prefix pmem: <{PMEM_NS}> .\n\n{}",
@@ -380,6 +386,11 @@ impl ImageWriter for Aff4Writer {
         self.cursor.advance(addr, len)?;
         self.place_zeros()?;
         self.map_run(addr, len, UNREADABLE);
+        Ok(())
+    }
+
+    fn time_map(&mut self, json: &str) -> Result<(), WriteError> {
+        self.time_map = Some(json.to_owned());
         Ok(())
     }
 
