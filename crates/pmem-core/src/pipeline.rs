@@ -253,7 +253,11 @@ pub fn copy_memory(
             }
             None => None,
         };
-        writer.time_map(&time_map.to_json())?;
+        // Only a copy of live memory has a time map worth carrying: when a
+        // conversion read its input file says nothing of the memory.
+        if plan.time_map {
+            writer.time_map(&time_map.to_json())?;
+        }
         let image = writer.finish()?;
         Ok(CopyReport {
             bytes: done,

@@ -144,7 +144,8 @@ pub trait ImageWriter: Send {
         self.write_chunk(addr, Chunk::Zero(len))
     }
     /// The copy's time map as JSON ([`crate::TimeMap::to_json`]), given
-    /// after the last chunk and before `finish`. Formats that write their
+    /// after the last chunk and before `finish`, only when
+    /// [`Plan::time_map`] is set (a copy of live memory). Formats that write their
     /// metadata at the end (AFF4), or that reserved room for it because
     /// [`Plan::time_map`] asked (ELF), carry it; the others ignore it.
     fn time_map(&mut self, _json: &str) -> Result<(), WriteError> {
