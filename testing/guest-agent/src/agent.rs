@@ -37,14 +37,15 @@ fn fill_page(seed: u64, index: u64, count: u64, page: &mut [u8]) {
     }
 }
 
-/// Anonymous, locked memory that holds the marker pages.
-struct Planted {
+/// Anonymous memory of base pages, populated and locked on request: the
+/// marker pages, and the churn command's buffer.
+pub(crate) struct Planted {
     ptr: *mut u8,
     len: usize,
 }
 
 impl Planted {
-    fn map(pages: usize) -> Result<Self, String> {
+    pub(crate) fn map(pages: usize) -> Result<Self, String> {
         let len = pages * PAGE_SIZE;
         // SAFETY: a fresh private anonymous mapping; the result is checked.
         let ptr = unsafe {
@@ -72,13 +73,13 @@ impl Planted {
         })
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: ptr/len describe a live read-write mapping owned by self,
         // and &mut self makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
-    fn lock(&self) -> Result<(), String> {
+    pub(crate) fn lock(&self) -> Result<(), String> {
         // SAFETY: the range is our own mapping.
         if unsafe { libc::mlock(self.ptr.cast(), self.len) } != 0 {
             return Err(format!("mlock of {} bytes: {}", self.len, errno()));

@@ -13,6 +13,7 @@
 //! rewrites went round the buffer (then a page may have been rewritten
 //! twice and the host's arithmetic no longer holds).
 
+use crate::agent::Planted;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -73,38 +74,14 @@ pub fn main(argv: &[String]) -> Result<(), String> {
     let args = parse(argv)?;
     let len = args.mib << 20;
     let pages = len / PAGE;
-    // SAFETY: a fresh private anonymous mapping; the result is checked.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(format!(
-            "mmap of {len} bytes: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: the range is the mapping above.
-    unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
-    let base = ptr.cast::<u8>();
+    let mut buffer = Planted::map(pages)?;
+    let base = buffer.bytes_mut().as_mut_ptr();
     // Every page holds something before the copy (no shared zero page).
     for page in 0..pages {
         // SAFETY: inside the mapping, 8-byte aligned (page-aligned).
         unsafe { std::ptr::write_volatile(base.add(page * PAGE).cast::<u64>(), u64::MAX) };
     }
-    // SAFETY: our own mapping.
-    if unsafe { libc::mlock(ptr, len) } != 0 {
-        return Err(format!(
-            "mlock of {len} bytes: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    buffer.lock()?;
     std::fs::write(&args.ready, "ready\n")
         .map_err(|e| format!("write {}: {e}", args.ready.display()))?;
     let per_second = args.rate_mib * (1 << 20) as f64 / PAGE as f64;
@@ -134,8 +111,7 @@ pub fn main(argv: &[String]) -> Result<(), String> {
         .map_err(|e| format!("write {}: {e}", args.report.display()))?;
     eprint!("pmem-guest-agent churn: {}", report.replace('\n', "; "));
     eprintln!();
-    // SAFETY: unmapping our own mapping once.
-    unsafe { libc::munmap(ptr, len) };
+    drop(buffer);
     Ok(())
 }
 
