@@ -19,8 +19,8 @@ pub mod writer;
 
 pub use arch::Arch;
 pub use file_map::{FileMap, FilePiece, Located};
-pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport, PageRun};
-pub use range::{MemoryMap, MemoryMapError, Range};
+pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport};
+pub use range::{MemoryMap, MemoryMapError, PageRun, Range};
 pub use sink::{ByteSink, HashAlgorithm, ImageHash, Patch, SinkSummary};
 pub use source::{PhysicalMemory, ReadError};
 pub use window::{PageDigests, ReadOrder, RereadReport, TimeMap};

@@ -13,7 +13,7 @@
 //! the writes (on one CPU they take turns; offline, or with a second CPU,
 //! they run side by side).
 
-use crate::range::Range;
+use crate::range::{PageRun, Range};
 use crate::sink::{HashAlgorithm, ImageDigest, ImageHash, SinkSummary};
 use crate::source::{PhysicalMemory, ReadError};
 use crate::window::{Clock, PageDigests, ReadOrder, TimeMap};
@@ -59,15 +59,6 @@ impl Default for CopyOptions {
             kernel_buffer_limit: KERNEL_BUFFER_LIMIT,
         }
     }
-}
-
-/// A run of consecutive pages, as the manifest records unreadable memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageRun {
-    /// Physical address of the first page (a multiple of [`PAGE_SIZE`]).
-    pub start: u64,
-    /// Number of [`PAGE_SIZE`] pages in the run; at least 1.
-    pub pages: u64,
 }
 
 /// What a finished copy reports.

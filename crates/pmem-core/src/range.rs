@@ -6,6 +6,16 @@
 
 use std::fmt;
 
+/// A run of consecutive pages, as the manifest records unreadable or
+/// changed memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    /// Physical address of the first page (a multiple of [`crate::PAGE_SIZE`]).
+    pub start: u64,
+    /// Number of [`crate::PAGE_SIZE`] pages in the run; at least 1.
+    pub pages: u64,
+}
+
 /// A non-empty, half-open range of physical addresses `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Range {

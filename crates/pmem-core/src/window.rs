@@ -3,8 +3,7 @@
 //! compares memory with them afterwards (how much changed while it was
 //! copied: the smear).
 
-use crate::pipeline::PageRun;
-use crate::range::{MemoryMap, Range};
+use crate::range::{MemoryMap, PageRun, Range};
 use crate::source::{PhysicalMemory, ReadError};
 use crate::writer::Plan;
 use crate::PAGE_SIZE;
