@@ -22,7 +22,7 @@ pub use file_map::{FileMap, FilePiece, Located};
 pub use pipeline::{copy_memory, CopyError, CopyOptions, CopyReport};
 pub use range::{MemoryMap, MemoryMapError, PageRun, Range};
 pub use sink::{ByteSink, HashAlgorithm, ImageHash, Patch, SinkSummary};
-pub use source::{PhysicalMemory, ReadError};
+pub use source::{read_or_zero, PhysicalMemory, ReadError};
 pub use window::{PageDigests, ReadOrder, RereadReport, TimeMap};
 pub use windows::WindowsMetadata;
 pub use writer::{Chunk, ImageWriter, Plan, WriteError};

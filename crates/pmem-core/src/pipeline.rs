@@ -15,7 +15,7 @@
 
 use crate::range::{PageRun, Range};
 use crate::sink::{HashAlgorithm, ImageDigest, ImageHash, SinkSummary};
-use crate::source::{PhysicalMemory, ReadError};
+use crate::source::{read_or_zero, PhysicalMemory, ReadError};
 use crate::window::{Clock, PageDigests, ReadOrder, TimeMap};
 use crate::writer::{Chunk, ImageWriter, Plan, WriteError};
 use crate::PAGE_SIZE;
@@ -354,14 +354,7 @@ impl Reader<'_> {
         buf: &mut [u8],
     ) -> Result<Vec<(u64, u64)>, CopyError> {
         let first = self.clock.now_us();
-        let mut bad = Vec::new();
-        match source.read_at(addr, buf) {
-            Ok(()) => {}
-            Err(ReadError::Unreadable { .. }) => {
-                retry_by_page(source, addr, buf, self.retry_size, &mut bad)?
-            }
-            Err(fatal) => return Err(fatal.into()),
-        }
+        let bad = read_or_zero(source, addr, buf, self.retry_size)?;
         let last = self.clock.now_us();
         self.time_map.record(addr, buf.len() as u64, first, last);
         Ok(bad)
@@ -483,38 +476,6 @@ impl Reader<'_> {
             }),
         }
     }
-}
-
-/// Reads a failed chunk again in page-sized pieces: good pages are kept,
-/// pages that still fail are zero-filled and listed in `bad` (absolute
-/// address, length; adjacent pieces merged).
-fn retry_by_page(
-    source: &mut dyn PhysicalMemory,
-    addr: u64,
-    buf: &mut [u8],
-    page: u64,
-    bad: &mut Vec<(u64, u64)>,
-) -> Result<(), CopyError> {
-    let end = addr + buf.len() as u64;
-    let mut at = addr;
-    while at < end {
-        // Pieces end on absolute page boundaries.
-        let piece_end = ((at / page) + 1).saturating_mul(page).min(end);
-        let (from, to) = ((at - addr) as usize, (piece_end - addr) as usize);
-        match source.read_at(at, &mut buf[from..to]) {
-            Ok(()) => {}
-            Err(ReadError::Unreadable { .. }) => {
-                buf[from..to].fill(0);
-                match bad.last_mut() {
-                    Some(last) if last.0 + last.1 == at => last.1 += piece_end - at,
-                    _ => bad.push((at, piece_end - at)),
-                }
-            }
-            Err(fatal) => return Err(fatal.into()),
-        }
-        at = piece_end;
-    }
-    Ok(())
 }
 
 /// Where the writer thread passes a buffer it is done with.

@@ -50,6 +50,46 @@ pub trait PhysicalMemory: Send {
     fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError>;
 }
 
+/// Reads `buf` at `addr`; when the source says part of it is unreadable,
+/// reads it again in pieces of `piece` bytes (cut at absolute multiples of
+/// `piece`: a page, or the source's granularity if larger), keeping the
+/// pieces that read and zero-filling those that still fail. Returns the
+/// zero-filled pieces (address, length; adjacent ones merged), so that one
+/// bad page never costs the rest of a request. Only a fatal error is an
+/// error.
+pub fn read_or_zero(
+    source: &mut dyn PhysicalMemory,
+    addr: u64,
+    buf: &mut [u8],
+    piece: u64,
+) -> Result<Vec<(u64, u64)>, ReadError> {
+    let mut bad: Vec<(u64, u64)> = Vec::new();
+    match source.read_at(addr, buf) {
+        Ok(()) => return Ok(bad),
+        Err(ReadError::Unreadable { .. }) => {}
+        Err(fatal) => return Err(fatal),
+    }
+    let end = addr + buf.len() as u64;
+    let mut at = addr;
+    while at < end {
+        let piece_end = ((at / piece) + 1).saturating_mul(piece).min(end);
+        let (from, to) = ((at - addr) as usize, (piece_end - addr) as usize);
+        match source.read_at(at, &mut buf[from..to]) {
+            Ok(()) => {}
+            Err(ReadError::Unreadable { .. }) => {
+                buf[from..to].fill(0);
+                match bad.last_mut() {
+                    Some(last) if last.0 + last.1 == at => last.1 += piece_end - at,
+                    _ => bad.push((at, piece_end - at)),
+                }
+            }
+            Err(fatal) => return Err(fatal),
+        }
+        at = piece_end;
+    }
+    Ok(bad)
+}
+
 impl<T: PhysicalMemory + ?Sized> PhysicalMemory for Box<T> {
     fn memory_map(&self) -> &MemoryMap {
         (**self).memory_map()

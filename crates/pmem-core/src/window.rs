@@ -4,7 +4,7 @@
 //! copied: the smear).
 
 use crate::range::{MemoryMap, PageRun, Range};
-use crate::source::{PhysicalMemory, ReadError};
+use crate::source::{read_or_zero, PhysicalMemory, ReadError};
 use crate::writer::Plan;
 use crate::PAGE_SIZE;
 use std::fmt::Write as _;
@@ -391,32 +391,15 @@ pub fn reread(
         while addr < range.end {
             let len = chunk_size.min(range.end - addr) as usize;
             let buf = &mut buf[..len];
-            // Pieces unreadable now: (offset, len) in `buf`.
-            let mut bad: Vec<(usize, usize)> = Vec::new();
-            match source.read_at(addr, buf) {
-                Ok(()) => {}
-                Err(ReadError::Unreadable { .. }) => {
-                    let mut at = addr;
-                    let end = addr + len as u64;
-                    while at < end {
-                        let piece_end = ((at / retry) + 1).saturating_mul(retry).min(end);
-                        let (from, to) = ((at - addr) as usize, (piece_end - addr) as usize);
-                        match source.read_at(at, &mut buf[from..to]) {
-                            Ok(()) => {}
-                            Err(ReadError::Unreadable { .. }) => bad.push((from, to - from)),
-                            Err(fatal) => return Err(fatal),
-                        }
-                        at = piece_end;
-                    }
-                }
-                Err(fatal) => return Err(fatal),
-            }
+            // Pieces unreadable now: (address, length).
+            let bad = read_or_zero(source, addr, buf, retry)?;
             for (n, page) in buf.chunks(PAGE_SIZE as usize).enumerate() {
                 let offset = n * PAGE_SIZE as usize;
                 let page_addr = addr + offset as u64;
+                let page_end = page_addr + page.len() as u64;
                 let now_bad = bad
                     .iter()
-                    .any(|&(at, l)| at < offset + page.len() && offset < at + l);
+                    .any(|&(at, l)| at < page_end && page_addr < at + l);
                 if now_bad || in_runs(unreadable, &mut cursor, page_addr / PAGE_SIZE * PAGE_SIZE) {
                     report.pages_unreadable += 1;
                     continue;
