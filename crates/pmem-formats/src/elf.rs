@@ -77,7 +77,7 @@ const NOTE_ALIGN: usize = 4;
 /// A writer streaming an ELF core: the layout is fixed in `begin`, after
 /// which bytes only ever go forward.
 pub fn writer(sink: Box<dyn ByteSink>) -> LaidOutWriter {
-    LaidOutWriter::new(Format::Elf, layout, sink).with_trailer(Trailer {
+    LaidOutWriter::new(Format::Elf, data_layout, sink).with_trailer(Trailer {
         len: time_map_note_len,
         bytes: time_map_note,
     })
@@ -117,7 +117,7 @@ fn page_align(offset: u64) -> Option<u64> {
 
 /// Everything before the first segment's data (header, program headers,
 /// notes) and the file offset of each range's data.
-fn layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
+pub(crate) fn data_layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
     let notes = notes(plan)?;
     let trailer = time_map_note_len(plan);
     let note_phdrs = u64::from(!notes.is_empty()) + u64::from(trailer > 0);

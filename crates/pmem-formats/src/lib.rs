@@ -169,6 +169,7 @@ mod format;
 mod image_file;
 mod laid_out;
 mod reader;
+mod view;
 mod write;
 
 pub use by_format::{image_size, open_image, open_image_file, writer};
@@ -178,3 +179,4 @@ pub use format::{Format, UnknownFormat, MAX_SYMBOLS};
 pub use image_file::{ImageFile, ReadSeek};
 pub use laid_out::LaidOutWriter;
 pub use reader::{ImageMetadata, ImageReader};
+pub use view::{ImageView, ViewPiece};

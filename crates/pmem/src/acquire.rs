@@ -90,7 +90,7 @@ impl From<OrderArg> for pmem_core::ReadOrder {
 /// (pmem's kernel module, ...)", the names from [`SourceKind::ALL`].
 ///
 /// [`SourceKind::ALL`]: pmem_sources::SourceKind::ALL
-fn source_help() -> String {
+pub(crate) fn source_help() -> String {
     format!(
         "Memory source: {} (pmem's kernel module, see `pmem module`), optionally with a \
          device path (e.g. kcore:/proc/kcore)",

@@ -17,6 +17,8 @@ mod live;
 mod manifest;
 #[cfg(target_os = "linux")]
 mod module;
+#[cfg(target_os = "linux")]
+mod mount;
 mod output_args;
 mod symbols;
 mod upload;
@@ -54,6 +56,10 @@ enum Command {
     /// /proc/kcore: build it for a kernel, load, unload, write its source.
     #[cfg(target_os = "linux")]
     Module(module::Args),
+    /// Serve this machine's physical memory read-only as files (memory.raw,
+    /// memory.lime, memory.elf, iomem, symbols) for live analysis (needs root).
+    #[cfg(target_os = "linux")]
+    Mount(mount::Args),
     /// Load or unload the WinPmem driver for live analysis tools, or
     /// extract the driver embedded at build time.
     #[cfg(windows)]
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
         Command::Symbols(args) => symbols::run(args),
         #[cfg(target_os = "linux")]
         Command::Module(args) => module::run(args),
+        #[cfg(target_os = "linux")]
+        Command::Mount(args) => mount::run(args),
         #[cfg(windows)]
         Command::Driver(args) => windows::driver(args),
     };
