@@ -128,7 +128,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in the threads it
-/// starts), to be taken by [`wait_signal`].
+/// starts), to be taken by [`wait_signal`]. (Also when started with
+/// SIGINT ignored, as a shell starts `pmem mount DIR &`: Linux keeps a
+/// blocked signal pending even if ignored.)
 fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a sigset_t owned here.
     unsafe {

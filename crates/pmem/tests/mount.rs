@@ -13,6 +13,7 @@ use pmem_fault_fuse::{Action, Fault, FaultFs, Options};
 use pmem_sources::testing::{pattern, KcoreBuilder, Segment};
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,7 +77,17 @@ struct Mounted {
 impl Mounted {
     fn start(kcore: &Path, iomem: &Path, dir: PathBuf) -> Mounted {
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pmem"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmem"));
+        // Started as a shell starts `pmem mount ... &`: with SIGINT
+        // ignored. `kill -INT` must end it all the same.
+        // SAFETY: only an async-signal-safe call between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("mount")
             .arg(format!("--source=kcore:{}", kcore.display()))
             .arg("--iomem")

@@ -88,7 +88,7 @@ impl Planted {
     }
 
     /// Physical frame of every page, from /proc/self/pagemap.
-    fn frames(&self) -> Result<Vec<u64>, String> {
+    pub(crate) fn frames(&self) -> Result<Vec<u64>, String> {
         let pagemap = File::open("/proc/self/pagemap")
             .map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
         let pages = self.len / PAGE_SIZE;
@@ -272,25 +272,24 @@ fn run(args: &Args) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// A command of the agent: its arguments (the name first), then what
+/// went wrong.
+type Command = fn(&[String]) -> Result<(), String>;
+
 pub fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    if matches!(
-        argv.first().map(String::as_str),
-        Some("measure" | "read-kcore" | "hash-speed")
-    ) {
-        return match bench::main(&argv) {
+    // The commands besides `plant`, each its own module.
+    let command: Option<Command> = match argv.first().map(String::as_str) {
+        Some("measure" | "read-kcore" | "hash-speed") => Some(bench::main),
+        Some("churn") => Some(crate::churn::main),
+        Some("live-page") => Some(crate::live_page::main),
+        _ => None,
+    };
+    if let Some(run) = command {
+        return match run(&argv) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
-                eprintln!("pmem-guest-agent: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if argv.first().map(String::as_str) == Some("churn") {
-        return match crate::churn::main(&argv) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("pmem-guest-agent: churn: {message}");
+                eprintln!("pmem-guest-agent: {}: {message}", argv[0]);
                 ExitCode::FAILURE
             }
         };

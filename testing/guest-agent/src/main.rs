@@ -40,6 +40,8 @@ mod agent;
 mod bench;
 #[cfg(target_os = "linux")]
 mod churn;
+#[cfg(target_os = "linux")]
+mod live_page;
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
