@@ -37,6 +37,7 @@ import markers
 import module_cases
 import symcheck
 import vm
+import mountcheck
 import windowcheck
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +78,9 @@ class Case:
     # Smear and the kernel window (windowcheck.py): --reread with and without
     # churn, --order kernel-first against address order.
     window: bool = False
+    # `pmem mount` (mountcheck.py): live memory as files, read through
+    # pmem's readers, the live page, unmount on SIGTERM and SIGINT.
+    mount: bool = False
 
     @property
     def seed(self):
@@ -90,14 +94,14 @@ class Case:
 # kernels, but not every format in every layout.
 CASES = [
     Case("6.1-1g", "6.1", 1024, ["lime", "raw", "elf"], ["lime"], ["avml"], debuggers=True,
-         symbols_isf=True,
+         symbols_isf=True, mount=True,
          note="every format, streamed lime, AVML compressed LiME; crash and drgn on the ELF image; "
-              "vol3 pslist through the ISF of the captured symbols"),
+              "vol3 pslist through the ISF of the captured symbols; pmem mount (fuse.ko)"),
     # raw.zst (COMPRESSED) is not in a case: ruzstd needs ~240 s per GiB
     # under TCG, too much for CI; `zstd -d` round trips are in the CLI tests.
-    Case("6.12-1g", "6.12", 1024, ["raw", "elf", "macho"], ["raw"], window=True,
+    Case("6.12-1g", "6.12", 1024, ["raw", "elf", "macho"], ["raw"], window=True, mount=True,
          note="raw, elf and Mach-O, streamed raw; smear measured by --reread with and without "
-              "churn, the kernel window in kernel-first and address order"),
+              "churn, the kernel window in kernel-first and address order; pmem mount (FUSE built in)"),
     Case("6.12-2g", "6.12", 2048, ["lime"], symbols_isf=True,
          note="2 GiB guest (lime on 6.12); vol3 pslist through the ISF of the captured symbols"),
     # 1 GiB below the PCI hole, 512 MiB from 4 GiB up: the smallest guest whose
@@ -168,6 +172,8 @@ def case_script(case):
         )
     if case.window:
         lines += windowcheck.guest_lines()
+    if case.mount:
+        lines += mountcheck.guest_lines()
     lines += [
         "sync",
         # The host dumps guest memory (guest paused) while the markers are held.
@@ -190,7 +196,8 @@ def disk_gib(case):
     # Each image is about the guest's RAM; raw also covers the holes below the
     # highest address (~1 GiB more with -m 3584). Sparse: costs what is written.
     per_image = case.memory_mib / 1024 + 0.1
-    return int(per_image * (len(case.formats) + len(case.stream) + len(case.compressed))) + 2
+    copies = len(case.formats) + len(case.stream) + len(case.compressed) + (2 if case.mount else 0)
+    return int(per_image * copies) + 2
 
 
 def run_guest(case, pmem, agent, timing):
@@ -354,15 +361,15 @@ class Volatility:
         """Runs `action` once the case's checks are done (now if they are)."""
         with self.lock:
             if self.pending.get(case, 0):
-                self.after[case] = action
+                self.after.setdefault(case, []).append(action)
                 return
         action()
 
     def _finished(self, case):
         with self.lock:
             self.pending[case] -= 1
-            action = self.after.pop(case, None) if self.pending[case] == 0 else None
-        if action:
+            actions = self.after.pop(case, []) if self.pending[case] == 0 else []
+        for action in actions:
             action()
 
     def wait(self):
@@ -711,6 +718,8 @@ def run_case(case, pmem, agent, results, timings, other_markers, vol):
         case.hook.check(results, case, out)
     if case.window:
         windowcheck.check(results, case, out)
+    if case.mount:
+        mountcheck.check(results, case, out, work, ctx, markers, compare_kernel, whole_pages, guest, vol)
     if case.symbols_isf and vol:
         arm = env.KERNELS[case.kernel].target != env.MUSL
         vol.submit_task(case.name, "symbols", lambda: symcheck.check_case(

@@ -12,9 +12,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# What the cloud kernels need to see the virtio data disk; whichever of these
-# are built in (6.12 has virtio and virtio_pci built in) are simply skipped.
-WANTED = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk"]
+# What the cloud kernels need to see the virtio data disk, and FUSE for
+# `pmem mount` (mountcheck.py); whichever of these are built in (6.12 has
+# virtio, virtio_pci and fuse built in) are simply skipped.
+WANTED = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
+          "fuse"]
 
 
 def module_load_order(modules_dir):
