@@ -93,7 +93,7 @@ impl ZstdSink {
         frame_input: usize,
         encode: Encode,
     ) -> ZstdSink {
-        let workers = Workers::spawn(threads, threads + 1, encode);
+        let workers = Workers::spawn(threads, threads + 1, frame_input, encode);
         ZstdSink {
             inner,
             buffer: Vec::with_capacity(frame_input),
@@ -806,17 +806,25 @@ mod tests {
     }
 
     /// ruzstd, except on frames starting with "FAIL": an error.
-    fn failing(input: &[u8], output: &mut Vec<u8>) -> io::Result<()> {
+    fn failing(
+        c: &mut workers::Compressor,
+        input: &mut Vec<u8>,
+        output: &mut Vec<u8>,
+    ) -> io::Result<()> {
         if input.starts_with(b"FAIL") {
             return Err(io::Error::other("injected encoder failure"));
         }
-        workers::ruzstd_fastest(input, output)
+        workers::ruzstd_fastest(c, input, output)
     }
 
     /// ruzstd, except on frames starting with "FAIL": the thread dies.
-    fn dying(input: &[u8], output: &mut Vec<u8>) -> io::Result<()> {
+    fn dying(
+        c: &mut workers::Compressor,
+        input: &mut Vec<u8>,
+        output: &mut Vec<u8>,
+    ) -> io::Result<()> {
         assert!(!input.starts_with(b"FAIL"), "injected worker panic");
-        workers::ruzstd_fastest(input, output)
+        workers::ruzstd_fastest(c, input, output)
     }
 
     /// 12 frames of 4 KiB; frame `bad` starts with "FAIL".
