@@ -5,8 +5,9 @@
 //! and macOS targets and as a static musl binary without a C toolchain for
 //! each. The input is cut into independent frames of [`FRAME_INPUT`] bytes
 //! (the zstd format allows concatenated frames; `zstd -d` writes their
-//! contents one after the other), so memory stays bounded and frames can be
-//! compressed on several threads.
+//! contents one after the other), so memory stays bounded and frames are
+//! compressed on several threads ([`ZstdSink`]), in the same bytes
+//! whatever their number.
 //!
 //! After the last frame comes a seek table in zstd's seekable format (a
 //! skippable frame that `zstd -d` ignores): each frame's compressed and
@@ -14,10 +15,14 @@
 //! by decompressing one frame. `.zst` files without one (from `zstd`
 //! itself) are indexed by decompressing each frame once when opened.
 
+mod workers;
+
 use crate::bytes::u32_le;
 use pmem_core::sink::fill_buffer;
 use pmem_core::{ByteSink, SinkSummary};
+use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
+use workers::{Compressed, Encode, FrameId, Pending, Workers};
 
 /// The zstd frame magic number, as it appears on disk.
 pub const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -30,40 +35,147 @@ const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
 /// Number of frames (u32), descriptor (u8), magic (u32).
 const FOOTER_LEN: u64 = 9;
 
-/// Compresses everything written to it into `inner`.
+/// Worker threads by default: one per CPU, at most [`MAX_THREADS`].
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+}
+
+/// The most worker threads [`ZstdSink::new`] starts: each holds up to two
+/// frames (input and output, 8 MiB) in memory.
+pub const MAX_THREADS: usize = 4;
+
+/// Compresses everything written to it into `inner`, on worker threads.
+///
+/// Frames are cut at fixed offsets of the image and each is compressed on
+/// its own, then written in order, so the output is the same byte for byte
+/// whatever the number of threads. At most `threads + 1` frames are
+/// queued, being compressed or waiting to be written, beside the one being
+/// filled: `threads + 2` frame inputs of [`FRAME_INPUT`] bytes and
+/// `threads + 1` compressed frames at most in memory.
 pub struct ZstdSink {
     inner: Box<dyn ByteSink>,
+    /// The frame being filled.
     buffer: Vec<u8>,
+    /// Uncompressed bytes per frame: [`FRAME_INPUT`] (smaller in tests).
+    frame_input: usize,
     position: u64,
     /// (compressed, uncompressed) size of each frame written: the seek table.
     frames: Vec<(u32, u32)>,
+    workers: Workers,
+    /// Frames handed to the workers, oldest first.
+    in_flight: VecDeque<Pending>,
+    max_in_flight: usize,
+    /// Frames submitted so far (numbers the frames in errors).
+    submitted: u64,
+    /// Buffers of frames written, for the next ones.
+    spare_inputs: Vec<Vec<u8>>,
+    spare_outputs: Vec<Vec<u8>>,
+    /// Set by the first error: a stream missing a frame must not go on.
+    failed: bool,
 }
 
 impl ZstdSink {
     /// A sink compressing into `inner`, which receives the `.zst` file's
-    /// bytes (and so hashes the compressed file).
+    /// bytes (and so hashes the compressed file), on
+    /// [`default_threads`] worker threads.
     pub fn new(inner: Box<dyn ByteSink>) -> ZstdSink {
+        ZstdSink::with_threads(inner, default_threads())
+    }
+
+    /// The same on `threads` worker threads (0: on the writing thread).
+    pub fn with_threads(inner: Box<dyn ByteSink>, threads: usize) -> ZstdSink {
+        ZstdSink::with_encoder(inner, threads, FRAME_INPUT, workers::ruzstd_fastest)
+    }
+
+    fn with_encoder(
+        inner: Box<dyn ByteSink>,
+        threads: usize,
+        frame_input: usize,
+        encode: Encode,
+    ) -> ZstdSink {
+        let workers = Workers::spawn(threads, threads + 1, frame_input, encode);
         ZstdSink {
             inner,
-            buffer: Vec::with_capacity(FRAME_INPUT),
+            buffer: Vec::with_capacity(frame_input),
+            frame_input,
             position: 0,
             frames: Vec::new(),
+            max_in_flight: workers.threads() + 1,
+            workers,
+            in_flight: VecDeque::new(),
+            submitted: 0,
+            spare_inputs: Vec::new(),
+            spare_outputs: Vec::new(),
+            failed: false,
         }
     }
 
+    /// Worker threads compressing (0: frames are compressed inline).
+    pub fn threads(&self) -> usize {
+        self.workers.threads()
+    }
+
+    /// Hands the filled frame to the workers, after writing the oldest
+    /// frames while too many are in flight.
     fn flush_frame(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let frame = ruzstd::encoding::compress_to_vec(
-            &self.buffer[..],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
-        // FRAME_INPUT bytes compress to far less than 4 GiB.
-        self.frames
-            .push((frame.len() as u32, self.buffer.len() as u32));
-        self.buffer.clear();
-        self.inner.write_all(&frame)
+        while self.in_flight.len() >= self.max_in_flight {
+            self.write_oldest()?;
+        }
+        let spare = self
+            .spare_inputs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.frame_input));
+        let input = std::mem::replace(&mut self.buffer, spare);
+        let output = self.spare_outputs.pop().unwrap_or_default();
+        let id = FrameId {
+            index: self.submitted,
+            at: self.submitted * self.frame_input as u64,
+        };
+        let pending = match self.workers.compress(id, input, output) {
+            Ok(pending) => pending,
+            Err(e) => {
+                // The workers have died: an earlier frame's own error,
+                // when there is one, says which frame and why first.
+                while !self.in_flight.is_empty() {
+                    self.write_oldest()?;
+                }
+                return Err(e);
+            }
+        };
+        self.submitted += 1;
+        self.in_flight.push_back(pending);
+        Ok(())
+    }
+
+    /// Waits for the oldest frame in flight and writes it.
+    fn write_oldest(&mut self) -> io::Result<()> {
+        let Some(pending) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let Compressed { mut input, output } = pending.wait()?;
+        let frame = output?;
+        // A frame's input (FRAME_INPUT) compresses to far less than 4 GiB.
+        self.frames.push((frame.len() as u32, input.len() as u32));
+        self.inner.write_all(&frame)?;
+        input.clear();
+        self.spare_inputs.push(input);
+        self.spare_outputs.push(frame);
+        Ok(())
+    }
+
+    /// Runs `step`, and refuses everything after its first error.
+    fn guarded(&mut self, step: impl FnOnce(&mut Self) -> io::Result<()>) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "the zstd stream failed earlier: nothing more is written",
+            ));
+        }
+        let result = step(self);
+        self.failed = result.is_err();
+        result
     }
 
     /// The seekable format's seek table, as one skippable frame.
@@ -85,8 +197,11 @@ impl ZstdSink {
 
 impl ByteSink for ZstdSink {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.position += buf.len() as u64;
-        fill_buffer(self, buf, FRAME_INPUT, |s| &mut s.buffer, Self::flush_frame)
+        self.guarded(|s| {
+            s.position += buf.len() as u64;
+            let capacity = s.frame_input;
+            fill_buffer(s, buf, capacity, |s| &mut s.buffer, Self::flush_frame)
+        })
     }
 
     // Zeros compress like any bytes: the trait's write_zeros writes them.
@@ -98,10 +213,18 @@ impl ByteSink for ZstdSink {
 
     /// Summary of the compressed bytes, as written.
     fn finish(mut self: Box<Self>) -> io::Result<SinkSummary> {
-        self.flush_frame()?;
-        let table = self.seek_table();
-        self.inner.write_all(&table)?;
-        self.inner.finish()
+        self.guarded(|s| {
+            s.flush_frame()?;
+            while !s.in_flight.is_empty() {
+                s.write_oldest()?;
+            }
+            let table = s.seek_table();
+            s.inner.write_all(&table)
+        })?;
+        // The workers end before the inner sink commits the image.
+        let ZstdSink { inner, workers, .. } = *self;
+        drop(workers);
+        inner.finish()
     }
 }
 
@@ -556,6 +679,211 @@ mod tests {
     /// frame, the footer.
     fn table_len(frames: usize) -> usize {
         8 + 8 * frames + FOOTER_LEN as usize
+    }
+
+    /// Memory-like bytes: text pages, zero pages and pseudo-random
+    /// (incompressible) pages, mixed, not a multiple of any frame size.
+    fn mixed(len: usize) -> Vec<u8> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut data = Vec::with_capacity(len);
+        while data.len() < len {
+            let page = data.len() / 4096;
+            let n = (len - data.len()).min(4096);
+            match page % 5 {
+                0 | 3 => data.extend((0..n).map(|i| b"task_struct init "[(i + page) % 17])),
+                1 => data.extend(std::iter::repeat_n(0, n)),
+                _ => data.extend((0..n).map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })),
+            }
+        }
+        data
+    }
+
+    /// What a [`HashingSink`](pmem_core::sink::HashingSink) over it wrote:
+    /// shared with the test while the sink owns its end.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// A sink of `threads` workers, `frame` bytes per frame and `encode`,
+    /// writing into the returned buffer.
+    fn sink_with(threads: usize, frame: usize, encode: Encode) -> (Box<ZstdSink>, Shared) {
+        let out = Shared::default();
+        let inner = pmem_core::sink::HashingSink::stream(Box::new(out.clone()));
+        let sink = ZstdSink::with_encoder(Box::new(inner), threads, frame, encode);
+        (Box::new(sink), out)
+    }
+
+    /// `data` compressed with `threads` workers into frames of `frame`
+    /// bytes, written in pieces of `piece` bytes.
+    fn compressed_with(data: &[u8], threads: usize, frame: usize, piece: usize) -> Vec<u8> {
+        let (mut sink, out) = sink_with(threads, frame, workers::ruzstd_fastest);
+        assert_eq!(sink.threads(), threads);
+        for part in data.chunks(piece) {
+            sink.write_all(part).unwrap();
+        }
+        assert_eq!(sink.position(), data.len() as u64);
+        sink.finish().unwrap();
+        out.bytes()
+    }
+
+    /// The layout the single-threaded sink wrote before the workers: each
+    /// `frame` bytes compressed alone by ruzstd, in order, then the table.
+    fn reference(data: &[u8], frame: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut table = Vec::new();
+        for part in data.chunks(frame) {
+            let f = ruzstd::encoding::compress_to_vec(
+                part,
+                ruzstd::encoding::CompressionLevel::Fastest,
+            );
+            table.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            table.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend(f);
+        }
+        let frames = data.len().div_ceil(frame) as u32;
+        out.extend_from_slice(&SEEK_TABLE_FRAME_MAGIC.to_le_bytes());
+        out.extend_from_slice(&(table.len() as u32 + FOOTER_LEN as u32).to_le_bytes());
+        out.extend(table);
+        out.extend_from_slice(&frames.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn output_is_the_same_bytes_whatever_the_thread_count() {
+        // 37 frames of 64 KiB and a part: more frames than any pool holds
+        // in flight, so workers finish out of order.
+        let frame = 64 << 10;
+        let data = mixed(frame * 37 + 12345);
+        let expected = reference(&data, frame);
+        for threads in [0, 1, 2, 3, 8] {
+            for piece in [4096, 1 << 20, 100_003] {
+                let got = compressed_with(&data, threads, frame, piece);
+                assert!(got == expected, "{threads} threads, pieces of {piece}");
+            }
+        }
+        let mut r = open(&expected).unwrap();
+        assert_eq!(r.frames.len(), 38);
+        assert!(read_all(&mut r).unwrap() == data);
+        // The real frame size: the default pool against one thread and inline.
+        let data = mixed(FRAME_INPUT * 2 + 4096 * 3);
+        let one = compressed_with(&data, 1, FRAME_INPUT, 1 << 20);
+        assert!(one == reference(&data, FRAME_INPUT));
+        assert!(compressed_with(&data, 0, FRAME_INPUT, 1 << 20) == one);
+        assert!(compressed_with(&data, 3, FRAME_INPUT, 1 << 20) == one);
+        assert!(compressed(&data) == one, "ZstdSink::new");
+    }
+
+    #[test]
+    fn an_empty_image_is_a_seek_table_alone() {
+        for threads in [0, 2] {
+            let got = compressed_with(&[], threads, 4096, 4096);
+            assert_eq!(got, reference(&[], 4096));
+            assert_eq!(got.len(), table_len(0));
+            assert_eq!(open(&got).unwrap().len, 0);
+        }
+    }
+
+    /// ruzstd, except on frames starting with "FAIL": an error.
+    fn failing(
+        c: &mut workers::Compressor,
+        input: &mut Vec<u8>,
+        output: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if input.starts_with(b"FAIL") {
+            return Err(io::Error::other("injected encoder failure"));
+        }
+        workers::ruzstd_fastest(c, input, output)
+    }
+
+    /// ruzstd, except on frames starting with "FAIL": the thread dies.
+    fn dying(
+        c: &mut workers::Compressor,
+        input: &mut Vec<u8>,
+        output: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        assert!(!input.starts_with(b"FAIL"), "injected worker panic");
+        workers::ruzstd_fastest(c, input, output)
+    }
+
+    /// 12 frames of 4 KiB; frame `bad` starts with "FAIL".
+    fn with_bad_frame(bad: usize) -> Vec<u8> {
+        let mut data = mixed(4096 * 12);
+        data[bad * 4096..bad * 4096 + 4].copy_from_slice(b"FAIL");
+        data
+    }
+
+    /// Writes `data` in frames into a sink with `encode`; the first error
+    /// (from a write or from finish) and what the inner sink received.
+    fn first_error(threads: usize, encode: Encode, data: &[u8]) -> (io::Error, Vec<u8>) {
+        let (mut sink, out) = sink_with(threads, 4096, encode);
+        for part in data.chunks(4096) {
+            if let Err(e) = sink.write_all(part) {
+                // Refused from now on: the stream has lost a frame.
+                let again = sink.write_all(b"more").unwrap_err();
+                assert!(again.to_string().contains("failed earlier"), "{again}");
+                assert!(sink.finish().is_err());
+                return (e, out.bytes());
+            }
+        }
+        let e = sink.finish().expect_err("a frame failed");
+        (e, out.bytes())
+    }
+
+    #[test]
+    fn an_encoder_error_on_a_worker_is_the_sinks_error() {
+        for threads in [0, 1, 3] {
+            for bad in [0, 5, 11] {
+                let data = with_bad_frame(bad);
+                let (err, written) = first_error(threads, failing, &data);
+                let text = err.to_string();
+                let want = format!("zstd frame {bad} (image offset {:#x})", bad * 4096);
+                assert!(text.contains(&want), "{threads} threads: {text}");
+                assert!(text.contains("injected encoder failure"), "{text}");
+                // Exactly the frames before the bad one were written, in order.
+                let good = reference(&data[..bad * 4096], 4096);
+                assert_eq!(written, good[..good.len() - table_len(bad)]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_worker_thread_that_dies_is_an_error_not_a_hang() {
+        for threads in [1, 2] {
+            for bad in [0, 7] {
+                let data = with_bad_frame(bad);
+                let (err, written) = first_error(threads, dying, &data);
+                let text = err.to_string();
+                assert!(text.contains("compression thread failed"), "{text}");
+                assert!(
+                    text.contains(&format!("zstd frame {bad} ")),
+                    "{threads} threads, frame {bad}: {text}"
+                );
+                let good = reference(&data[..bad * 4096], 4096);
+                assert_eq!(written, good[..good.len() - table_len(bad)]);
+            }
+        }
     }
 
     #[test]
