@@ -146,8 +146,9 @@ fn block_signals() -> libc::sigset_t {
 /// The name of a blocked signal that arrived within `timeout`.
 fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<&'static str> {
     let timeout = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        // `as _`: time_t is deprecated on musl (its width will change).
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
     };
     // SAFETY: `set` and `timeout` are valid for the call; no siginfo asked.
     match unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) } {
@@ -219,9 +220,19 @@ struct ServedJson {
     unreadable_pages: u64,
 }
 
+struct Io {
+    memory: Box<dyn PhysicalMemory>,
+    /// A reply's bytes.
+    out: Vec<u8>,
+    /// A source request widened to whole pieces, when the reply's is not.
+    scratch: Vec<u8>,
+}
+
 struct MemoryFs {
     files: Vec<ServedFile>,
-    memory: Mutex<Box<dyn PhysicalMemory>>,
+    /// The source and the buffers reads are served from (reused: a fresh
+    /// 1 MiB buffer per request costs its page faults every time).
+    io: Mutex<Io>,
     /// Source requests are whole multiples of this (a page, or the
     /// source's read granularity if larger).
     piece: u64,
@@ -282,7 +293,11 @@ impl MemoryFs {
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(MemoryFs {
             files,
-            memory: Mutex::new(memory),
+            io: Mutex::new(Io {
+                memory,
+                out: Vec::new(),
+                scratch: Vec::new(),
+            }),
             piece,
             origin,
             memory_map: plan.ranges.ranges().iter().map(RangeJson::from).collect(),
@@ -364,43 +379,71 @@ impl MemoryFs {
         }
     }
 
-    /// Fills `out` with the view's bytes from file offset `offset`.
-    fn read_view(&self, view: &ImageView, offset: u64, out: &mut [u8]) -> Result<(), String> {
-        let len = out.len() as u64;
-        for (at, piece) in view.overlapping(offset, len) {
+    /// The view's bytes from file offset `offset`, `len` of them, into
+    /// `io.out`.
+    fn read_view(
+        &self,
+        io: &mut Io,
+        view: &ImageView,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), String> {
+        let Io {
+            memory,
+            out,
+            scratch,
+        } = io;
+        if out.len() < len {
+            out.resize(len, 0);
+        }
+        let out = &mut out[..len];
+        let end = offset + len as u64;
+        // What no piece covers (padding, raw's holes) reads as zeros.
+        let mut filled = offset;
+        for (at, piece) in view.overlapping(offset, len as u64) {
             let from = (*at).max(offset);
-            let to = (at + piece.len()).min(offset + len);
+            let to = (at + piece.len()).min(end);
+            out[(filled - offset) as usize..(from - offset) as usize].fill(0);
             let dest = &mut out[(from - offset) as usize..(to - offset) as usize];
             match piece {
                 ViewPiece::Bytes(bytes) => {
                     dest.copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize])
                 }
-                ViewPiece::Memory(range) => {
-                    self.read_memory(*range, range.start + (from - at), dest)?
-                }
+                ViewPiece::Memory(range) => self.read_memory(
+                    memory.as_mut(),
+                    scratch,
+                    *range,
+                    range.start + (from - at),
+                    dest,
+                )?,
             }
+            filled = to;
         }
+        out[(filled - offset) as usize..].fill(0);
         Ok(())
     }
 
     /// Reads physical memory at `phys` into `dest`, inside `range`, in
     /// requests aligned to [`MemoryFs::piece`].
-    fn read_memory(&self, range: Range, phys: u64, dest: &mut [u8]) -> Result<(), String> {
+    fn read_memory(
+        &self,
+        memory: &mut dyn PhysicalMemory,
+        scratch: &mut Vec<u8>,
+        range: Range,
+        phys: u64,
+        dest: &mut [u8],
+    ) -> Result<(), String> {
         let end = phys + dest.len() as u64;
         let start = (phys / self.piece * self.piece).max(range.start);
         let stop = end.next_multiple_of(self.piece).min(range.end);
         let aligned = start == phys && stop == end;
-        let mut scratch = Vec::new();
         let buf: &mut [u8] = if aligned {
             dest
         } else {
             scratch.resize((stop - start) as usize, 0);
-            &mut scratch
+            scratch
         };
-        let bad = {
-            let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-            read_or_zero(memory.as_mut(), start, buf, self.piece).map_err(|e| e.to_string())?
-        };
+        let bad = read_or_zero(memory, start, buf, self.piece).map_err(|e| e.to_string())?;
         if !aligned {
             let from = (phys - start) as usize;
             dest.copy_from_slice(&scratch[from..from + dest.len()]);
@@ -504,13 +547,13 @@ impl Filesystem for MemoryFs {
         let info;
         let bytes = match &file.content {
             Content::View(view) => {
-                let n = u64::from(size).min(view.len().saturating_sub(offset));
-                let mut out = vec![0u8; n as usize];
-                if let Err(err) = self.read_view(view, offset, &mut out) {
+                let n = u64::from(size).min(view.len().saturating_sub(offset)) as usize;
+                let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(err) = self.read_view(&mut io, view, offset, n) {
                     eprintln!("pmem: reading {} at offset {offset:#x}: {err}", file.name);
                     return reply.error(Errno::EIO);
                 }
-                return reply.data(&out);
+                return reply.data(&io.out[..n]);
             }
             Content::Fixed(bytes) => bytes,
             Content::Info => {
