@@ -170,6 +170,7 @@ mod image_file;
 mod laid_out;
 mod reader;
 mod view;
+mod workers;
 mod write;
 
 pub use by_format::{image_size, open_image, open_image_file, writer};

@@ -15,14 +15,15 @@
 //! by decompressing one frame. `.zst` files without one (from `zstd`
 //! itself) are indexed by decompressing each frame once when opened.
 
-mod workers;
+mod compress;
 
 use crate::bytes::u32_le;
+use crate::workers::Pending;
+use compress::{thread_failed, Compressed, Encode, FrameId, Job, Workers};
 use pmem_core::sink::fill_buffer;
 use pmem_core::{ByteSink, SinkSummary};
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
-use workers::{Compressed, Encode, FrameId, Pending, Workers};
 
 /// The zstd frame magic number, as it appears on disk.
 pub const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -63,7 +64,7 @@ pub struct ZstdSink {
     frames: Vec<(u32, u32)>,
     workers: Workers,
     /// Frames handed to the workers, oldest first.
-    in_flight: VecDeque<Pending>,
+    in_flight: VecDeque<(FrameId, Pending<Compressed>)>,
     max_in_flight: usize,
     /// Frames submitted so far (numbers the frames in errors).
     submitted: u64,
@@ -84,7 +85,7 @@ impl ZstdSink {
 
     /// The same on `threads` worker threads (0: on the writing thread).
     pub fn with_threads(inner: Box<dyn ByteSink>, threads: usize) -> ZstdSink {
-        ZstdSink::with_encoder(inner, threads, FRAME_INPUT, workers::ruzstd_fastest)
+        ZstdSink::with_encoder(inner, threads, FRAME_INPUT, compress::ruzstd_fastest)
     }
 
     fn with_encoder(
@@ -93,7 +94,7 @@ impl ZstdSink {
         frame_input: usize,
         encode: Encode,
     ) -> ZstdSink {
-        let workers = Workers::spawn(threads, threads + 1, frame_input, encode);
+        let workers = compress::spawn(threads, threads + 1, frame_input, encode);
         ZstdSink {
             inner,
             buffer: Vec::with_capacity(frame_input),
@@ -134,28 +135,28 @@ impl ZstdSink {
             index: self.submitted,
             at: self.submitted * self.frame_input as u64,
         };
-        let pending = match self.workers.compress(id, input, output) {
+        let pending = match self.workers.submit(Job { id, input, output }) {
             Ok(pending) => pending,
-            Err(e) => {
+            Err(_) => {
                 // The workers have died: an earlier frame's own error,
                 // when there is one, says which frame and why first.
                 while !self.in_flight.is_empty() {
                     self.write_oldest()?;
                 }
-                return Err(e);
+                return Err(thread_failed(id));
             }
         };
         self.submitted += 1;
-        self.in_flight.push_back(pending);
+        self.in_flight.push_back((id, pending));
         Ok(())
     }
 
     /// Waits for the oldest frame in flight and writes it.
     fn write_oldest(&mut self) -> io::Result<()> {
-        let Some(pending) = self.in_flight.pop_front() else {
+        let Some((id, pending)) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let Compressed { mut input, output } = pending.wait()?;
+        let Compressed { mut input, output } = pending.wait().map_err(|_| thread_failed(id))?;
         let frame = output?;
         // A frame's input (FRAME_INPUT) compresses to far less than 4 GiB.
         self.frames.push((frame.len() as u32, input.len() as u32));
@@ -736,7 +737,7 @@ mod tests {
     /// `data` compressed with `threads` workers into frames of `frame`
     /// bytes, written in pieces of `piece` bytes.
     fn compressed_with(data: &[u8], threads: usize, frame: usize, piece: usize) -> Vec<u8> {
-        let (mut sink, out) = sink_with(threads, frame, workers::ruzstd_fastest);
+        let (mut sink, out) = sink_with(threads, frame, compress::ruzstd_fastest);
         assert_eq!(sink.threads(), threads);
         for part in data.chunks(piece) {
             sink.write_all(part).unwrap();
@@ -807,24 +808,24 @@ mod tests {
 
     /// ruzstd, except on frames starting with "FAIL": an error.
     fn failing(
-        c: &mut workers::Compressor,
+        c: &mut compress::Compressor,
         input: &mut Vec<u8>,
         output: &mut Vec<u8>,
     ) -> io::Result<()> {
         if input.starts_with(b"FAIL") {
             return Err(io::Error::other("injected encoder failure"));
         }
-        workers::ruzstd_fastest(c, input, output)
+        compress::ruzstd_fastest(c, input, output)
     }
 
     /// ruzstd, except on frames starting with "FAIL": the thread dies.
     fn dying(
-        c: &mut workers::Compressor,
+        c: &mut compress::Compressor,
         input: &mut Vec<u8>,
         output: &mut Vec<u8>,
     ) -> io::Result<()> {
         assert!(!input.starts_with(b"FAIL"), "injected worker panic");
-        workers::ruzstd_fastest(c, input, output)
+        compress::ruzstd_fastest(c, input, output)
     }
 
     /// 12 frames of 4 KiB; frame `bad` starts with "FAIL".
