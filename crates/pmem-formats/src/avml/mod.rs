@@ -41,9 +41,9 @@
 //!
 //! [`WriteError::Unrepresentable`]: pmem_core::WriteError::Unrepresentable
 
+mod batch;
 mod frame;
 mod reader;
-mod workers;
 mod writer;
 
 pub use frame::{header, masked_crc, FrameEncoder};

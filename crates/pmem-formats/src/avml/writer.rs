@@ -2,9 +2,10 @@
 //! chunks into blocks that pay for themselves (see the module above for
 //! the rules the readers impose).
 
+use super::batch::{self, Batch, Encoded, FrameSpec, Workers};
 use super::frame::{header, FrameEncoder, STREAM_ID};
-use super::workers::{Batch, Encoded, FrameSpec, Pending, Workers};
 use super::{BATCH_FRAMES, CAP, FRAME, MAX_BLOCK, STREAM_BLOCK, STREAM_CAP};
+use crate::workers::Pending;
 use crate::write::{check_plan_nonempty, finish_sink, write_all};
 use crate::Format;
 use pmem_core::writer::ChunkCursor;
@@ -40,10 +41,10 @@ impl OpenBlock {
 pub struct AvmlWriter {
     sink: Box<dyn ByteSink>,
     cursor: ChunkCursor,
-    /// Inline compression when there are no workers.
+    /// Encodes all-zero frames, which the workers leave out.
     encoder: FrameEncoder,
     workers: Workers,
-    in_flight: VecDeque<Pending>,
+    in_flight: VecDeque<Pending<Encoded>>,
     max_in_flight: usize,
     /// The batch being filled.
     batch: Batch,
@@ -82,7 +83,7 @@ impl AvmlWriter {
             sink,
             cursor: ChunkCursor::default(),
             encoder,
-            workers: Workers::spawn(threads),
+            workers: batch::spawn(threads),
             in_flight: VecDeque::new(),
             // Enough jobs queued to keep every worker busy, few enough to
             // bound memory: threads + 1 jobs stay in flight (one more until
@@ -178,7 +179,11 @@ impl AvmlWriter {
         let frames = Vec::with_capacity(BATCH_FRAMES);
         let batch = std::mem::replace(&mut self.batch, Batch { raw, frames });
         let chunks = self.spare_chunks.pop().unwrap_or_default();
-        let pending = self.workers.compress(&mut self.encoder, batch, chunks);
+        // Workers that have gone (died) leave the batch to this thread.
+        let pending = match self.workers.submit((batch, chunks)) {
+            Ok(pending) => pending,
+            Err(job) => Pending::Done(self.workers.run_here(job)),
+        };
         self.in_flight.push_back(pending);
         while self.in_flight.len() > self.max_in_flight {
             self.take_one()?;
