@@ -25,6 +25,9 @@ caches dropped before each step; one warm-up acquisition first):
               pmem's AVML chunk encoder, nothing written (with the
               compressed step)
   sha256      the hash floor: pmem's SHA-256 code over as many bytes as RAM
+  mount       (only with --steps ...,mount) `pmem mount`'s memory.raw read
+              with dd into a pipe vs `pmem acquire --no-hash --format raw`
+              into a pipe: the mount's share of acquire's speed
   symbols     (only with --steps ...,symbols) the cost of capturing the
               kernel's symbols: `pmem acquire --no-hash` (captures them,
               the default) vs the same with --no-symbols; prints the
@@ -101,6 +104,9 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
             if step == "symbols":
                 lines += symbols_lines(m, rep)
                 continue
+            if step == "mount":
+                lines += mount_lines(m, rep)
+                continue
             for tool in order:
                 cmd = TOOLS[step][tool]
                 lines.append("drop")
@@ -159,6 +165,37 @@ def symbols_lines(m, rep):
             lines.append(f"cp $OUT/img.json $OUT/symbols-{rep}.json")
         lines.append("rm -f $OUT/img $OUT/img.json $OUT/img.symbols")
     return lines
+
+
+# `pmem mount`'s memory.raw read sequentially vs `acquire --no-hash` of
+# the same raw layout, each into a pipe read by dd (issue 19's bar: the
+# mount at least half acquire's speed).
+MOUNT = {"mount-read": "dd if=/tmp/mem/memory.raw bs=1M 2>/dev/null | dd of=/dev/null bs=1M 2>/dev/null",
+         "pmem-nohash-raw": "/data/bin/pmem acquire -q --no-hash --no-symbols --format raw - "
+                            "| dd of=/dev/null bs=1M 2>/dev/null"}
+
+
+def mount_lines(m, rep):
+    """The mount step of one repetition: the server up for both reads (it
+    costs nothing while idle), order alternating."""
+    lines = ["mkdir -p /tmp/mem", "/data/bin/pmem mount --no-symbols /tmp/mem 2>/dev/null & mnt=$!",
+             "i=0; while [ ! -e /tmp/mem/info.json ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"]
+    for tool in (("mount-read", "pmem-nohash-raw") if rep % 2 == 0 else ("pmem-nohash-raw", "mount-read")):
+        lines += ["drop", f"{m} /tmp/m -- sh -c '{MOUNT[tool]}'", f"res {rep} mount {tool}"]
+    return lines + ["kill -TERM $mnt; wait $mnt"]
+
+
+def mount_summary(rows):
+    """The mount's read speed against acquire's, from the mount step."""
+    by = {}
+    for r in rows:
+        if r["step"] == "mount":
+            by.setdefault(r["tool"], []).append(r["secs"])
+    if by.get("mount-read") and by.get("pmem-nohash-raw"):
+        read, acquire = med(by["mount-read"]), med(by["pmem-nohash-raw"])
+        say(f"\nmount: memory.raw read {read:.2f} s ({spread(by['mount-read'])}), acquire --no-hash "
+            f"--format raw {acquire:.2f} s ({spread(by['pmem-nohash-raw'])}), both into a pipe: "
+            f"the mount at {acquire / read:.2f}x of acquire's speed (medians)")
 
 
 def symbols_summary(rows, out):
@@ -354,6 +391,7 @@ def main():
                                             [s for s in args.steps.split(",") if s])
             table(rows, int(memory), f"{release}, {memory} MiB, {smp} vCPU(s), {args.reps} repetitions")
             symbols_summary(rows, out)
+            mount_summary(rows)
             if (out / "keep.lime").exists():
                 keep = out / "keep.lime"
     if not args.no_convert:
