@@ -80,7 +80,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             symbols.tar
         });
-    let fs = MemoryFs::new(live.memory, &live.plan, live.origin, iomem, symbols)?;
+    // The plan by value: its copy of the bundle is in memory.elf's header
+    // once the views are laid out, and is freed here, not held while serving.
+    let fs = MemoryFs::new(live.memory, live.plan, live.origin, iomem, symbols)?;
     let names: Vec<&str> = fs.files.iter().map(|f| f.name).collect();
 
     let mut config = Config::default();
@@ -250,7 +252,7 @@ const TTL: Duration = Duration::from_secs(1);
 impl MemoryFs {
     fn new(
         memory: Box<dyn PhysicalMemory>,
-        plan: &pmem_core::Plan,
+        plan: pmem_core::Plan,
         origin: Origin,
         iomem: Vec<u8>,
         symbols: Option<Vec<u8>>,
@@ -262,7 +264,7 @@ impl MemoryFs {
             ("memory.elf", Format::Elf),
         ] {
             let view =
-                ImageView::new(format, plan).with_context(|| format!("laying out {name}"))?;
+                ImageView::new(format, &plan).with_context(|| format!("laying out {name}"))?;
             files.push(ServedFile {
                 name,
                 content: Content::View(view),
@@ -272,10 +274,10 @@ impl MemoryFs {
             name: "iomem",
             content: Content::Fixed(iomem),
         });
-        if let Some(vmcoreinfo) = &plan.vmcoreinfo {
+        if let Some(vmcoreinfo) = plan.vmcoreinfo {
             files.push(ServedFile {
                 name: "vmcoreinfo",
-                content: Content::Fixed(vmcoreinfo.clone()),
+                content: Content::Fixed(vmcoreinfo),
             });
         }
         if let Some(tar) = symbols {
