@@ -8,7 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step names the minutes since the start: CI has a time budget, and the
+# log then tells where it went.
+step() { printf '\n== [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+trap 'printf "\n== [%d:%02d] scripts/test.sh ends (exit %s)\n" $((SECONDS / 60)) $((SECONDS % 60)) $?' EXIT
 
 step "installing build and test dependencies"
 source scripts/lib/setup.sh

@@ -118,6 +118,15 @@ def say(message=""):
     print(message, flush=True)
 
 
+STARTED = time.monotonic()
+
+
+def elapsed():
+    """Minutes:seconds since the harness started (where CI's time goes)."""
+    seconds = int(time.monotonic() - STARTED)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
 # ----------------------------------------------------------------- the guest
 
 
@@ -620,7 +629,7 @@ def check_compressed(results, case, name, path, ctx, timing, vol):
 
 
 def run_case(case, pmem, agent, results, timings, other_markers, vol):
-    say(f"\n== case {case.name}: kernel {case.kernel}, {case.memory_mib} MiB, "
+    say(f"\n== [{elapsed()}] case {case.name}: kernel {case.kernel}, {case.memory_mib} MiB, "
         f"formats {' '.join(case.formats) or '-'}, stream {' '.join(case.stream) or '-'}")
     timing = timings.setdefault(case.name, {})
     try:
@@ -829,8 +838,9 @@ def cmd_suite(args):
                 if done:
                     works.append(done[1])
     if vol:
-        say("\nwaiting for the Volatility 3 checks ...")
+        say(f"\n[{elapsed()}] cases done; waiting for the Volatility 3 checks ...")
         vol.wait()
+        say(f"[{elapsed()}] Volatility 3 checks done")
     if not args.keep:
         for work in works:
             clean_images(work)
