@@ -2,6 +2,9 @@
 //! without a usable /proc/kcore. Its source (`module/` in the project)
 //! travels inside this binary, so a responder holding only pmem and the
 //! target kernel's headers can build it.
+//!
+//! Writing physical memory is opt-in twice: a separate build
+//! (`build --write`) and a load parameter (`load --write`, writable=1).
 
 use anyhow::{bail, Context, Result};
 use pmem_sources::module::{DEVICE_PATH, MODULE_NAME};
@@ -32,9 +35,16 @@ enum Sub {
         /// Kernel headers or build tree (the directory `make -C` takes).
         #[arg(long, value_name = "DIR")]
         headers: Option<PathBuf>,
-        /// Where to write the module.
-        #[arg(long, value_name = "FILE", default_value = "pmem_phys.ko")]
-        out: PathBuf,
+        /// Where to write the module [default: pmem_phys.ko, with --write
+        /// pmem_phys-write.ko].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Build the write build: /dev/pmem-phys can also write whole
+        /// System RAM pages once loaded with `pmem module load --write`.
+        /// For research and teaching on machines you may crash, never for
+        /// regular systems; refuses to load under kernel lockdown.
+        #[arg(long)]
+        write: bool,
     },
     /// Write the module's source (C, Kbuild, Makefile) into DIR, e.g. to
     /// build or sign it elsewhere.
@@ -42,8 +52,12 @@ enum Sub {
     /// Load the module (finit_module), explaining a refusal: unsigned
     /// module under Secure Boot / module.sig_enforce, another kernel's build.
     Load {
-        #[arg(default_value = "pmem_phys.ko")]
-        file: PathBuf,
+        /// The module [default: pmem_phys.ko, with --write pmem_phys-write.ko].
+        file: Option<PathBuf>,
+        /// Turn writing on (writable=1): only the write build has it. Taints
+        /// the kernel; every write is logged to the kernel log.
+        #[arg(long)]
+        write: bool,
     },
     /// Unload the module (its device node and /sys/module entry go away).
     Unload,
@@ -51,7 +65,11 @@ enum Sub {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
-        Sub::Build { headers, out } => build(headers, &out),
+        Sub::Build {
+            headers,
+            out,
+            write,
+        } => build(headers, &out.unwrap_or_else(|| default_file(write)), write),
         Sub::Source { dir } => {
             write_sources(&dir)?;
             eprintln!(
@@ -60,10 +78,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
             Ok(())
         }
-        Sub::Load { file } => load(&file),
+        Sub::Load { file, write } => load(&file.unwrap_or_else(|| default_file(write)), write),
         Sub::Unload => unload(),
     }?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The module file `build` writes and `load` takes by default.
+fn default_file(write: bool) -> PathBuf {
+    PathBuf::from(if write {
+        "pmem_phys-write.ko"
+    } else {
+        "pmem_phys.ko"
+    })
+}
+
+/// The write build's load parameter (`parm=writable:...` in its .modinfo;
+/// /sys/module/pmem_phys/parameters/writable once loaded).
+pub const WRITE_PARAMETER: &str = "writable";
+
+/// Whether a module file is the write build.
+pub fn is_write_build(ko: &[u8]) -> bool {
+    modinfo(ko, "parm").is_some_and(|p| p.starts_with(&format!("{WRITE_PARAMETER}:")))
 }
 
 fn write_sources(dir: &Path) -> Result<()> {
@@ -126,7 +162,7 @@ fn build_hint(headers: &Path, output: &str) -> String {
     String::new()
 }
 
-fn build(headers: Option<PathBuf>, out: &Path) -> Result<()> {
+fn build(headers: Option<PathBuf>, out: &Path, write: bool) -> Result<()> {
     let headers = match headers {
         Some(dir) => dir,
         None => PathBuf::from(format!("/lib/modules/{}/build", running_release()?)),
@@ -142,18 +178,22 @@ fn build(headers: Option<PathBuf>, out: &Path) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", headers.display()))?;
     let dir = build_dir()?;
-    let result = build_in(&headers, &dir, out);
+    let result = build_in(&headers, &dir, out, write);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn build_in(headers: &Path, dir: &Path, out: &Path) -> Result<()> {
+fn build_in(headers: &Path, dir: &Path, out: &Path, write: bool) -> Result<()> {
     write_sources(dir)?;
     let mut make = Command::new("make");
     make.arg("-C")
         .arg(headers)
         .arg(format!("M={}", dir.display()))
         .arg("modules");
+    if write {
+        // module/Kbuild: ccflags-$(PMEM_PHYS_WRITE) += -DPMEM_PHYS_WRITE
+        make.arg("PMEM_PHYS_WRITE=y");
+    }
     // Module BTF (for BPF tools) needs pahole; the module works without it.
     let config = std::fs::read_to_string(headers.join(".config")).unwrap_or_default();
     if config.contains("CONFIG_DEBUG_INFO_BTF_MODULES=y") && !on_path("pahole") {
@@ -163,7 +203,8 @@ fn build_in(headers: &Path, dir: &Path, out: &Path) -> Result<()> {
         make.arg("CONFIG_DEBUG_INFO_BTF_MODULES=");
     }
     eprintln!(
-        "pmem: building {MODULE_NAME}.ko against {}",
+        "pmem: building {MODULE_NAME}.ko{} against {}",
+        if write { " (the write build)" } else { "" },
         headers.display()
     );
     let output = make.output().context("running make (is it installed?)")?;
@@ -188,6 +229,13 @@ fn build_in(headers: &Path, dir: &Path, out: &Path) -> Result<()> {
         eprintln!("make: {line}");
     }
     let bytes = std::fs::read(&ko).with_context(|| format!("reading {}", ko.display()))?;
+    if is_write_build(&bytes) != write {
+        bail!(
+            "make built {} without the {WRITE_PARAMETER} parameter the write build has: the \
+             kernel's build ignored PMEM_PHYS_WRITE",
+            ko.display()
+        );
+    }
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
         "pmem: wrote {} ({} bytes, version {}, vermagic {})",
@@ -198,10 +246,19 @@ fn build_in(headers: &Path, dir: &Path, out: &Path) -> Result<()> {
             .unwrap_or_else(|| "?".into())
             .trim()
     );
-    eprintln!(
-        "pmem: load it on that kernel with `pmem module load {}`, then `pmem acquire --source module ...`",
-        out.display()
-    );
+    if write {
+        eprintln!(
+            "pmem: this is the WRITE build: `pmem module load --write {}` lets root overwrite physical \
+             memory (pmem mount --write). For research and teaching on machines you may crash, never \
+             for regular systems",
+            out.display()
+        );
+    } else {
+        eprintln!(
+            "pmem: load it on that kernel with `pmem module load {}`, then `pmem acquire --source module ...`",
+            out.display()
+        );
+    }
     Ok(())
 }
 
@@ -233,13 +290,43 @@ pub fn load_hint(errno: i32, file_vermagic: Option<&str>, running: Option<&str>)
     }
 }
 
-fn load(file: &Path) -> Result<()> {
+/// Why `load --write` must not go on, if it must not: the file is not the
+/// write build, or the kernel is locked down (`lockdown`: the text of
+/// /sys/kernel/security/lockdown, when readable).
+pub fn write_load_refusal(file: &Path, ko: &[u8], lockdown: Option<&str>) -> Option<String> {
+    if !is_write_build(ko) {
+        return Some(format!(
+            "{} is the read-only build: it cannot write at all. Build the write build with \
+             `pmem module build --write` (for research and teaching only)",
+            file.display()
+        ));
+    }
+    match lockdown.and_then(pmem_sources::module::active_lockdown) {
+        Some(mode) if mode != "none" => Some(format!(
+            "kernel lockdown is \"{mode}\": the write build refuses to load under any lockdown \
+             mode (writing physical memory is what lockdown forbids)"
+        )),
+        _ => None,
+    }
+}
+
+fn load(file: &Path, write: bool) -> Result<()> {
     let ko = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     if modinfo(&bytes, "name").as_deref() != Some(MODULE_NAME) {
         bail!("{} is not pmem's module ({MODULE_NAME})", file.display());
     }
-    let params = CString::default();
+    if write {
+        let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").ok();
+        if let Some(why) = write_load_refusal(file, &bytes, lockdown.as_deref()) {
+            bail!("not loading {} with writes on: {why}", file.display());
+        }
+    }
+    let params = CString::new(if write {
+        format!("{WRITE_PARAMETER}=1")
+    } else {
+        String::new()
+    })?;
     // SAFETY: finit_module reads the open descriptor and a NUL-terminated
     // parameter string that outlives the call.
     let rc = unsafe {
@@ -254,6 +341,13 @@ fn load(file: &Path) -> Result<()> {
         let err = std::io::Error::last_os_error();
         let errno = err.raw_os_error().unwrap_or(0);
         if errno == libc::EEXIST {
+            if write && !writes_on() {
+                bail!(
+                    "{MODULE_NAME} is already loaded with writes off: `pmem module unload` it first, \
+                     then `pmem module load --write {}`",
+                    file.display()
+                );
+            }
             eprintln!("pmem: {MODULE_NAME} is already loaded");
             return Ok(());
         }
@@ -271,10 +365,25 @@ fn load(file: &Path) -> Result<()> {
         );
     }
     eprintln!(
-        "pmem: loaded {MODULE_NAME} {} ({DEVICE_PATH})",
-        modinfo(&bytes, "version").unwrap_or_default()
+        "pmem: loaded {MODULE_NAME} {} ({DEVICE_PATH}{})",
+        modinfo(&bytes, "version").unwrap_or_default(),
+        match (write, is_write_build(&bytes)) {
+            (true, _) =>
+                ", WRITABLE: the kernel is tainted and logs every write; `pmem mount --write` \
+                          writes through it",
+            (false, true) => ", the write build with writes off: read-only",
+            (false, false) => ", read-only",
+        }
     );
     Ok(())
+}
+
+/// Whether the loaded module is the write build with writes on.
+pub fn writes_on() -> bool {
+    std::fs::read_to_string(format!(
+        "/sys/module/{MODULE_NAME}/parameters/{WRITE_PARAMETER}"
+    ))
+    .is_ok_and(|v| v.trim() == "Y")
 }
 
 fn unload() -> Result<()> {
@@ -306,10 +415,32 @@ mod tests {
         let (_, c) = SOURCES[0];
         assert!(c.contains("MODULE_LICENSE(\"GPL\")"));
         assert!(c.contains(&format!("\"{}\"", pmem_sources::module::DEVICE_NAME)));
-        // Read-only: no write, mmap or ioctl entry points.
-        for op in [".write", ".mmap", ".unlocked_ioctl", ".compat_ioctl"] {
+        // No mmap or ioctl entry points; a write entry point only inside
+        // the write build's #ifdef blocks.
+        for op in [".mmap", ".unlocked_ioctl", ".compat_ioctl"] {
             assert!(!c.contains(op), "{op}");
         }
+        let mut depth_in_write = None;
+        let mut write_ops = 0;
+        for (n, line) in c.lines().enumerate() {
+            let line = line.trim();
+            match depth_in_write {
+                None if line == "#ifdef PMEM_PHYS_WRITE" => depth_in_write = Some(0),
+                Some(0) if line == "#endif" || line == "#else" => depth_in_write = None,
+                Some(d) if line.starts_with("#if") => depth_in_write = Some(d + 1),
+                Some(d) if line == "#endif" => depth_in_write = Some(d - 1),
+                _ => {}
+            }
+            if line.starts_with(".write") || line.contains("vmap(&page") {
+                assert!(
+                    depth_in_write.is_some(),
+                    "line {}: {line} outside the write build",
+                    n + 1
+                );
+                write_ops += 1;
+            }
+        }
+        assert_eq!(write_ops, 2, "the write build's entry point and page copy");
         let (_, kbuild) = SOURCES[1];
         assert!(kbuild.contains(&format!("obj-m := {MODULE_NAME}.o")));
     }
@@ -325,6 +456,32 @@ mod tests {
         );
         assert_eq!(modinfo(ko, "license"), None);
         assert_eq!(modinfo(b"version=unterminated", "version"), None);
+    }
+
+    #[test]
+    fn write_builds_are_told_apart_and_refused_under_lockdown() {
+        let read_only = b"\x7fELF..version=1.1.0\0name=pmem_phys\0";
+        let write =
+            b"\x7fELF..parm=writable:Let root write\0parmtype=writable:bool\0name=pmem_phys\0";
+        assert!(!is_write_build(read_only));
+        assert!(is_write_build(write));
+        assert!(!is_write_build(b"parm=other:x\0"));
+        let file = Path::new("pmem_phys.ko");
+        let why = write_load_refusal(file, read_only, None).unwrap();
+        assert!(
+            why.contains("read-only build") && why.contains("build --write"),
+            "{why}"
+        );
+        assert_eq!(write_load_refusal(file, write, None), None);
+        assert_eq!(
+            write_load_refusal(file, write, Some("[none] integrity confidentiality\n")),
+            None
+        );
+        for mode in ["integrity", "confidentiality"] {
+            let text = "none integrity confidentiality".replace(mode, &format!("[{mode}]"));
+            let why = write_load_refusal(file, write, Some(&text)).unwrap();
+            assert!(why.contains(&format!("lockdown is \"{mode}\"")), "{why}");
+        }
     }
 
     #[test]
@@ -347,7 +504,12 @@ mod tests {
     #[test]
     fn build_refuses_missing_headers() {
         let dir = tempfile::tempdir().unwrap();
-        let err = build(Some(dir.path().to_path_buf()), &dir.path().join("x.ko")).unwrap_err();
+        let err = build(
+            Some(dir.path().to_path_buf()),
+            &dir.path().join("x.ko"),
+            false,
+        )
+        .unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("no kernel headers at"), "{text}");
         assert!(text.contains("--headers"), "{text}");

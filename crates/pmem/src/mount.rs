@@ -14,6 +14,12 @@
 //! zeros and is counted in info.json. Only the user who mounted (root) may
 //! read: files are 0400 and the mount has no allow_other. fuser mounts
 //! through /dev/fuse itself, without libfuse or fusermount.
+//!
+//! `--write` (research and teaching only) makes memory.raw writable: a
+//! write of whole System RAM pages at offset X goes to physical address X
+//! through pmem's module, which must be the write build loaded with
+//! `pmem module load --write`. Anything else is refused before the module
+//! sees it: partial pages (EINVAL), bytes outside System RAM (EPERM).
 
 use crate::carried_symbols::{fits_inside, CarriedSymbols};
 use crate::manifest::{Origin, RangeJson};
@@ -43,6 +49,13 @@ pub struct Args {
     /// inside memory.elf).
     #[arg(long)]
     no_symbols: bool,
+    /// Make memory.raw writable: writing whole System RAM pages at offset X
+    /// writes physical memory at X. Needs pmem's module, the write build
+    /// loaded with `pmem module load --write` (implies --source module).
+    /// For research and teaching on machines you may crash, never for
+    /// regular systems.
+    #[arg(long)]
+    write: bool,
     /// An existing directory to mount on. pmem serves until it is
     /// unmounted (`umount DIR`) or gets SIGINT or SIGTERM (it unmounts).
     mountpoint: PathBuf,
@@ -55,6 +68,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.mountpoint.display()
         );
     }
+    let source = if args.write {
+        write_source(&args.source)?
+    } else {
+        args.source.clone()
+    };
     if !std::path::Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse does not exist: load the FUSE module first (modprobe fuse)");
     }
@@ -63,7 +81,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let signals = block_signals();
     let mut live = crate::live::open(
         &pmem_sources::LiveRequest {
-            source: args.source.clone(),
+            source: source.clone(),
             map_path: args.iomem.clone(),
             ..Default::default()
         },
@@ -82,14 +100,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     // The plan by value: its copy of the bundle is in memory.elf's header
     // once the views are laid out, and is freed here, not held while serving.
-    let fs = MemoryFs::new(live.memory, live.plan, live.origin, iomem, symbols)?;
+    let writer = if args.write {
+        Some(open_writer(&source)?)
+    } else {
+        None
+    };
+    let fs = MemoryFs::new(live.memory, live.plan, live.origin, iomem, symbols, writer)?;
     let names: Vec<&str> = fs.files.iter().map(|f| f.name).collect();
 
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("pmem".into()),
         MountOption::Subtype("pmem".into()),
-        MountOption::RO,
+        if args.write {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::NoExec,
@@ -101,6 +128,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.mountpoint.display()
         )
     })?;
+    if args.write {
+        eprintln!(
+            "pmem: memory.raw is WRITABLE: whole System RAM pages written to it overwrite this \
+             machine's memory (the module logs each write to the kernel log)"
+        );
+    }
     eprintln!(
         "pmem: serving this machine's memory at {}: {}. Ctrl-C, SIGTERM or `umount {}` ends it.",
         args.mountpoint.display(),
@@ -127,6 +160,88 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// The source `--write` reads and writes through: pmem's module only.
+fn write_source(source: &str) -> Result<String> {
+    match source {
+        "auto" => Ok("module".into()),
+        s if s == "module" || s.starts_with("module:") => Ok(s.into()),
+        other => bail!(
+            "--write writes through pmem's module only (the write build, loaded with \
+             `pmem module load --write`), not --source {other}"
+        ),
+    }
+}
+
+/// The module's device opened for writing, after checking that the loaded
+/// module is the write build with writes on.
+fn open_writer(source: &str) -> Result<std::fs::File> {
+    use pmem_sources::module::{DEVICE_PATH, MODULE_NAME};
+    if !crate::module::writes_on() {
+        let parameter = format!(
+            "/sys/module/{MODULE_NAME}/parameters/{}",
+            crate::module::WRITE_PARAMETER
+        );
+        bail!(
+            "--write: the loaded {MODULE_NAME} cannot write ({}): build the write build with \
+             `pmem module build --write`, then `pmem module unload` and `pmem module load --write \
+             pmem_phys-write.ko`",
+            if std::path::Path::new(&parameter).exists() {
+                "the write build, loaded with writes off"
+            } else {
+                "it is the read-only build"
+            }
+        );
+    }
+    let path = source.strip_prefix("module:").unwrap_or(DEVICE_PATH);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|err| {
+            let context = pmem_sources::module::OpenContext::read();
+            let hint = match context.lockdown.as_deref() {
+                Some(mode) if mode != "none" && err.raw_os_error() == Some(libc::EPERM) => {
+                    format!(
+                        "; kernel lockdown is \"{mode}\": the module refuses writes under any \
+                         lockdown mode"
+                    )
+                }
+                _ => pmem_sources::module::open_hint(&err, &context),
+            };
+            anyhow::anyhow!("opening {path} for writing: {err}{hint}")
+        })
+}
+
+/// Whether `len` bytes written at physical address `offset` are whole pages
+/// inside `ram` (sorted, as a plan's ranges are); why not, as the errno
+/// the writer gets and a reason for the log.
+fn check_write(ram: &[Range], offset: u64, len: u64) -> Result<(), (Errno, String)> {
+    if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        return Err((
+            Errno::EINVAL,
+            "not whole pages (offset and length must be multiples of 4096)".into(),
+        ));
+    }
+    let end = offset
+        .checked_add(len)
+        .ok_or((Errno::EINVAL, "past the end of the address space".into()))?;
+    // Walk the ranges overlapping [offset, end): covered while each starts
+    // at or before where the previous ended.
+    let mut covered = offset;
+    for range in ram.iter().filter(|r| r.end > offset && r.start < end) {
+        if range.start > covered {
+            break;
+        }
+        covered = covered.max(range.end);
+    }
+    if covered < end {
+        return Err((
+            Errno::EPERM,
+            format!("{covered:#x} is not System RAM: only System RAM pages are written"),
+        ));
+    }
+    Ok(())
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in the threads it
@@ -195,6 +310,11 @@ struct Served {
     unreadable_reads: u64,
     /// Pages found unreadable (addresses), each counted once.
     unreadable_pages: BTreeSet<u64>,
+    write_requests: u64,
+    bytes_written: u64,
+    /// Writes refused by pmem (partial pages, outside System RAM) or by
+    /// the module.
+    refused_writes: u64,
 }
 
 #[derive(Serialize)]
@@ -220,6 +340,16 @@ struct ServedJson {
     unreadable_reads: u64,
     /// Distinct pages found unreadable so far.
     unreadable_pages: u64,
+    /// With --write: what was written to memory.raw, and what was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes: Option<WritesJson>,
+}
+
+#[derive(Serialize)]
+struct WritesJson {
+    write_requests: u64,
+    bytes_written: u64,
+    refused_writes: u64,
 }
 
 struct Io {
@@ -241,6 +371,9 @@ struct MemoryFs {
     origin: Origin,
     memory_map: Vec<RangeJson>,
     served: Mutex<Served>,
+    /// With --write: the module's device, open for writing, and the System
+    /// RAM ranges writes must fall in.
+    writer: Option<(std::fs::File, Vec<Range>)>,
     uid: u32,
     gid: u32,
 }
@@ -256,6 +389,7 @@ impl MemoryFs {
         origin: Origin,
         iomem: Vec<u8>,
         symbols: Option<Vec<u8>>,
+        writer: Option<std::fs::File>,
     ) -> Result<MemoryFs> {
         let mut files = Vec::new();
         for (name, format) in [
@@ -304,6 +438,7 @@ impl MemoryFs {
             origin,
             memory_map: plan.ranges.ranges().iter().map(RangeJson::from).collect(),
             served: Mutex::new(Served::default()),
+            writer: writer.map(|file| (file, plan.ranges.ranges().to_vec())),
             uid,
             gid,
         })
@@ -334,6 +469,11 @@ impl MemoryFs {
                 bytes_read: served.bytes_read,
                 unreadable_reads: served.unreadable_reads,
                 unreadable_pages: served.unreadable_pages.len() as u64,
+                writes: self.writer.as_ref().map(|_| WritesJson {
+                    write_requests: served.write_requests,
+                    bytes_written: served.bytes_written,
+                    refused_writes: served.refused_writes,
+                }),
             },
         };
         let mut text = serde_json::to_vec_pretty(&info).unwrap_or_default();
@@ -353,7 +493,9 @@ impl MemoryFs {
         let (kind, perm, size, nlink) = if ino == ROOT {
             (FileType::Directory, 0o500, 0, 2)
         } else {
-            (FileType::RegularFile, 0o400, self.len(self.file(ino)?), 1)
+            let file = self.file(ino)?;
+            let perm = if self.writable(file) { 0o600 } else { 0o400 };
+            (FileType::RegularFile, perm, self.len(file), 1)
         };
         Some(FileAttr {
             ino,
@@ -371,6 +513,26 @@ impl MemoryFs {
             rdev: 0,
             blksize: PAGE_SIZE as u32,
             flags: 0,
+        })
+    }
+
+    /// Whether writes to `file` reach physical memory (memory.raw, --write).
+    fn writable(&self, file: &ServedFile) -> bool {
+        self.writer.is_some() && file.name == "memory.raw"
+    }
+
+    /// Writes `data` at physical address `offset` through the module:
+    /// whole pages inside System RAM only, checked before anything is
+    /// written.
+    fn write_memory(&self, offset: u64, data: &[u8]) -> Result<(), (Errno, String)> {
+        use std::os::unix::fs::FileExt;
+        let Some((device, ram)) = &self.writer else {
+            return Err((Errno::EROFS, "the mount is read-only".into()));
+        };
+        check_write(ram, offset, data.len() as u64)?;
+        device.write_all_at(data, offset).map_err(|err| {
+            let errno = err.raw_os_error().map_or(Errno::EIO, Errno::from_i32);
+            (errno, format!("the module refused: {err}"))
         })
     }
 
@@ -526,7 +688,11 @@ impl Filesystem for MemoryFs {
             return reply.error(Errno::EISDIR);
         }
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
+            match self.file(ino) {
+                Some(file) if self.writable(file) => {}
+                _ if self.writer.is_some() => return reply.error(Errno::EACCES),
+                _ => return reply.error(Errno::EROFS),
+            }
         }
         // Direct I/O: no page cache, every read reaches the source.
         reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
@@ -566,5 +732,123 @@ impl Filesystem for MemoryFs {
         let from = (offset as usize).min(bytes.len());
         let to = from.saturating_add(size as usize).min(bytes.len());
         reply.data(&bytes[from..to]);
+    }
+
+    fn write(
+        &self,
+        _req: &fuser::Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        let result = match self.file(ino) {
+            Some(file) if self.writable(file) => self.write_memory(offset, data),
+            _ => Err((Errno::EACCES, "only memory.raw is writable".into())),
+        };
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                served.write_requests += 1;
+                served.bytes_written += data.len() as u64;
+                reply.written(data.len() as u32);
+            }
+            Err((errno, why)) => {
+                served.refused_writes += 1;
+                eprintln!(
+                    "pmem: write of {} bytes at {offset:#x} refused: {why}",
+                    data.len()
+                );
+                reply.error(errno);
+            }
+        }
+    }
+
+    /// Only a size change reaches here that matters (open with O_TRUNC, a
+    /// truncate): refused, the memory's size is fixed. Other changes are
+    /// accepted and ignored (the attributes are the file system's own).
+    fn setattr(
+        &self,
+        _req: &fuser::Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some(attr) = self.attr(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match size {
+            Some(size) if size != attr.size => reply.error(if self.writer.is_some() {
+                Errno::EPERM
+            } else {
+                Errno::EROFS
+            }),
+            _ => reply.attr(&self.ttl(ino), &attr),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: u64, end: u64) -> Range {
+        Range::new(start, end).unwrap()
+    }
+
+    #[test]
+    fn writes_are_whole_system_ram_pages_only() {
+        // RAM [4 KiB, 640 KiB), [1 MiB, 3 MiB), [3 MiB, 4 MiB): the last two
+        // adjoin (one write may span them).
+        let ram = [
+            range(0x1000, 0xA_0000),
+            range(0x10_0000, 0x30_0000),
+            range(0x30_0000, 0x40_0000),
+        ];
+        let errno = |offset, len| check_write(&ram, offset, len).err().map(|(e, _)| e);
+        assert_eq!(errno(0x1000, 0x1000), None);
+        assert_eq!(errno(0x9_F000, 0x1000), None, "the last page of a range");
+        assert_eq!(errno(0x2F_F000, 0x2000), None, "across adjoining ranges");
+        assert_eq!(errno(0x10_0000, 0x30_0000), None, "two ranges whole");
+        assert_eq!(errno(0x1000, 0), None, "nothing to write");
+        for (offset, len) in [(0x1001, 0x1000), (0x1000, 0xFFF), (0x1000, 0x1001)] {
+            assert_eq!(
+                errno(offset, len),
+                Some(Errno::EINVAL),
+                "{offset:#x}+{len:#x}"
+            );
+        }
+        for (offset, len) in [
+            (0, 0x1000),         // below the first range
+            (0x9_F000, 0x2000),  // runs off the end of a range
+            (0xA_0000, 0x1000),  // in the hole
+            (0xF_F000, 0x2000),  // starts in the hole
+            (0x40_0000, 0x1000), // past the last range
+            (0x1000, 0x40_0000), // over the hole
+        ] {
+            let (e, why) = check_write(&ram, offset, len).unwrap_err();
+            assert_eq!(e, Errno::EPERM, "{offset:#x}+{len:#x}");
+            assert!(why.contains("is not System RAM"), "{why}");
+        }
+        assert_eq!(
+            errno(u64::MAX - 0xFFF, 0x2000).unwrap(),
+            Errno::EINVAL,
+            "wraps"
+        );
     }
 }

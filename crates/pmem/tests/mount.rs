@@ -211,10 +211,11 @@ fn serves_live_memory_as_raw_lime_and_elf() {
             0o400,
             "{name}"
         );
-        assert!(std::fs::OpenOptions::new()
+        let refused = std::fs::OpenOptions::new()
             .write(true)
             .open(mounted.path(name))
-            .is_err());
+            .unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{name}");
     }
     assert_eq!(
         std::fs::read_to_string(mounted.path("iomem")).unwrap(),
@@ -404,4 +405,40 @@ fn mounting_on_a_missing_directory_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nowhere: not a directory"), "{stderr}");
+}
+
+#[test]
+fn write_is_refused_without_the_modules_write_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (kcore, iomem) = machine(tmp.path());
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let out = pmem()
+        .args(["mount", "--write", "--no-symbols"])
+        .arg(format!("--source=kcore:{}", kcore.display()))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--write writes through pmem's module only"),
+        "{stderr}"
+    );
+    if !have_fuse() || std::path::Path::new("/sys/module/pmem_phys").exists() {
+        return;
+    }
+    // --write means --source module: here the module is not loaded, and
+    // nothing is mounted.
+    let out = pmem()
+        .args(["mount", "--write", "--no-symbols", "--iomem"])
+        .arg(&iomem)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("module is not loaded"), "{stderr}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");
 }

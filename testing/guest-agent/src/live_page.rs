@@ -9,13 +9,17 @@
 //!
 //! Maps and locks one page and fills it with content "before"; writes
 //! `DIR/frame` (the page frame number, decimal, from /proc/self/pagemap)
-//! and `DIR/before`; creates `DIR/ready`. When `DIR/change` appears it
-//! fills the page with content "after", writes `DIR/after` and creates
-//! `DIR/changed`. When `DIR/stop` appears it checks that the frame did not
-//! move and exits (non-zero if it did).
+//! and `DIR/before`; creates `DIR/ready`. Then, until `DIR/stop` appears:
+//! when `DIR/change` appears it fills the page with content "after",
+//! writes `DIR/after` and creates `DIR/changed` (once); each time
+//! `DIR/check` appears (the write checks of `pmem mount --write`,
+//! testing/guest/module_cases.py) it removes it, writes what the page
+//! holds now, as the agent sees it through its own virtual memory, to
+//! `DIR/seen` and creates `DIR/checked`. On `DIR/stop` it checks that the
+//! frame did not move and exits (non-zero if it did).
 
 use crate::agent::Planted;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: pmem-guest-agent live-page --dir DIR [--timeout-secs N]";
@@ -30,16 +34,6 @@ fn content(tag: &str) -> Vec<u8> {
     let head = format!("pmem live page: {tag}\n");
     page[..head.len()].copy_from_slice(head.as_bytes());
     page
-}
-
-fn wait_for(path: &Path, deadline: Instant) -> Result<(), String> {
-    while !path.exists() {
-        if Instant::now() > deadline {
-            return Err(format!("{} did not appear in time", path.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 fn write(path: PathBuf, bytes: &[u8]) -> Result<(), String> {
@@ -72,13 +66,39 @@ pub fn main(argv: &[String]) -> Result<(), String> {
     write(dir.join("before"), &before)?;
     write(dir.join("ready"), b"ready\n")?;
 
-    wait_for(&dir.join("change"), deadline)?;
-    let after = content("after");
-    page.bytes_mut().copy_from_slice(&after);
-    write(dir.join("after"), &after)?;
-    write(dir.join("changed"), b"changed\n")?;
-
-    wait_for(&dir.join("stop"), deadline)?;
+    // Until stopped: change the page once asked to, and show what it holds
+    // whenever asked.
+    let (change, check, stop) = (dir.join("change"), dir.join("check"), dir.join("stop"));
+    let mut changed = false;
+    while !stop.exists() {
+        if !changed && change.exists() {
+            let after = content("after");
+            page.bytes_mut().copy_from_slice(&after);
+            write(dir.join("after"), &after)?;
+            write(dir.join("changed"), b"changed\n")?;
+            changed = true;
+        }
+        if check.exists() {
+            std::fs::remove_file(&check).map_err(|e| format!("remove {}: {e}", check.display()))?;
+            // Volatile reads: the page changes behind the compiler's back
+            // (written through physical memory), so nothing read before
+            // may be reused.
+            let seen: Vec<u8> = page
+                .bytes_mut()
+                .iter()
+                .map(|b| {
+                    // SAFETY: `b` is a valid reference into the mapped page.
+                    unsafe { std::ptr::read_volatile(b) }
+                })
+                .collect();
+            write(dir.join("seen"), &seen)?;
+            write(dir.join("checked"), b"checked\n")?;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} did not appear in time", stop.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let now = page.frames()?[0];
     if now != frame {
         return Err(format!("the page moved from frame {frame} to {now}"));
