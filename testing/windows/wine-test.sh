@@ -91,5 +91,7 @@ out=$(run_wine driver extract win/x.sys 2>&1)
 status=$?
 set -e
 [[ $status == 1 ]] && grep -q "without an embedded driver" <<<"$out" || fail "driver extract: $out"
+# `driver load --write` parses (loading needs a real Windows kernel).
+run_wine driver load --help | grep -q -- "--write" || fail "driver load has no --write"
 
 echo "wine-test: pmem.exe under $("$wine" --version): --help, info on 4 formats, $checked conversions byte-identical to Linux, verify both ways, missing-driver error"

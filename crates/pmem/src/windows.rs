@@ -29,6 +29,14 @@ enum DriverCommand {
         /// The WinPmem driver file (default: the embedded one).
         #[arg(long, value_name = "PATH")]
         driver: Option<PathBuf>,
+        /// Also ask the driver to enable writes to physical memory through
+        /// \\.\pmem (IOCTL_WRITE_ENABLE), for live tools that write. Only
+        /// test-signed WinPmem builds compiled with write support honour it;
+        /// released, signed drivers refuse it (pmem then unloads the driver
+        /// and fails). Writing physical memory can crash the machine: for
+        /// research and learning on test machines, never on regular systems.
+        #[arg(long)]
+        write: bool,
     },
     /// Stop and delete the driver service left by `driver load`.
     Unload,
@@ -41,15 +49,24 @@ enum DriverCommand {
 
 pub fn driver(args: DriverArgs) -> Result<ExitCode> {
     match args.command {
-        DriverCommand::Load { driver } => {
+        DriverCommand::Load { driver, write } => {
             let temp = driver_path(driver.as_deref())?;
             let path = temp.path().context(
                 "no driver to load: pass --driver PATH (the WinPmem driver, winpmem_x64.sys)",
             )?;
-            live::load(path)?;
+            if write {
+                eprintln!("pmem: warning: --write: writing physical memory can crash the machine and corrupt its data; it is for research and learning on test machines, never on regular systems");
+            }
+            // On error (a refused --write too) nothing stays loaded, and an
+            // extracted driver file is deleted.
+            live::load(path, write)?;
             // The service keeps its own path: an extracted driver must stay.
             temp.keep();
-            eprintln!("pmem: driver loaded as service {SERVICE_NAME}; read {DEVICE_PATH}; remove it with `pmem driver unload`");
+            if write {
+                eprintln!("pmem: driver loaded as service {SERVICE_NAME} with writes enabled (IOCTL_WRITE_ENABLE accepted): live tools can read and write {DEVICE_PATH}; sending IOCTL_WRITE_ENABLE again turns writes off; remove it with `pmem driver unload`");
+            } else {
+                eprintln!("pmem: driver loaded as service {SERVICE_NAME}; read {DEVICE_PATH}; remove it with `pmem driver unload`");
+            }
         }
         DriverCommand::Unload => {
             if live::unload()? {

@@ -4,8 +4,8 @@
 //! Everything it decides is in [`protocol`](super::protocol).
 
 use super::protocol::{
-    Device, DriverError, DriverSource, InfoLayout, LoadedDriver, Mode, ServiceControl, DEVICE_PATH,
-    SERVICE_NAME,
+    enable_writes_after_load, Device, DriverError, DriverSource, InfoLayout, LoadedDriver, Mode,
+    ServiceControl, DEVICE_PATH, SERVICE_NAME,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -313,14 +313,28 @@ pub fn open(
     )?)
 }
 
-/// `pmem driver load`: install and leave loaded.
-pub fn load(driver: &Path) -> Result<(), WindowsError> {
-    LoadedDriver::install(Scm, driver)
-        .map_err(|source| WindowsError::Install {
-            path: driver.to_path_buf(),
-            source,
-        })?
-        .keep();
+/// `pmem driver load`: install and leave loaded. With `write`
+/// (`--write`), also open the device and ask the driver to enable writes
+/// (IOCTL_WRITE_ENABLE); if the device does not open or the driver refuses,
+/// the driver is unloaded again and nothing is left loaded.
+pub fn load(driver: &Path, write: bool) -> Result<(), WindowsError> {
+    let loaded = LoadedDriver::install(Scm, driver).map_err(|source| WindowsError::Install {
+        path: driver.to_path_buf(),
+        source,
+    })?;
+    let loaded = if write {
+        // `loaded` is dropped (driver unloaded) on either error.
+        let not_writable = |e| WindowsError::NotWritable(Box::new(e));
+        let device = WinDevice::open()
+            .map_err(WindowsError::Device)
+            .map_err(not_writable)?;
+        enable_writes_after_load(loaded, device)
+            .map_err(WindowsError::Driver)
+            .map_err(not_writable)?
+    } else {
+        loaded
+    };
+    loaded.keep();
     Ok(())
 }
 
@@ -353,4 +367,8 @@ pub enum WindowsError {
     /// The driver's answers can't be used.
     #[error(transparent)]
     Driver(#[from] DriverError),
+    /// `driver load --write`: writes could not be enabled, so the driver
+    /// was unloaded again.
+    #[error("{0}; the driver was unloaded again (`pmem driver load` without --write leaves it loaded read-only)")]
+    NotWritable(Box<WindowsError>),
 }

@@ -7,6 +7,10 @@
 //! Facts from WinPmem's public headers (all little-endian, `pack(2)`):
 //! * IOCTL_SET_MODE = 0x22C407, input one u32: 0 iospace (MmMapIoSpace),
 //!   1 physical (\Device\PhysicalMemory), 2 PTE remapping;
+//! * IOCTL_WRITE_ENABLE = 0x22C40B, no input or output: flips the driver's
+//!   write switch (IRP_MJ_WRITE through the \Device\PhysicalMemory
+//!   section), compiled in only when the driver is built with
+//!   PMEM_WRITE_ENABLED; other builds answer it as an unknown request;
 //! * IOCTL_GET_INFO = 0x22C40F, output WINPMEM_MEMORY_INFO: CR3,
 //!   NtBuildNumber, KernBase, KDBG, KPCR[64] (32 on x86), PfnDataBase,
 //!   PsLoadedModuleList, PsActiveProcessHead, NtBuildNumberAddr, 0xFE
@@ -21,9 +25,11 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// CTL_CODE(0x22, 0x101, METHOD_BUFFERED, FILE_READ_DATA | FILE_WRITE_DATA).
+/// CTL_CODE(0x22, 0x101, METHOD_NEITHER, FILE_READ_DATA | FILE_WRITE_DATA).
 pub const IOCTL_SET_MODE: u32 = 0x22C407;
-/// CTL_CODE(0x22, 0x103, METHOD_BUFFERED, FILE_READ_DATA | FILE_WRITE_DATA).
+/// CTL_CODE(0x22, 0x102, METHOD_NEITHER, FILE_READ_DATA | FILE_WRITE_DATA).
+pub const IOCTL_WRITE_ENABLE: u32 = 0x22C40B;
+/// CTL_CODE(0x22, 0x103, METHOD_NEITHER, FILE_READ_DATA | FILE_WRITE_DATA).
 pub const IOCTL_GET_INFO: u32 = 0x22C40F;
 /// The device the driver creates.
 pub const DEVICE_PATH: &str = r"\\.\pmem";
@@ -172,6 +178,19 @@ pub enum DriverError {
     SetMode {
         /// The mode asked for.
         mode: Mode,
+        /// The ioctl's error.
+        source: io::Error,
+    },
+    /// IOCTL_WRITE_ENABLE was answered as an unknown request: the driver
+    /// was built without write support.
+    #[error("the driver refused to enable writes (IOCTL_WRITE_ENABLE): it was built without write support ({source}); only test-signed WinPmem builds compiled with write support (PMEM_WRITE_ENABLED) honour it, no released, signed WinPmem driver does")]
+    WritesNotSupported {
+        /// The ioctl's error.
+        source: io::Error,
+    },
+    /// IOCTL_WRITE_ENABLE failed for another reason.
+    #[error("the driver did not enable writes (IOCTL_WRITE_ENABLE): {source}")]
+    WriteEnable {
         /// The ioctl's error.
         source: io::Error,
     },
@@ -331,6 +350,35 @@ pub fn handshake<D: Device + ?Sized>(
     parse_info(&buf, layout)
 }
 
+/// How an IOCTL the driver has no case for fails: WinPmem answers
+/// STATUS_INVALID_PARAMETER (ERROR_INVALID_PARAMETER, 87); other drivers
+/// STATUS_INVALID_DEVICE_REQUEST (ERROR_INVALID_FUNCTION, 1).
+const UNKNOWN_IOCTL_ERRORS: [i32; 2] = [1, 87];
+
+/// Asks the driver to enable writes to physical memory through its device
+/// (IOCTL_WRITE_ENABLE, no input or output buffer).
+///
+/// The driver flips a switch (a second request turns writes off again) and
+/// does not say which way it is set, so send this once, to a driver that
+/// was just loaded: it starts with writes off. A driver built without write
+/// support (every released, signed one) refuses it:
+/// [`DriverError::WritesNotSupported`].
+pub fn enable_writes<D: Device + ?Sized>(device: &mut D) -> Result<(), DriverError> {
+    device
+        .ioctl(IOCTL_WRITE_ENABLE, &[], &mut [])
+        .map(drop)
+        .map_err(|source| {
+            if source
+                .raw_os_error()
+                .is_some_and(|c| UNKNOWN_IOCTL_ERRORS.contains(&c))
+            {
+                DriverError::WritesNotSupported { source }
+            } else {
+                DriverError::WriteEnable { source }
+            }
+        })
+}
+
 /// Windows error codes that mean the device itself is gone, not that a
 /// page is unreadable: ERROR_INVALID_FUNCTION, ERROR_INVALID_HANDLE,
 /// ERROR_ACCESS_DENIED, ERROR_DEVICE_REMOVED (1617), ERROR_BAD_COMMAND (22).
@@ -462,6 +510,27 @@ impl<S: ServiceControl> Drop for LoadedDriver<S> {
             if let Err(e) = self.service.remove() {
                 eprintln!("pmem: warning: could not unload the driver service {SERVICE_NAME}: {e}; remove it with `pmem driver unload`");
             }
+        }
+    }
+}
+
+/// `driver load --write`: enables writes on the driver just loaded as
+/// `driver`, through its opened `device`, and returns the guard (for
+/// [`LoadedDriver::keep`]). The device is closed either way; if writes are
+/// not enabled the driver is unloaded too, after the device is closed, so
+/// that a refused `--write` leaves nothing loaded.
+pub fn enable_writes_after_load<D: Device, S: ServiceControl>(
+    driver: LoadedDriver<S>,
+    mut device: D,
+) -> Result<LoadedDriver<S>, DriverError> {
+    let result = enable_writes(&mut device);
+    // The switch lives in the driver, not in the handle: closing keeps it.
+    drop(device);
+    match result {
+        Ok(()) => Ok(driver),
+        Err(e) => {
+            drop(driver);
+            Err(e)
         }
     }
 }

@@ -1,9 +1,12 @@
 //! An in-process WinPmem driver for tests: follows the driver's documented
 //! behaviour (mode before reads, 20- or 300-run tables, short reads at
-//! unreadable pages, 64- and 32-bit structure layouts) over synthetic
-//! memory, and records what happens to it and to its service.
+//! unreadable pages, 64- and 32-bit structure layouts, the write switch of
+//! builds with write support) over synthetic memory, and records what
+//! happens to it and to its service.
 
-use super::protocol::{Device, InfoLayout, ServiceControl, IOCTL_GET_INFO, IOCTL_SET_MODE};
+use super::protocol::{
+    Device, InfoLayout, ServiceControl, IOCTL_GET_INFO, IOCTL_SET_MODE, IOCTL_WRITE_ENABLE,
+};
 use crate::testing::pattern;
 use pmem_core::{Range, PAGE_SIZE};
 use std::io;
@@ -41,6 +44,11 @@ pub struct FakeDriver {
     pub processors: usize,
     /// Mode set by IOCTL_SET_MODE; reads fail before it.
     pub mode: Option<u32>,
+    /// Built with write support (PMEM_WRITE_ENABLED): only then is
+    /// IOCTL_WRITE_ENABLE known; released drivers are built without it.
+    pub write_support: bool,
+    /// The write switch IOCTL_WRITE_ENABLE flips; off when loaded.
+    pub writes_enabled: bool,
     /// Where it records the calls made to it.
     pub log: EventLog,
     /// Largest read served at once (drivers return what fits their
@@ -61,6 +69,8 @@ impl FakeDriver {
             cr3: 0x1aa000,
             processors: 4,
             mode: None,
+            write_support: false,
+            writes_enabled: false,
             log: EventLog::default(),
             max_read: 1 << 20,
         }
@@ -122,7 +132,17 @@ impl Device for FakeDriver {
                 Ok(0)
             }
             IOCTL_GET_INFO => self.info(output),
-            _ => Err(io::Error::from_raw_os_error(1)), // ERROR_INVALID_FUNCTION
+            // No buffers are looked at; the switch flips, it is not set.
+            IOCTL_WRITE_ENABLE if self.write_support => {
+                self.writes_enabled = !self.writes_enabled;
+                let state = if self.writes_enabled { "on" } else { "off" };
+                self.log.lock().unwrap().push(format!("writes {state}"));
+                Ok(0)
+            }
+            // WinPmem's answer to a code it has no case for (a build without
+            // write support has none for IOCTL_WRITE_ENABLE):
+            // STATUS_INVALID_PARAMETER.
+            _ => Err(io::Error::from_raw_os_error(87)), // ERROR_INVALID_PARAMETER
         }
     }
 

@@ -366,3 +366,103 @@ fn fatal_device_errors_are_not_zero_filled() {
         Err(ReadError::Fatal { .. })
     ));
 }
+
+/// CTL_CODE from winioctl.h.
+fn ctl_code(device: u32, function: u32, method: u32, access: u32) -> u32 {
+    (device << 16) | (access << 14) | (function << 2) | method
+}
+
+#[test]
+fn ioctl_codes_match_winpmem() {
+    // WinPmem's src/userspace_interface/ctl_codes.h: CTL_CODE(0x22, 0x101..
+    // 0x103, 3, 3), METHOD_NEITHER with FILE_READ_DATA | FILE_WRITE_DATA.
+    assert_eq!(IOCTL_SET_MODE, ctl_code(0x22, 0x101, 3, 3));
+    assert_eq!(IOCTL_WRITE_ENABLE, ctl_code(0x22, 0x102, 3, 3));
+    assert_eq!(IOCTL_GET_INFO, ctl_code(0x22, 0x103, 3, 3));
+    assert_eq!(
+        (IOCTL_SET_MODE, IOCTL_WRITE_ENABLE, IOCTL_GET_INFO),
+        (0x22C407, 0x22C40B, 0x22C40F)
+    );
+}
+
+#[test]
+fn write_enable_accepted_by_a_build_with_write_support() {
+    let mut d = FakeDriver::new(InfoLayout::X64, runs(1), RUNS_NEW);
+    d.write_support = true;
+    enable_writes(&mut d).unwrap();
+    assert!(d.writes_enabled);
+    assert_eq!(*d.log.lock().unwrap(), ["writes on"]);
+    // The driver flips a switch: a second request turns writes off again,
+    // which is why pmem sends it once, to a driver it just loaded.
+    enable_writes(&mut d).unwrap();
+    assert!(!d.writes_enabled);
+}
+
+#[test]
+fn write_enable_refused_by_a_build_without_write_support() {
+    // As every released driver: IOCTL_WRITE_ENABLE is an unknown request.
+    let mut d = FakeDriver::new(InfoLayout::X64, runs(1), RUNS_NEW);
+    let err = enable_writes(&mut d).unwrap_err();
+    assert!(
+        matches!(err, DriverError::WritesNotSupported { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    for part in [
+        "refused to enable writes (IOCTL_WRITE_ENABLE)",
+        "built without write support",
+        "only test-signed WinPmem builds compiled with write support",
+    ] {
+        assert!(text.contains(part), "{part:?} missing: {text}");
+    }
+    assert!(!d.writes_enabled);
+    // The driver still works for reading.
+    info_of(&mut d, Mode::Pte).unwrap();
+
+    // Any other failure says what failed, without claiming a build.
+    struct Denied;
+    impl Device for Denied {
+        fn ioctl(&mut self, _: u32, _: &[u8], _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(5)) // ERROR_ACCESS_DENIED
+        }
+        fn read_at(&mut self, _: u64, _: &mut [u8]) -> std::io::Result<usize> {
+            unreachable!()
+        }
+    }
+    let err = enable_writes(&mut Denied).unwrap_err();
+    assert!(matches!(err, DriverError::WriteEnable { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("did not enable writes (IOCTL_WRITE_ENABLE)"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("built without"), "{err}");
+}
+
+#[test]
+fn driver_load_write_keeps_a_writable_driver_and_unloads_a_refusing_one() {
+    for write_support in [true, false] {
+        let log = EventLog::default();
+        let service = FakeService {
+            log: log.clone(),
+            fail_install: false,
+        };
+        let loaded = LoadedDriver::install(service, Path::new("winpmem_x64.sys")).unwrap();
+        let mut device = FakeDriver::new(InfoLayout::X64, runs(1), RUNS_NEW);
+        device.log = log.clone();
+        device.write_support = write_support;
+        match enable_writes_after_load(loaded, device) {
+            Ok(loaded) if write_support => loaded.keep(),
+            Err(DriverError::WritesNotSupported { .. }) if !write_support => {}
+            other => panic!("write support {write_support}: {:?}", other.err()),
+        }
+        // The handle closes before any unload; a refused --write leaves
+        // nothing loaded.
+        let expected: &[&str] = if write_support {
+            &["install winpmem_x64.sys", "writes on", "close device"]
+        } else {
+            &["install winpmem_x64.sys", "close device", "remove service"]
+        };
+        assert_eq!(*log.lock().unwrap(), expected);
+    }
+}
