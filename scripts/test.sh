@@ -85,7 +85,8 @@ for target in x86_64-pc-windows-gnu x86_64-apple-darwin aarch64-unknown-linux-mu
 done
 
 step "static musl build"
-cargo build --release --target x86_64-unknown-linux-musl -p pmem
+# With the guest agent, as the guest suite builds them (one build, not two).
+cargo build --release --target x86_64-unknown-linux-musl -p pmem -p pmem-guest-agent
 file_out=$(file -b target/x86_64-unknown-linux-musl/release/pmem 2>/dev/null || true)
 echo "pmem (musl): $(stat -c %s target/x86_64-unknown-linux-musl/release/pmem) bytes ${file_out:+- $file_out}"
 # arm64: rust-lld links, clang compiles ring's C (.cargo/config.toml); the guest
@@ -110,22 +111,24 @@ step "AFF4 against pyaff4 0.34 (reads pmem's images byte-exact, and pmem reads i
 testing/aff4/pyaff4-check.sh
 
 step "pmem.exe: cross-build, image tools under Wine (byte-identical to Linux)"
-cargo build --release -p pmem
+# The Linux side is the static musl build made above (a separate glibc
+# release build cost CI a whole optimised build for nothing more).
+pmem_linux=target/x86_64-unknown-linux-musl/release/pmem
 # The whole workspace, as the README's Windows build does (not only -p pmem).
 cargo build --release --target x86_64-pc-windows-gnu
-testing/windows/wine-test.sh target/release/pmem target/x86_64-pc-windows-gnu/release/pmem.exe
+testing/windows/wine-test.sh "$pmem_linux" target/x86_64-pc-windows-gnu/release/pmem.exe
 
 step "Windows crash dumps (full and bitmap, 64- and 32-bit) against Volatility 3"
 python3 -c 'import sys; sys.path.insert(0, "testing/guest"); import env; env.ensure_volatility()'
 "$PMEM_GUEST_CACHE/venv/bin/python3" testing/windows/vol3_dmp.py \
-    target/release/pmem target/vol3-dmp 256
+    "$pmem_linux" target/vol3-dmp 256
 rm -rf target/vol3-dmp
 
 step "pmem symbols: the ISF of a real BTF sample against Volatility 3's schemas and symbol tables"
-PMEM_BIN=target/release/pmem testing/symbols/isf-check.sh
+PMEM_BIN="$pmem_linux" testing/symbols/isf-check.sh
 
 step "Windows crash dumps (full and bitmap) against kdmp-parser 0.7.4 (page-exact; broken headers refused)"
-python3 testing/windows/kdmp_check.py target/release/pmem target/kdmp-dmp 128
+python3 testing/windows/kdmp_check.py "$pmem_linux" target/kdmp-dmp 128
 rm -rf target/kdmp-dmp
 
 if [[ "${PMEM_SKIP_GUEST:-0}" == 1 ]]; then

@@ -346,16 +346,19 @@ def compare_kernel(image, dump, kernel_ranges):
 
 
 class Volatility:
-    """Runs the Volatility 3 checks one image at a time on a worker thread, so
-    they overlap with the next guest (QEMU uses one core, this the other)."""
+    """Runs the Volatility 3 checks on worker threads, so they overlap with
+    the guests. Two workers: when the last guests are done, the checks still
+    queued (the 12-plugin runs take minutes each) use both cores instead of
+    one; while guests run, the workers and QEMU share the cores."""
 
-    def __init__(self, results, timings):
+    def __init__(self, results, timings, workers=2):
         self.results, self.timings = results, timings
         self.jobs = queue.Queue()
         self.lock = threading.Lock()
         self.pending = {}  # case -> checks not yet done
         self.after = {}  # case -> what to run once they are
-        threading.Thread(target=self._work, daemon=True).start()
+        for _ in range(workers):
+            threading.Thread(target=self._work, daemon=True).start()
 
     def submit(self, case, subject, fmt, path, release):
         self.submit_task(case, subject, lambda: self._check(case, subject, fmt, path, release))

@@ -197,7 +197,8 @@ def write_lines():
 
     1. the read-only build: `pmem mount --write` refused, its device refuses
        to open for writing; `module load --write` of it refused;
-    2. the write build loaded without --write (writable=N): refused;
+    2. the write build loaded without --write (writable=N): pmem mount
+       --write refused, and its device refuses to open for writing;
     3. loaded with --write: writable=Y, the kernel tainted (TAINT_USER);
        the agent's live page (its frame from /proc/self/pagemap);
     4. a read-only mount over it: writing memory.raw refused (EROFS);
@@ -230,6 +231,7 @@ def write_lines():
         "/data/bin/pmem module load /data/pmem_phys-write.ko 2>> $OUT/module-load.log",
         "cat /sys/module/pmem_phys/parameters/writable > $OUT/write-param-off.txt",
         fail("write-off", f"/data/bin/pmem mount --write --no-symbols {WMNT}"),
+        fail("write-off-device", dd.format(n=1, to="/dev/pmem-phys", bs=4096, seek=256)),
         "/data/bin/pmem module unload 2>> $OUT/module-load.log",
         "cat /proc/sys/kernel/tainted > $OUT/write-tainted-before.txt",
         "step write-module-load sh -c '/data/bin/pmem module load --write /data/pmem_phys-write.ko "
@@ -298,6 +300,8 @@ def check_write(results, name, out):
     refused("read-only build", "pmem module load --write refused", "write-load-ro", "is the read-only build")
     refused("write build, writes off", f"writable={read('write-param-off.txt')}, pmem mount --write refused",
             "write-off", "loaded with writes off")
+    refused("write build, writes off", "its device can't be opened for writing", "write-off-device",
+            "Operation not permitted")
     before, after = read("write-tainted-before.txt"), read("write-tainted.txt")
     tainted = before.isdigit() and after.isdigit() and not int(before) & TAINT_USER and int(after) & TAINT_USER
     results.add(name, "module write", "load --write: writable=Y, kernel tainted (TAINT_USER)",

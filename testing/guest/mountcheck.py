@@ -18,12 +18,11 @@ Guest steps (`guest_lines`); FUSE comes from the guest kernel itself
 5. mount-live: the agent's `live-page` changes one of its own pages; the
    page read through memory.raw (by frame number) holds the old and then
    the new content;
-6. mount-read-raw vs mount-acquire-pipe: a sequential read of memory.raw
-   (dd, 1 MiB requests) and `pmem acquire --no-hash --format raw -`, each
-   into a pipe read by dd, timed (reported, not asserted: speed is
-   measured by the benchmark);
-7. mount-sigterm / mount-sigint: the server ends on each signal and the
+6. mount-sigterm / mount-sigint: the server ends on each signal and the
    mount is gone from /proc/self/mounts.
+
+Speed (memory.raw read sequentially against `pmem acquire --no-hash` into a
+pipe) is the benchmark's: `testing/bench/bench.py --steps mount`.
 """
 
 import json
@@ -78,10 +77,6 @@ def guest_lines():
         "wait $live",
         'echo "@@pmem-guest step live-page-agent 0 0 $?"',
         "echo $frame > $OUT/live-frame.txt",
-        # Both into a pipe read by dd, as the benchmark's pipe step.
-        f'step mount-read-raw sh -c "dd if={MNT}/memory.raw bs=1M 2> $OUT/mount-dd.log | dd of=/dev/null bs=1M 2> /dev/null"',
-        'step mount-acquire-pipe sh -c "/data/bin/pmem acquire --quiet --no-hash --no-symbols --format raw - '
-        '2> $OUT/mount-acquire.log | dd of=/dev/null bs=1M 2> /dev/null"',
         f"cat {MNT}/info.json > $OUT/mount-info.json",
         "step mount-sigterm end_mount TERM",
         "step mount-sigterm-unmounted unmounted",
@@ -169,11 +164,3 @@ def check(results, case, out, work, ctx, markers_mod, compare_kernel, whole_page
     for signal in ("sigterm", "sigint"):
         ok = steps.get(f"mount-{signal}", (0, 1))[1] == 0 and steps.get(f"mount-{signal}-unmounted", (0, 1))[1] == 0
         results.add(name, "mount end", f"{signal.upper()} ends the server and unmounts", ok)
-    read, pipe = steps.get("mount-read-raw", (0, 1)), steps.get("mount-acquire-pipe", (0, 1))
-    if read[1] == 0 and pipe[1] == 0 and read[0] > 0:
-        detail = (f"memory.raw read {read[0]:.1f} s, acquire --no-hash into a pipe {pipe[0]:.1f} s: "
-                  f"{pipe[0] / read[0]:.2f}x of acquire's speed (measured, not asserted)")
-        results.add(name, "mount speed", "sequential read of memory.raw (reported)", True, detail)
-    else:
-        results.add(name, "mount speed", "sequential read of memory.raw (reported)", False,
-                    f"dd rc {read[1]}, acquire rc {pipe[1]}")
