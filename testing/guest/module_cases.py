@@ -212,7 +212,6 @@ def write_lines():
        is refused by the module and the agent's page keeps pattern 1; a
        new `pmem mount --write` is refused, naming lockdown.
     """
-    fail = expect_fail
     dd = "dd if=/data/write-pattern{n}.bin of={to} bs={bs} seek={seek} count=1 conv=notrunc"
     return [
         f"mkdir -p {WMNT} /tmp/wlive",
@@ -224,14 +223,14 @@ def write_lines():
         "while [ ! -e /tmp/wlive/checked ] && kill -0 $wlive 2>/dev/null; do sleep 0.1; done; "
         "cp /tmp/wlive/seen $1; }",
         "/data/bin/pmem module load /data/pmem_phys.ko 2>> $OUT/module-load.log",
-        fail("write-ro-build", f"/data/bin/pmem mount --write --no-symbols {WMNT}"),
-        fail("write-ro-device", dd.format(n=1, to="/dev/pmem-phys", bs=4096, seek=256)),
+        expect_fail("write-ro-build", f"/data/bin/pmem mount --write --no-symbols {WMNT}"),
+        expect_fail("write-ro-device", dd.format(n=1, to="/dev/pmem-phys", bs=4096, seek=256)),
         "/data/bin/pmem module unload 2>> $OUT/module-load.log",
-        fail("write-load-ro", "/data/bin/pmem module load --write /data/pmem_phys.ko"),
+        expect_fail("write-load-ro", "/data/bin/pmem module load --write /data/pmem_phys.ko"),
         "/data/bin/pmem module load /data/pmem_phys-write.ko 2>> $OUT/module-load.log",
         "cat /sys/module/pmem_phys/parameters/writable > $OUT/write-param-off.txt",
-        fail("write-off", f"/data/bin/pmem mount --write --no-symbols {WMNT}"),
-        fail("write-off-device", dd.format(n=1, to="/dev/pmem-phys", bs=4096, seek=256)),
+        expect_fail("write-off", f"/data/bin/pmem mount --write --no-symbols {WMNT}"),
+        expect_fail("write-off-device", dd.format(n=1, to="/dev/pmem-phys", bs=4096, seek=256)),
         "/data/bin/pmem module unload 2>> $OUT/module-load.log",
         "cat /proc/sys/kernel/tainted > $OUT/write-tainted-before.txt",
         "step write-module-load sh -c '/data/bin/pmem module load --write /data/pmem_phys-write.ko "
@@ -245,7 +244,7 @@ def write_lines():
         f"/data/bin/pmem mount --no-symbols {WMNT} 2> $OUT/write-romount-server.log &",
         "m=$!",
         "wmount_up $m",
-        fail("write-romount", dd.format(n=1, to=f"{WMNT}/memory.raw", bs=4096, seek="$wframe")),
+        expect_fail("write-romount", dd.format(n=1, to=f"{WMNT}/memory.raw", bs=4096, seek="$wframe")),
         "wmount_end $m",
         f"/data/bin/pmem mount --write --no-symbols {WMNT} 2> $OUT/write-mount.log &",
         "m=$!",
@@ -254,18 +253,18 @@ def write_lines():
         "step write-page " + dd.format(n=1, to=f"{WMNT}/memory.raw", bs=4096, seek="$wframe"),
         "wseen $OUT/write-seen.bin",
         f"dd if={WMNT}/memory.raw bs=4096 skip=$wframe count=1 of=$OUT/write-readback.bin 2>/dev/null",
-        fail("write-partial", dd.format(n=1, to=f"{WMNT}/memory.raw", bs=2048, seek="$((wframe*2))")),
-        fail("write-not-ram", dd.format(n=1, to=f"{WMNT}/memory.raw", bs=4096, seek=NOT_RAM_PAGE)),
-        fail("write-lime", dd.format(n=1, to=f"{WMNT}/memory.lime", bs=4096, seek=0)),
-        fail("write-truncate", f"sh -c ': > {WMNT}/memory.raw'"),
-        fail("write-device-not-ram", dd.format(n=1, to="/dev/pmem-phys", bs=4096, seek=NOT_RAM_PAGE)),
+        expect_fail("write-partial", dd.format(n=1, to=f"{WMNT}/memory.raw", bs=2048, seek="$((wframe*2))")),
+        expect_fail("write-not-ram", dd.format(n=1, to=f"{WMNT}/memory.raw", bs=4096, seek=NOT_RAM_PAGE)),
+        expect_fail("write-lime", dd.format(n=1, to=f"{WMNT}/memory.lime", bs=4096, seek=0)),
+        expect_fail("write-truncate", f"sh -c ': > {WMNT}/memory.raw'"),
+        expect_fail("write-device-not-ram", dd.format(n=1, to="/dev/pmem-phys", bs=4096, seek=NOT_RAM_PAGE)),
         f"cat {WMNT}/info.json > $OUT/write-info.json",
         "mount -t securityfs securityfs /sys/kernel/security",
         "echo integrity > /sys/kernel/security/lockdown",
-        fail("write-locked", dd.format(n=2, to=f"{WMNT}/memory.raw", bs=4096, seek="$wframe")),
+        expect_fail("write-locked", dd.format(n=2, to=f"{WMNT}/memory.raw", bs=4096, seek="$wframe")),
         "wseen $OUT/write-seen-locked.bin",
         "wmount_end $m",
-        fail("write-mount-locked", f"/data/bin/pmem mount --write --no-symbols {WMNT}"),
+        expect_fail("write-mount-locked", f"/data/bin/pmem mount --write --no-symbols {WMNT}"),
         "touch /tmp/wlive/stop",
         "wait $wlive",
         'echo "@@pmem-guest step write-live-agent 0 0 $?"',

@@ -28,7 +28,7 @@ use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner,
     MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
 };
-use pmem_core::{read_or_zero, PhysicalMemory, Range, PAGE_SIZE};
+use pmem_core::{read_or_zero, MemoryMap, PhysicalMemory, Range, PAGE_SIZE};
 use pmem_formats::{Format, ImageView, ViewPiece};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -178,20 +178,16 @@ fn write_source(source: &str) -> Result<String> {
 /// module is the write build with writes on.
 fn open_writer(source: &str) -> Result<std::fs::File> {
     use pmem_sources::module::{DEVICE_PATH, MODULE_NAME};
-    if !crate::module::writes_on() {
-        let parameter = format!(
-            "/sys/module/{MODULE_NAME}/parameters/{}",
-            crate::module::WRITE_PARAMETER
-        );
+    let why = match crate::module::write_state() {
+        Some(true) => None,
+        Some(false) => Some("the write build, loaded with writes off"),
+        None => Some("it is the read-only build"),
+    };
+    if let Some(why) = why {
         bail!(
-            "--write: the loaded {MODULE_NAME} cannot write ({}): build the write build with \
+            "--write: the loaded {MODULE_NAME} cannot write ({why}): build the write build with \
              `pmem module build --write`, then `pmem module unload` and `pmem module load --write \
-             pmem_phys-write.ko`",
-            if std::path::Path::new(&parameter).exists() {
-                "the write build, loaded with writes off"
-            } else {
-                "it is the read-only build"
-            }
+             pmem_phys-write.ko`"
         );
     }
     let path = source.strip_prefix("module:").unwrap_or(DEVICE_PATH);
@@ -214,9 +210,10 @@ fn open_writer(source: &str) -> Result<std::fs::File> {
 }
 
 /// Whether `len` bytes written at physical address `offset` are whole pages
-/// inside `ram` (sorted, as a plan's ranges are); why not, as the errno
-/// the writer gets and a reason for the log.
-fn check_write(ram: &[Range], offset: u64, len: u64) -> Result<(), (Errno, String)> {
+/// inside System RAM (`ram`: the plan's ranges, adjoining ones merged, so
+/// one write may span them); why not, as the errno the writer gets and a
+/// reason for the log.
+fn check_write(ram: &MemoryMap, offset: u64, len: u64) -> Result<(), (Errno, String)> {
     if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
         return Err((
             Errno::EINVAL,
@@ -226,19 +223,10 @@ fn check_write(ram: &[Range], offset: u64, len: u64) -> Result<(), (Errno, Strin
     let end = offset
         .checked_add(len)
         .ok_or((Errno::EINVAL, "past the end of the address space".into()))?;
-    // Walk the ranges overlapping [offset, end): covered while each starts
-    // at or before where the previous ended.
-    let mut covered = offset;
-    for range in ram.iter().filter(|r| r.end > offset && r.start < end) {
-        if range.start > covered {
-            break;
-        }
-        covered = covered.max(range.end);
-    }
-    if covered < end {
+    if len > 0 && !ram.covers(offset, len) {
         return Err((
             Errno::EPERM,
-            format!("{covered:#x} is not System RAM: only System RAM pages are written"),
+            format!("[{offset:#x}, {end:#x}) is not System RAM throughout: only System RAM pages are written"),
         ));
     }
     Ok(())
@@ -373,7 +361,7 @@ struct MemoryFs {
     served: Mutex<Served>,
     /// With --write: the module's device, open for writing, and the System
     /// RAM ranges writes must fall in.
-    writer: Option<(std::fs::File, Vec<Range>)>,
+    writer: Option<(std::fs::File, MemoryMap)>,
     uid: u32,
     gid: u32,
 }
@@ -438,7 +426,7 @@ impl MemoryFs {
             origin,
             memory_map: plan.ranges.ranges().iter().map(RangeJson::from).collect(),
             served: Mutex::new(Served::default()),
-            writer: writer.map(|file| (file, plan.ranges.ranges().to_vec())),
+            writer: writer.map(|file| (file, MemoryMap::normalized(plan.ranges.ranges().to_vec()))),
             uid,
             gid,
         })
@@ -815,11 +803,11 @@ mod tests {
     fn writes_are_whole_system_ram_pages_only() {
         // RAM [4 KiB, 640 KiB), [1 MiB, 3 MiB), [3 MiB, 4 MiB): the last two
         // adjoin (one write may span them).
-        let ram = [
+        let ram = MemoryMap::normalized(vec![
             range(0x1000, 0xA_0000),
             range(0x10_0000, 0x30_0000),
             range(0x30_0000, 0x40_0000),
-        ];
+        ]);
         let errno = |offset, len| check_write(&ram, offset, len).err().map(|(e, _)| e);
         assert_eq!(errno(0x1000, 0x1000), None);
         assert_eq!(errno(0x9_F000, 0x1000), None, "the last page of a range");
