@@ -136,20 +136,18 @@ def check(results, case, out):
                 f"{cr['started_ms'] / 1000:.1f} s for {cr['seconds']:.1f} s)")
 
     # Kernel-first: the kernel read ahead, at the source's own pace instead
-    # of the pipeline's (which hashes the image: ~23 MiB/s under TCG). The
-    # read-ahead is bounded by /proc/kcore's read speed, which under TCG is
-    # itself slow (~80 MiB/s: the kernel's copy to user space is emulated):
-    # two runs measured 2031 ms vs 560 ms (3.6x) and 1489 ms vs 496 ms
-    # (3.0x), so the 10x asked for in issue 18 cannot hold here; 2x is
-    # checked (the read-ahead does not wait for the pipeline).
+    # of the pipeline's (which hashes the image: ~45 MiB/s under TCG), into
+    # a buffer whose pages are faulted in before the first read (with them
+    # faulted in during the reads, 2031 ms vs 560 ms: 3.6x). Issue 18 asks
+    # for 10x on a 1 GiB guest: measured 988 ms vs 78 ms (12.6x).
     ka = idle["time_map"].get("kernel") or {}
     kf = first["time_map"].get("kernel") or {}
     wa, wf = ka.get("window_ms"), kf.get("window_ms")
     ok = (first["time_map"]["order"] == "kernel-first" and wa is not None and wf is not None
-          and wf * 2 <= wa)
+          and wf * 10 <= wa)
     span = sum(r["bytes"] for r in ka.get("ranges", [])) / (1 << 20)
     hwm_a, hwm_f = _hwm(out, "window-idle"), _hwm(out, "window-kernel-first")
-    results.add(name, "window kernel-first", "kernel window >= 2x shorter than address order", ok,
+    results.add(name, "window kernel-first", "kernel window >= 10x shorter than address order", ok,
                 f"kernel image {span:.1f} MiB read over {wa} ms (address) vs {wf} ms (kernel-first, "
                 f"{kf.get('buffered_bytes', 0) >> 20} MiB held); whole window "
                 f"{idle['time_map']['window_ms'] / 1000:.1f} s vs {first['time_map']['window_ms'] / 1000:.1f} s; "

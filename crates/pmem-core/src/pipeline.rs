@@ -366,9 +366,15 @@ impl Reader<'_> {
         pieces: &[Range],
     ) -> Result<ReadAhead, CopyError> {
         let total: u64 = pieces.iter().map(Range::len).sum();
+        // Filled, not zeroed: a zeroed allocation of this size is fresh
+        // mapped memory whose pages the kernel supplies on first write, so
+        // the reads below would take a page fault every 4 KiB (tens of
+        // microseconds each under emulation: most of the read-ahead's
+        // time). Filling faults them in now, before the kernel's window
+        // opens; every byte is overwritten by the reads.
         let mut ahead = ReadAhead {
             pieces: Vec::with_capacity(pieces.len()),
-            bytes: vec![0; total as usize],
+            bytes: vec![0xff; total as usize],
             bad: Vec::new(),
         };
         let mut offset = 0usize;
