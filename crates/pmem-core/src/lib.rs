@@ -25,7 +25,7 @@ pub use sink::{ByteSink, HashAlgorithm, ImageHash, Patch, SinkSummary};
 pub use source::{read_or_zero, PhysicalMemory, ReadError};
 pub use window::{PageDigests, ReadOrder, RereadReport, TimeMap};
 pub use windows::WindowsMetadata;
-pub use writer::{Chunk, ImageWriter, Plan, WriteError};
+pub use writer::{Chunk, ImageWriter, Plan, TimeMapPlan, WriteError};
 
 /// The page size all sources and formats account in. Physical memory maps,
 /// unreadable-page records and ELF segment alignment use it.

@@ -17,7 +17,7 @@ use crate::range::{PageRun, Range};
 use crate::sink::{HashAlgorithm, ImageDigest, ImageHash, SinkSummary};
 use crate::source::{read_or_zero, PhysicalMemory, ReadError};
 use crate::window::{Clock, PageDigests, ReadOrder, TimeMap};
-use crate::writer::{Chunk, ImageWriter, Plan, WriteError};
+use crate::writer::{Chunk, ImageWriter, Plan, TimeMapPlan, WriteError};
 use crate::PAGE_SIZE;
 use std::sync::mpsc;
 
@@ -244,10 +244,10 @@ pub fn copy_memory(
             }
             None => None,
         };
-        // Only a copy of live memory has a time map worth carrying: when a
-        // conversion read its input file says nothing of the memory.
-        if plan.time_map {
-            writer.time_map(&time_map.to_json())?;
+        match &plan.time_map {
+            TimeMapPlan::None => {}
+            TimeMapPlan::Measured => writer.time_map(&time_map.to_json())?,
+            TimeMapPlan::Carried(json) => writer.time_map(json)?,
         }
         let image = writer.finish()?;
         Ok(CopyReport {

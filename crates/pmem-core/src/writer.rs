@@ -32,9 +32,36 @@ pub struct Plan {
     /// empty when unknown. The time map reports when it was read and
     /// `--order kernel-first` reads it first.
     pub kernel_image: Vec<Range>,
-    /// Reserve room for the time map in formats that write it after the
-    /// copy ([`crate::window::TimeMap::json_bound`]).
-    pub time_map: bool,
+    /// The time map the image carries, in the formats that have room for
+    /// one (ELF, AFF4): the copy's own, or one a conversion carries on.
+    pub time_map: TimeMapPlan,
+}
+
+/// Which time map an image carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TimeMapPlan {
+    /// None: a conversion of an image that had none.
+    #[default]
+    None,
+    /// The copy's own: it reads live memory, so when it read each part
+    /// is worth keeping. Formats that write it after the copy reserve
+    /// [`crate::window::TimeMap::json_bound`] for it.
+    Measured,
+    /// An earlier acquisition's, as JSON, carried on by a conversion: when
+    /// a conversion read its input file says nothing of the memory.
+    Carried(String),
+}
+
+impl TimeMapPlan {
+    /// Bytes a format that writes the time map after the copy reserves
+    /// for its JSON; `None` for no time map.
+    pub fn json_room(&self, plan: &Plan) -> Option<usize> {
+        match self {
+            TimeMapPlan::None => None,
+            TimeMapPlan::Measured => Some(crate::window::TimeMap::json_bound(plan)),
+            TimeMapPlan::Carried(json) => Some(json.len()),
+        }
+    }
 }
 
 impl Plan {
@@ -49,7 +76,7 @@ impl Plan {
             windows: None,
             symbols: None,
             kernel_image: Vec::new(),
-            time_map: false,
+            time_map: TimeMapPlan::None,
         }
     }
 }
@@ -145,9 +172,10 @@ pub trait ImageWriter: Send {
     }
     /// The copy's time map as JSON ([`crate::TimeMap::to_json`]), given
     /// after the last chunk and before `finish`, only when
-    /// [`Plan::time_map`] is set (a copy of live memory). Formats that write their
-    /// metadata at the end (AFF4), or that reserved room for it because
-    /// [`Plan::time_map`] asked (ELF), carry it; the others ignore it.
+    /// [`Plan::time_map`] names one (the copy's own, or a carried one).
+    /// Formats that write their metadata at the end (AFF4), or that
+    /// reserved room for it because [`Plan::time_map`] asked (ELF), carry
+    /// it; the others ignore it.
     fn time_map(&mut self, _json: &str) -> Result<(), WriteError> {
         Ok(())
     }

@@ -86,10 +86,10 @@ pub fn writer(sink: Box<dyn ByteSink>) -> LaidOutWriter {
 /// Bytes of the time map's note (header, name, reserved descriptor) when
 /// the plan asks for one, else 0.
 fn time_map_note_len(plan: &Plan) -> u64 {
-    if !plan.time_map {
+    let Some(room) = plan.time_map.json_room(plan) else {
         return 0;
-    }
-    let desc = pmem_core::TimeMap::json_bound(plan).next_multiple_of(NOTE_ALIGN);
+    };
+    let desc = room.next_multiple_of(NOTE_ALIGN);
     12 + (PMEM_NAME.len() + 1).next_multiple_of(NOTE_ALIGN) as u64 + desc as u64
 }
 
@@ -746,7 +746,7 @@ mod tests {
     fn the_time_map_note_follows_the_data_in_the_room_reserved() {
         let mut plan = Plan::new(map(&[(0x1000, 0x3000), (0x10000, 0x10800)]), Arch::X86_64);
         plan.metadata_json = Some("{}".into());
-        plan.time_map = true;
+        plan.time_map = pmem_core::TimeMapPlan::Measured;
         let json = "{\"order\":\"address\",\"regions\":[]}";
         let bytes = crate::test_util::write_image_with_time_map(Format::Elf, &plan, Some(json));
         // As long as planned before the copy (uploads announce it).
@@ -771,10 +771,24 @@ mod tests {
         assert_eq!(blank.len(), bytes.len());
         assert_eq!(open_bytes(&blank).unwrap().metadata().time_map_json, None);
         // Not asked for: no room, no note.
-        plan.time_map = false;
+        plan.time_map = pmem_core::TimeMapPlan::None;
         let plain = crate::test_util::write_image_with_time_map(Format::Elf, &plan, Some(json));
         assert!(plain.len() < bytes.len());
         assert_eq!(open_bytes(&plain).unwrap().metadata().time_map_json, None);
+        // Carried by a conversion: room for exactly its JSON, however long
+        // (an input's time map can be longer than this plan's bound).
+        let long = format!(
+            "{{\"order\":\"address\",\"regions\":[],\"note\":\"{}\"}}",
+            "x".repeat(pmem_core::TimeMap::json_bound(&plan))
+        );
+        plan.time_map = pmem_core::TimeMapPlan::Carried(long.clone());
+        let carried = crate::test_util::write_image_with_time_map(Format::Elf, &plan, Some(&long));
+        assert_eq!(
+            crate::image_size(Format::Elf, &plan).unwrap(),
+            Some(carried.len() as u64)
+        );
+        let r = open_bytes(&carried).unwrap();
+        assert_eq!(r.metadata().time_map_json.as_deref(), Some(long.as_str()));
     }
 
     fn position(haystack: &[u8], needle: &[u8]) -> usize {

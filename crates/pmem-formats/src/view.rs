@@ -69,7 +69,7 @@ impl ImageView {
                 at
             }
             Format::Elf => {
-                if plan.time_map {
+                if plan.time_map != pmem_core::TimeMapPlan::None {
                     return Err(plan_error(
                         "an ELF view has no time map: the memory is read when the view is",
                     ));
@@ -257,7 +257,7 @@ mod tests {
             assert!(err.to_string().contains("not served as views"), "{err}");
         }
         let mut timed = plan();
-        timed.time_map = true;
+        timed.time_map = pmem_core::TimeMapPlan::Measured;
         assert!(ImageView::new(Format::Elf, &timed).is_err());
     }
 }

@@ -134,7 +134,7 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
     let destination = Destination::parse(&args.output, &args.output_options.upload);
     let manifest_path = destination.local_manifest_path(args.output_options.manifest.as_deref());
     // Room for the time map in the formats that carry it (ELF).
-    live.plan.time_map = true;
+    live.plan.time_map = pmem_core::TimeMapPlan::Measured;
     let manifest = job::run(Job {
         source: live.memory.as_mut(),
         plan: live.plan,
@@ -144,6 +144,7 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
         manifest_path: manifest_path.clone(),
         origin: live.origin,
         inherited_unreadable: Vec::new(),
+        inherited_reread: None,
         compression: args.output_options.compress,
         sink: args.output_options.sink_options(),
         quiet: args.output_options.quiet,

@@ -9,10 +9,10 @@ use crate::image;
 use crate::image_origin::{self, ImageInput, ImageOrigin};
 use crate::interrupt::Watch;
 use crate::job::{self, Job};
-use crate::manifest::Origin;
+use crate::manifest::{Origin, TimeMapJson};
 use crate::output_args::OutputArgs;
 use anyhow::{Context, Result};
-use pmem_core::{Arch, WindowsMetadata};
+use pmem_core::{Arch, TimeMapPlan, WindowsMetadata};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -93,7 +93,7 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
         }
     };
     let windows = windows_metadata(&args, recorded.windows, inherited.as_ref())?;
-    let ImageOrigin { origin, plan } = ImageOrigin::new(ImageInput {
+    let ImageOrigin { origin, mut plan } = ImageOrigin::new(ImageInput {
         path: &args.input,
         format: reader.format(),
         recorded,
@@ -107,6 +107,15 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
         .manifest
         .as_ref()
         .map_or_else(Vec::new, |m| m.unreadable_pages.clone());
+    // When the memory was read, and what a re-read found, are facts of the
+    // acquisition: they travel on, in the manifest and in the formats that
+    // carry a time map. The JSON is written out again from its parsed form.
+    if let Some((time_map, _)) =
+        TimeMapJson::of_image(recorded.time_map_json.as_deref(), opened.manifest.as_ref())
+    {
+        plan.time_map = TimeMapPlan::Carried(serde_json::to_string(&time_map)?);
+    }
+    let inherited_reread = opened.manifest.as_ref().and_then(|m| m.reread.clone());
     // The input's symbols travel on: inside it, or its IMAGE.symbols. A
     // damaged bundle does not stop the memory's conversion: said, and left.
     let symbols = match CarriedSymbols::of_image(
@@ -135,6 +144,7 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
         manifest_path,
         origin,
         inherited_unreadable,
+        inherited_reread,
         compression: args.output_options.compress,
         sink: args.output_options.sink_options(),
         quiet: args.output_options.quiet,

@@ -123,7 +123,7 @@ impl ImageOrigin {
             windows: input.windows,
             symbols: None,
             kernel_image: Vec::new(),
-            time_map: false,
+            time_map: pmem_core::TimeMapPlan::None,
         };
         Ok(ImageOrigin { origin, plan })
     }

@@ -158,17 +158,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (_, Some(m)) => (unreadable_from_manifest(m), "manifest"),
         _ => (Vec::new(), "image"),
     };
-    let from_image = recorded
-        .time_map_json
-        .as_deref()
-        .and_then(|text| serde_json::from_str::<TimeMapJson>(text).ok());
-    let (time_map, time_map_from) = match (from_image, &opened.manifest) {
-        (Some(t), _) => (Some(t), Some("image".to_string())),
-        (None, Some(m)) if m.time_map.is_some() => {
-            (m.time_map.clone(), Some("manifest".to_string()))
-        }
-        _ => (None, None),
-    };
+    let (time_map, time_map_from) =
+        TimeMapJson::of_image(recorded.time_map_json.as_deref(), opened.manifest.as_ref())
+            .map_or((None, None), |(t, from)| (Some(t), Some(from.to_string())));
     let info = InfoJson {
         path: args.image.display().to_string(),
         format: reader.format().name().to_string(),

@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pmem_core::window::reread;
 use pmem_core::{
-    copy_memory, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, ReadOrder, WriteError,
+    copy_memory, CopyError, CopyOptions, CopyReport, PhysicalMemory, Plan, ReadOrder, TimeMapPlan,
+    WriteError,
 };
 use pmem_formats::Format;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub struct Job<'a> {
     pub origin: Origin,
     /// Unreadable pages known from an earlier step (an input image's manifest).
     pub inherited_unreadable: Vec<PageRunJson>,
+    /// The re-read of the acquisition an input image came from (its
+    /// manifest's), carried on by a conversion as the time map is
+    /// ([`Plan::time_map`]).
+    pub inherited_reread: Option<RereadJson>,
     /// --compress.
     pub compression: Option<Compression>,
     /// --force, --hash, --max-disk-usage.
@@ -169,7 +174,7 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
         encryption: job.encryption.as_ref().map(Encryption::record),
         symbols: symbols_record,
         time_map: None,
-        reread: None,
+        reread: job.inherited_reread.clone(),
     };
     // A manifest that cannot be written should stop us before we write
     // gigabytes: create it first, replace it at the end. From here on a
@@ -365,15 +370,21 @@ pub fn run(mut job: Job<'_>) -> Result<Manifest> {
 /// memory again and records how much of it changed since it was copied.
 /// A re-read that fails is a warning: the image is complete either way.
 fn record_window(job: &mut Job<'_>, report: &CopyReport, manifest: &mut Manifest) {
-    // `convert` reads an image: when it read it says nothing of the memory.
-    if !job.plan.time_map {
-        return;
-    }
+    let time_map = match &job.plan.time_map {
+        TimeMapPlan::None => return,
+        // A conversion: the input's, as it was recorded (convert made it
+        // from a TimeMapJson, so it reads back as one).
+        TimeMapPlan::Carried(json) => {
+            manifest.time_map = serde_json::from_str(json).ok();
+            return;
+        }
+        TimeMapPlan::Measured => TimeMapJson::of(&report.time_map),
+    };
     if let Some(note) = &report.order_note {
         eprintln!("pmem: warning: {note}");
         manifest.warnings.push(note.clone());
     }
-    match TimeMapJson::of(&report.time_map) {
+    match time_map {
         Ok(time_map) => manifest.time_map = Some(time_map),
         Err(err) => manifest.warnings.push(format!(
             "the time map was not recorded: {}",
@@ -651,6 +662,7 @@ mod tests {
             manifest_path: manifest_path.clone(),
             origin: origin(),
             inherited_unreadable: Vec::new(),
+            inherited_reread: None,
             compression: None,
             sink: SinkOptions {
                 overwrite: false,

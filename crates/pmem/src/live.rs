@@ -57,7 +57,7 @@ impl Live {
                 .intersect(memory.memory_map())
                 .ranges()
                 .to_vec(),
-            time_map: false,
+            time_map: pmem_core::TimeMapPlan::None,
         };
         Ok(Live {
             memory,

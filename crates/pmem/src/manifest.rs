@@ -386,6 +386,21 @@ impl TimeMapJson {
         serde_json::from_str(&time_map.to_json()).context("the time map's JSON")
     }
 
+    /// An image's time map: the one the image carries (ELF, AFF4), else its
+    /// manifest's, with where it came from ("image" or "manifest"). A
+    /// carried one that is not a time map's JSON counts as none.
+    pub fn of_image(
+        carried: Option<&str>,
+        manifest: Option<&Manifest>,
+    ) -> Option<(TimeMapJson, &'static str)> {
+        let from_image = carried.and_then(|text| serde_json::from_str::<TimeMapJson>(text).ok());
+        match (from_image, manifest) {
+            (Some(t), _) => Some((t, "image")),
+            (None, Some(m)) => m.time_map.clone().map(|t| (t, "manifest")),
+            (None, None) => None,
+        }
+    }
+
     /// The region read over the longest time: (start, bytes, ms).
     pub fn slowest_region(&self) -> Option<(&str, u64, f64)> {
         self.regions

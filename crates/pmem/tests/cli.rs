@@ -1540,6 +1540,70 @@ fn an_elf_image_carries_its_symbols_inside() {
 }
 
 #[test]
+fn convert_carries_the_time_map_and_the_reread_on() {
+    let m = machine();
+    let elf = m.path("timed.elf");
+    m.acquire_with("elf", &elf, &["--reread", "--order", "kernel-first"])
+        .success();
+    let acquired = manifest(&elf);
+    assert_eq!(acquired["time_map"]["order"], "kernel-first");
+    let info_json = |image: &Path| -> Value {
+        let out = pmem()
+            .args(["info", "--json"])
+            .arg(image)
+            .assert()
+            .success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    };
+    // From the ELF image's note: AFF4 carries it in the volume, LiME only
+    // in its manifest. The re-read travels in the manifest.
+    for (format, name, from) in [
+        ("aff4", "timed.aff4", "image"),
+        ("lime", "timed.lime", "manifest"),
+    ] {
+        let out = m.path(name);
+        pmem()
+            .args(["convert", "-q", "--format", format])
+            .arg(&elf)
+            .arg(&out)
+            .assert()
+            .success();
+        let converted = manifest(&out);
+        assert_eq!(converted["time_map"], acquired["time_map"], "{format}");
+        assert_eq!(converted["reread"], acquired["reread"], "{format}");
+        let info = info_json(&out);
+        assert_eq!(info["time_map"], acquired["time_map"], "{format}");
+        assert_eq!(info["time_map_from"], from, "{format}");
+    }
+    // From a LiME image's manifest into an ELF image: the image now holds
+    // it on its own.
+    let back = m.path("back.elf");
+    pmem()
+        .args(["convert", "-q", "--format", "elf"])
+        .arg(m.path("timed.lime"))
+        .arg(&back)
+        .assert()
+        .success();
+    std::fs::remove_file(m.path("back.elf.json")).unwrap();
+    let info = info_json(&back);
+    assert_eq!(info["time_map"], acquired["time_map"]);
+    assert_eq!(info["time_map_from"], "image");
+    // An input without one gives an output without one.
+    let bare = m.path("bare.lime");
+    std::fs::copy(m.path("timed.lime"), &bare).unwrap();
+    let plain = m.path("plain.elf");
+    pmem()
+        .args(["convert", "-q", "--format", "elf"])
+        .arg(&bare)
+        .arg(&plain)
+        .assert()
+        .success();
+    assert!(manifest(&plain).get("time_map").is_none());
+    assert!(manifest(&plain).get("reread").is_none());
+    assert_eq!(info_json(&plain)["time_map"], Value::Null);
+}
+
+#[test]
 fn acquire_records_the_time_map_and_rereads_in_kernel_first_order() {
     let m = machine();
     let plain = m.path("address.lime");
