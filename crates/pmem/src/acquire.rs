@@ -133,7 +133,8 @@ pub fn run(args: Args, watch: &Watch) -> Result<ExitCode> {
     let encryption = Encryption::parse(&args.output_options.upload)?;
     let destination = Destination::parse(&args.output, &args.output_options.upload);
     let manifest_path = destination.local_manifest_path(args.output_options.manifest.as_deref());
-    // Room for the time map in the formats that carry it (ELF).
+    // The copy measures its own time map: in the manifest, and in the
+    // formats that carry one (ELF reserves room for it before the copy).
     live.plan.time_map = pmem_core::TimeMapPlan::Measured;
     let manifest = job::run(Job {
         source: live.memory.as_mut(),
