@@ -24,7 +24,17 @@ caches dropped before each step; one warm-up acquisition first):
   snappy      the compression floor on one CPU: the same reads through
               pmem's AVML chunk encoder, nothing written (with the
               compressed step)
-  sha256      the hash floor: pmem's SHA-256 code over as many bytes as RAM
+  blake3      the hash floor of the default: pmem's BLAKE3 code, one thread,
+              over as many bytes as RAM
+  sha256      the same for `--hash sha256`
+  xxh3, copy  for scale: the re-read's page digest (XXH3-64 per page, not
+              cryptographic) and one copy of as many bytes
+  window      the acquisition window: `pmem acquire --reread` into
+              /dev/null, in address order and with --order kernel-first
+              (the default's options otherwise); with the file and pipe
+              steps' manifests, prints the read window (first read to
+              last), the kernel image's window and the share of pages the
+              re-read found changed
   mount       (only with --steps ...,mount) `pmem mount`'s memory.raw read
               with dd into a pipe vs `pmem acquire --no-hash --format raw`
               into a pipe: the mount's share of acquire's speed
@@ -69,13 +79,14 @@ def say(message=""):
 
 TOOLS = {
     # step -> tool -> command (in the guest; $OUT is the data disk's out dir).
-    # "pmem" is the default (image SHA-256 while writing); "pmem-nohash" is
+    # "pmem" is the default (the image hashed while writing: BLAKE3); "pmem-nohash" is
     # `--no-hash`, doing what AVML does (AVML hashes nothing).
     "file": {"pmem": "/data/bin/pmem acquire -q --format lime $OUT/img",
              "pmem-nohash": "/data/bin/pmem acquire -q --no-hash --format lime $OUT/img",
              "avml": "/data/bin/avml acquire $OUT/img"},
-    "pipe": {"pmem": "/data/bin/pmem acquire -q --format lime - > /tmp/fifo",
-             "pmem-nohash": "/data/bin/pmem acquire -q --no-hash --format lime - > /tmp/fifo",
+    "pipe": {"pmem": "/data/bin/pmem acquire -q --manifest $OUT/img.json --format lime - > /tmp/fifo",
+             "pmem-nohash": "/data/bin/pmem acquire -q --manifest $OUT/img.json --no-hash --format lime - "
+                            "> /tmp/fifo",
              "avml": "/data/bin/avml acquire /tmp/fifo"},
     "compressed": {"pmem": "/data/bin/pmem acquire -q --format lime --compress snappy $OUT/img",
                    "pmem-nohash": "/data/bin/pmem acquire -q --no-hash --format lime --compress snappy $OUT/img",
@@ -84,7 +95,7 @@ TOOLS = {
 PMEMS = ("pmem", "pmem-nohash")
 
 
-def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
+def guest_script(reps, memory, steps=("file", "pipe", "compressed", "window")):
     m = "/data/bin/pmem-guest-agent measure"
     lines = [
         "export OUT=/data/out",
@@ -107,6 +118,9 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
             if step == "mount":
                 lines += mount_lines(m, rep)
                 continue
+            if step == "window":
+                lines += window_lines(m, rep)
+                continue
             for tool in order:
                 cmd = TOOLS[step][tool]
                 lines.append("drop")
@@ -117,6 +131,8 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
                 if step == "pipe":
                     lines.append("wait $reader")
                 lines.append(f"res {rep} {step} {tool}")
+                if tool in PMEMS:  # its time map, for the window summary
+                    lines.append(f"cp $OUT/img.json $OUT/manifest-{step}-{tool}-{rep}.json")
                 lines.append("rm -f $OUT/img $OUT/img.json $OUT/img.symbols")
         lines.append("drop")
         lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent read-kcore")
@@ -139,9 +155,12 @@ def guest_script(reps, memory, steps=("file", "pipe", "compressed")):
             # AVML chunk encoder, no writing.
             lines += ["drop", f"{m} /tmp/m -- /data/bin/pmem-guest-agent read-kcore --snappy",
                       f"res {rep} snappy snappy"]
-        # The hash floor: pmem's SHA-256 code alone over as many bytes as RAM.
-        lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent hash-speed {memory}")
-        lines.append(f"res {rep} sha256 sha256")
+        # The hash floors: pmem's hash code alone over as many bytes as RAM,
+        # the default's (BLAKE3) and --hash sha256's; for scale, a fast
+        # non-cryptographic hash and a bare copy of the bytes.
+        for algorithm in ("blake3", "sha256", "xxh3", "copy"):
+            lines.append(f"{m} /tmp/m -- /data/bin/pmem-guest-agent hash-speed {memory} {algorithm}")
+            lines.append(f"res {rep} {algorithm} {algorithm}")
     # Keep one plain LiME image for the offline convert comparison.
     lines += ["drop", "/data/bin/pmem acquire -q --format lime $OUT/keep.lime",
               "sync", 'echo "@@pmem-guest done"']
@@ -165,6 +184,46 @@ def symbols_lines(m, rep):
             lines.append(f"cp $OUT/img.json $OUT/symbols-{rep}.json")
         lines.append("rm -f $OUT/img $OUT/img.json $OUT/img.symbols")
     return lines
+
+
+# The window step: the default acquisition with --reread, into /dev/null
+# (no disk: the window is the read side's), in address order and kernel-first.
+WINDOW = {"address": "/data/bin/pmem acquire -q --no-symbols --reread --format lime "
+                     "--manifest $OUT/manifest-window-address-REP.json - > /dev/null",
+          "kernel-first": "/data/bin/pmem acquire -q --no-symbols --reread --order kernel-first "
+                          "--format lime --manifest $OUT/manifest-window-kernel-first-REP.json - > /dev/null"}
+
+
+def window_lines(m, rep):
+    lines = []
+    for order in (("address", "kernel-first") if rep % 2 == 0 else ("kernel-first", "address")):
+        lines += ["drop", f"{m} /tmp/m -- sh -c '{WINDOW[order].replace('REP', str(rep))}'",
+                  f"res {rep} window {order}"]
+    return lines
+
+
+def window_summary(out):
+    """The read window, the kernel's window and the re-read's changed
+    share, from the manifests the pmem runs left (medians over the
+    repetitions, min-max)."""
+    by = {}
+    for path in sorted(out.glob("manifest-*-*.json")):
+        step_tool = path.stem[len("manifest-"):].rsplit("-", 1)[0]
+        by.setdefault(step_tool, []).append(json.loads(path.read_text()))
+    if not by:
+        return
+    say("\n| run | read window s | kernel window ms | kernel MiB held | re-read: pages changed |")
+    say("|---|---|---|---|---|")
+    for key in sorted(by):
+        ms = by[key]
+        window = [m["time_map"]["window_ms"] / 1000 for m in ms if m.get("time_map", {}).get("window_ms")]
+        kernel = [m["time_map"]["kernel"]["window_ms"] for m in ms
+                  if (m.get("time_map", {}).get("kernel") or {}).get("window_ms") is not None]
+        held = [m["time_map"]["kernel"]["buffered_bytes"] / 2**20 for m in ms
+                if m.get("time_map", {}).get("kernel")]
+        ratio = [m["reread"]["ratio"] * 100 for m in ms if m.get("reread")]
+        say(f"| {key} | {med(window):.2f} ({spread(window)}) | {med(kernel):.0f} ({spread(kernel)}) | "
+            f"{med(held):.0f} | " + (f"{med(ratio):.3f}% ({spread(ratio)})" if ratio else "") + " |")
 
 
 # `pmem mount`'s memory.raw read sequentially vs `acquire --no-hash` of
@@ -276,7 +335,8 @@ def table(rows, memory, title):
     steps = [("file", ("pmem", "pmem-nohash", "avml")), ("pipe", ("pmem", "pmem-nohash", "avml")),
              ("compressed", ("pmem", "pmem-nohash", "avml")), ("dd", ("dd",)), ("dd-file", ("dd",)),
              ("dd-pipe", ("dd",)),
-             ("snappy", ("snappy",)), ("sha256", ("sha256",))]
+             ("snappy", ("snappy",)), ("blake3", ("blake3",)), ("sha256", ("sha256",)),
+             ("xxh3", ("xxh3",)), ("copy", ("copy",))]
     for step, tools in steps:
         for tool in tools:
             rs = by.get((step, tool), [])
@@ -373,8 +433,8 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--convert-only", action="store_true")
     parser.add_argument("--no-convert", action="store_true")
-    parser.add_argument("--steps", default="file,pipe,compressed",
-                        help="comma-separated guest steps (default file,pipe,compressed)")
+    parser.add_argument("--steps", default="file,pipe,compressed,window",
+                        help="comma-separated guest steps (default file,pipe,compressed,window)")
     args = parser.parse_args()
     busy = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True).stdout.strip()
     if busy:
@@ -392,6 +452,7 @@ def main():
             table(rows, int(memory), f"{release}, {memory} MiB, {smp} vCPU(s), {args.reps} repetitions")
             symbols_summary(rows, out)
             mount_summary(rows)
+            window_summary(out)
             if (out / "keep.lime").exists():
                 keep = out / "keep.lime"
     if not args.no_convert:

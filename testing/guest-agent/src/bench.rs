@@ -11,9 +11,12 @@
 //!   widened to 1 MiB, as pmem does): the floor of any tool that streams
 //!   the bytes. `--snappy` runs pmem's AVML chunk encoder (snappy + CRC-32C)
 //!   over them on this one thread: the floor of compressing on one CPU.
-//! * `hash-speed MIB`: SHA-256 (the sha2 crate pmem uses) over MIB MiB held
-//!   in memory: the floor an acquisition that hashes its output cannot go
-//!   below on this CPU.
+//! * `hash-speed MIB [blake3|sha256|xxh3|copy]`: pmem's image hash
+//!   (pmem-core's digest, SHA-256 by default) over MIB MiB held in memory:
+//!   the floor an acquisition that hashes its output on one CPU cannot go
+//!   below. For scale, `xxh3` is the re-read's page digest (XXH3-64 of each
+//!   4 KiB page, non-cryptographic: about as fast as a hash of every byte
+//!   gets) and `copy` one copy of the bytes into another buffer.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -23,9 +26,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("measure") => measure(&args[1..]),
         Some("read-kcore") => read_kcore(args.get(1).map(String::as_str)),
-        Some("hash-speed") => hash_speed(args.get(1).map_or("1024", String::as_str)),
+        Some("hash-speed") => hash_speed(
+            args.get(1).map_or("1024", String::as_str),
+            args.get(2).map_or("sha256", String::as_str),
+        ),
         _ => Err(
-            "usage: measure RESULT -- CMD ARGS... | read-kcore [--to-stdout | --snappy] | hash-speed MIB"
+            "usage: measure RESULT -- CMD ARGS... | read-kcore [--to-stdout | --snappy] \
+             | hash-speed MIB [blake3|sha256|xxh3|copy]"
                 .into(),
         ),
     }
@@ -160,24 +167,46 @@ fn read_kcore(mode: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-fn hash_speed(mib: &str) -> Result<(), String> {
-    use sha2::{Digest, Sha256};
+fn hash_speed(mib: &str, algorithm: &str) -> Result<(), String> {
+    use pmem_core::sink::{HashAlgorithm, ImageDigest};
     let mib: usize = mib.parse().map_err(|e| format!("{mib}: {e}"))?;
-    // 4 MiB of varied bytes, hashed over and over (SHA-256's cost does not
-    // depend on the content).
+    // 4 MiB of varied bytes, hashed over and over (no candidate's cost
+    // depends on the content).
     let buf: Vec<u8> = (0..4usize << 20)
         .map(|i| ((i * 2654435761) >> 13) as u8)
         .collect();
+    let rounds = mib.div_ceil(4);
     let started = Instant::now();
-    let mut hasher = Sha256::new();
-    for _ in 0..mib.div_ceil(4) {
-        hasher.update(&buf);
-    }
-    let digest = hasher.finalize();
+    let check = match algorithm {
+        "xxh3" => {
+            let mut sum = 0u64;
+            for _ in 0..rounds {
+                for page in buf.chunks(4096) {
+                    sum = sum.wrapping_add(pmem_core::window::page_digest(page));
+                }
+            }
+            sum as u8
+        }
+        "copy" => {
+            let mut to = vec![0u8; buf.len()];
+            for _ in 0..rounds {
+                to.copy_from_slice(std::hint::black_box(&buf));
+            }
+            std::hint::black_box(&to)[1]
+        }
+        name => {
+            let algorithm = HashAlgorithm::from_name(name)
+                .ok_or_else(|| format!("{name}: not blake3, sha256, xxh3 or copy"))?;
+            let mut digest = ImageDigest::new(algorithm);
+            for _ in 0..rounds {
+                digest.update(&buf);
+            }
+            digest.finish().map_or(0, |h| h.hex().as_bytes()[0])
+        }
+    };
     println!(
-        "{mib} MiB in {:.3} s ({:02x})",
-        started.elapsed().as_secs_f64(),
-        digest[0]
+        "{algorithm}: {mib} MiB in {:.3} s ({check:02x})",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }
