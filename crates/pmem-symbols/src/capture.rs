@@ -244,7 +244,7 @@ mod tests {
         );
         assert_eq!(bundle.kernel_offset(), Some(0x1c00_0000));
         // Through the archive and back.
-        let read = Bundle::from_tar(&bundle.to_tar(), "t").unwrap();
+        let read = Bundle::from_tar(&bundle.clone().into_tar(), "t").unwrap();
         assert_eq!(read, bundle);
     }
 

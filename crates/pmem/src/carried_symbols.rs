@@ -41,9 +41,10 @@ impl CarriedSymbols {
     #[cfg(target_os = "linux")]
     pub fn capture(vmcoreinfo: Option<&[u8]>) -> CarriedSymbols {
         let bundle = pmem_symbols::capture::Capture::default().run(vmcoreinfo);
+        let record = bundle.record.clone();
         let symbols = CarriedSymbols {
-            tar: bundle.to_tar(),
-            record: bundle.record,
+            tar: bundle.into_tar(),
+            record,
         };
         symbols.announce();
         symbols

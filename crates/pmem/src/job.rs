@@ -739,6 +739,6 @@ mod tests {
         bundle
             .members
             .insert("kallsyms".into(), b"ffffffff81000000 T _text\n".to_vec());
-        CarriedSymbols::from_tar(bundle.to_tar(), "sample").unwrap()
+        CarriedSymbols::from_tar(bundle.into_tar(), "sample").unwrap()
     }
 }

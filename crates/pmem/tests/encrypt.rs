@@ -197,7 +197,7 @@ fn sample_bundle() -> Vec<u8> {
         "vmcoreinfo".into(),
         b"OSRELEASE=6.1.0-28-amd64\nKERNELOFFSET=1c000000\n".to_vec(),
     );
-    bundle.to_tar()
+    bundle.into_tar()
 }
 
 /// --encrypt-to seals the symbols beside the image as it seals the

@@ -159,7 +159,7 @@ pub fn symbols_beside(image: &Path) -> Vec<u8> {
         BTF.into(),
         (0..1_500_000u32).map(|i| (i % 239) as u8).collect(),
     );
-    let tar = bundle.to_tar();
+    let tar = bundle.into_tar();
     let mut sidecar = image.as_os_str().to_owned();
     sidecar.push(".symbols");
     std::fs::write(PathBuf::from(sidecar), &tar).unwrap();
