@@ -5,7 +5,7 @@
 
 use crate::range::{MemoryMap, PageRun, Range};
 use crate::source::{read_or_zero, PhysicalMemory, ReadError};
-use crate::writer::Plan;
+use crate::writer::{Plan, TimeMapPlan};
 use crate::PAGE_SIZE;
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -223,6 +223,16 @@ impl TimeMap {
         }
         out.push_str("]}");
         out
+    }
+
+    /// Bytes a format that writes the time map after the copy reserves for
+    /// the JSON of the time map `plan` names; `None` when it names none.
+    pub fn json_room(plan: &Plan) -> Option<usize> {
+        match &plan.time_map {
+            TimeMapPlan::None => None,
+            TimeMapPlan::Measured => Some(TimeMap::json_bound(plan)),
+            TimeMapPlan::Carried(json) => Some(json.len()),
+        }
     }
 
     /// An upper bound of [`to_json`](Self::to_json)'s length for any time

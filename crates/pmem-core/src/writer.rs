@@ -45,23 +45,11 @@ pub enum TimeMapPlan {
     None,
     /// The copy's own: it reads live memory, so when it read each part
     /// is worth keeping. Formats that write it after the copy reserve
-    /// [`crate::window::TimeMap::json_bound`] for it.
+    /// [`crate::TimeMap::json_bound`] for it.
     Measured,
     /// An earlier acquisition's, as JSON, carried on by a conversion: when
     /// a conversion read its input file says nothing of the memory.
     Carried(String),
-}
-
-impl TimeMapPlan {
-    /// Bytes a format that writes the time map after the copy reserves
-    /// for its JSON; `None` for no time map.
-    pub fn json_room(&self, plan: &Plan) -> Option<usize> {
-        match self {
-            TimeMapPlan::None => None,
-            TimeMapPlan::Measured => Some(crate::window::TimeMap::json_bound(plan)),
-            TimeMapPlan::Carried(json) => Some(json.len()),
-        }
-    }
 }
 
 impl Plan {

@@ -86,7 +86,7 @@ pub fn writer(sink: Box<dyn ByteSink>) -> LaidOutWriter {
 /// Bytes of the time map's note (header, name, reserved descriptor) when
 /// the plan asks for one, else 0.
 fn time_map_note_len(plan: &Plan) -> u64 {
-    let Some(room) = plan.time_map.json_room(plan) else {
+    let Some(room) = pmem_core::TimeMap::json_room(plan) else {
         return 0;
     };
     let desc = room.next_multiple_of(NOTE_ALIGN);
