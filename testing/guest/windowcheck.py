@@ -145,8 +145,8 @@ def check(results, case, out):
     # buffer whose pages are faulted in before the first read (with them
     # faulted in during the reads, 2031 ms vs 560 ms: 3.6x). Issue 18 asks
     # for 10x on a 1 GiB guest: measured 988 ms vs 78 ms (12.6x). The
-    # read-ahead itself runs at /proc/kcore's pace, 52-85 ms in four runs
-    # of one boot: a host busy elsewhere stretches so short a burst more
+    # read-ahead itself runs at /proc/kcore's pace, 56-127 ms in the
+    # suite's runs: a host busy elsewhere stretches so short a burst more
     # than the second-long address-order window, so the shorter of two
     # kernel-first runs is compared.
     ka = idle["time_map"].get("kernel") or {}
