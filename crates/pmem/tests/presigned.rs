@@ -76,66 +76,39 @@ impl Server {
     }
 
     fn launch(&mut self) {
-        let data = self.dir.join("data");
-        std::fs::create_dir_all(data.join("pmem")).unwrap();
-        let child = if self.rclone_server {
-            std::process::Command::new("rclone")
-                .env("RCLONE_CONFIG", "/dev/null")
-                .args(["serve", "s3", "--addr", &format!("127.0.0.1:{}", self.port)])
-                .args(["--auth-key", &format!("{KEY},{SECRET}")])
-                .arg(&data)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        } else {
-            let config = self.dir.join("s3.json");
-            std::fs::write(
-                &config,
-                format!(
-                    r#"{{"identities":[{{"name":"pmem","credentials":[{{"accessKey":"{KEY}","secretKey":"{SECRET}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-                ),
-            )
-            .unwrap();
-            let mut cmd = std::process::Command::new("weed");
-            cmd.arg("mini")
-                .arg(format!("-dir={}", data.display()))
-                .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-                .args(["-webdav=false", "-admin.ui=false"])
-                .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-                .arg(format!("-master.port={}", free_port()))
-                .arg(format!("-volume.port={}", free_port()))
-                .arg(format!("-filer.port={}", free_port()))
-                .arg(format!("-s3.config={}", config.display()));
-            match &self.tls {
+        std::fs::create_dir_all(self.dir.join("data/pmem")).unwrap();
+        if !self.rclone_server {
+            let s3_args = match &self.tls {
                 // HTTPS on its own port; the plain port is another free one.
-                Some((_, cert, key)) => cmd
-                    .arg(format!("-s3.port={}", free_port()))
-                    .arg(format!("-s3.port.https={}", self.port))
-                    .arg(format!("-s3.cert.file={}", cert.display()))
-                    .arg(format!("-s3.key.file={}", key.display())),
-                None => cmd.arg(format!("-s3.port={}", self.port)),
+                Some((_, cert, key)) => vec![
+                    format!("-s3.port={}", free_port()),
+                    format!("-s3.port.https={}", self.port),
+                    format!("-s3.cert.file={}", cert.display()),
+                    format!("-s3.key.file={}", key.display()),
+                ],
+                None => vec![format!("-s3.port={}", self.port)],
             };
-            cmd.stdout(std::fs::File::create(self.dir.join("weed.log")).unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
+            let ready = || self.rclone(&["mkdir", "t:pmem"]).status.success();
+            let proc = start_weed_mini(&self.dir, KEY, SECRET, &s3_args, ready);
+            self.proc = Some(proc);
+            return;
+        }
+        let child = std::process::Command::new("rclone")
+            .env("RCLONE_CONFIG", "/dev/null")
+            .args(["serve", "s3", "--addr", &format!("127.0.0.1:{}", self.port)])
+            .args(["--auth-key", &format!("{KEY},{SECRET}")])
+            .arg(self.dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         self.proc = Some(Proc(child));
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = if self.rclone_server {
-                self.rclone(&["lsf", "t:pmem"])
-            } else {
-                self.rclone(&["mkdir", "t:pmem"])
-            };
-            if ready.status.success() {
-                return;
-            }
+        while !self.rclone(&["lsf", "t:pmem"]).status.success() {
             assert!(
                 Instant::now() < deadline,
-                "the S3 server did not start: see {}",
-                self.dir.join("weed.log").display()
+                "rclone serve s3 did not start on port {}",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(300));
         }

@@ -69,53 +69,15 @@ impl Weed {
     }
 
     fn launch(&mut self) {
-        let data = self.dir.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let config = self.dir.join("s3.json");
-        std::fs::write(
-            &config,
-            format!(
-                r#"{{"identities":[{{"name":"pmem","credentials":[{{"accessKey":"{KEY}","secretKey":"{SECRET}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-            ),
-        )
-        .unwrap();
-        // weed mini also opens master/volume/filer ports: pick free ones.
-        let child = std::process::Command::new("weed")
-            .arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-webdav=false",
-                "-admin.ui=false",
-            ])
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .arg(format!("-s3.port={}", self.port))
-            .arg(format!("-master.port={}", free_port()))
-            .arg(format!("-volume.port={}", free_port()))
-            .arg(format!("-filer.port={}", free_port()))
-            .arg(format!("-s3.config={}", config.display()))
-            .stdout(std::fs::File::create(self.dir.join("weed.log")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.proc = Some(Proc(child));
+        let endpoint = self.endpoint();
         // Ready when a bucket can be made (an S3 call through the filer).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if rclone(&self.endpoint(), &["mkdir", "t:pmem"])
-                .status
-                .success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not start: see {}",
-                self.dir.join("weed.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        self.proc = Some(start_weed_mini(
+            &self.dir,
+            KEY,
+            SECRET,
+            &[format!("-s3.port={}", self.port)],
+            || rclone(&endpoint, &["mkdir", "t:pmem"]).status.success(),
+        ));
     }
 
     fn endpoint(&self) -> String {

@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
 mod pki;
+mod weed;
 // Each test file uses the part it needs (see dead_code above).
 #[allow(unused_imports)]
 pub use pki::pki;
+#[allow(unused_imports)]
+pub use weed::start_weed_mini;
 
 /// The `pmem` binary under test.
 pub fn pmem() -> Command {
