@@ -125,11 +125,12 @@ struct Filled {
 /// image. `progress` is called with the number of logical bytes read.
 ///
 /// The plan's ranges must lie inside the source's memory map and be aligned
-/// to its read granularity.
+/// to its read granularity. The plan's symbol bundle is released once the
+/// writer has begun (see [`Plan::symbols`]).
 pub fn copy_memory(
     source: &mut dyn PhysicalMemory,
     mut writer: Box<dyn ImageWriter>,
-    plan: &Plan,
+    plan: &mut Plan,
     options: &CopyOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<CopyReport, CopyError> {
@@ -155,6 +156,8 @@ pub fn copy_memory(
     let mut time_map = TimeMap::new(plan, order);
     let digests = options.page_digests.then(|| PageDigests::new(&plan.ranges));
     writer.begin(plan)?;
+    // The writer has placed the bundle (megabytes): not held through the copy.
+    plan.symbols = None;
 
     // Full buffers go to the writer, empty ones come back: `buffers`
     // allocations in all.
@@ -662,12 +665,12 @@ mod tests {
             out: out.clone(),
             sink: Box::new(HashingSink::stream(Box::new(io::sink()))),
         });
-        let plan = Plan::new(mem.map.clone(), Arch::X86_64);
+        let mut plan = Plan::new(mem.map.clone(), Arch::X86_64);
         let mut last = 0;
         let report = copy_memory(
             mem,
             writer,
-            &plan,
+            &mut plan,
             &CopyOptions {
                 chunk_size,
                 buffers: 3,
@@ -780,7 +783,7 @@ mod tests {
                     granularity: 1,
                     reads: Vec::new(),
                 };
-                let plan = Plan::new(mem.map.clone(), Arch::X86_64);
+                let mut plan = Plan::new(mem.map.clone(), Arch::X86_64);
                 let options = CopyOptions {
                     chunk_size: 0x1000,
                     buffers: 2,
@@ -788,7 +791,7 @@ mod tests {
                     ..CopyOptions::default()
                 };
                 let writer = Box::new(FailingWriter { chunks: 0 });
-                let report = copy_memory(&mut mem, writer, &plan, &options, &mut |_| {});
+                let report = copy_memory(&mut mem, writer, &mut plan, &options, &mut |_| {});
                 let _ = done.send(report.err().map(|e| e.to_string()));
             });
             let error = result
@@ -848,7 +851,7 @@ mod tests {
             granularity: 0x1000,
             reads: Vec::new(),
         };
-        let plan = Plan::new(mem.map.clone(), Arch::X86_64);
+        let mut plan = Plan::new(mem.map.clone(), Arch::X86_64);
         let writer = Box::new(RecordingWriter {
             cursor: ChunkCursor::default(),
             out: Arc::default(),
@@ -857,7 +860,7 @@ mod tests {
         let err = copy_memory(
             &mut mem,
             writer,
-            &plan,
+            &mut plan,
             &CopyOptions::default(),
             &mut |_| {},
         );
@@ -875,7 +878,7 @@ mod tests {
             out: out.clone(),
             sink: Box::new(HashingSink::stream(Box::new(io::sink()))),
         });
-        let report = copy_memory(mem, writer, plan, options, &mut |_| {}).unwrap();
+        let report = copy_memory(mem, writer, &mut plan.clone(), options, &mut |_| {}).unwrap();
         let chunks = out.lock().unwrap().clone();
         (report, chunks)
     }

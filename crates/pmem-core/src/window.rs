@@ -527,7 +527,7 @@ mod tests {
             bytes: (0..end).map(|i| (i * 7 + i / 4096) as u8).collect(),
             bad_pages: vec![0x5000],
         };
-        let plan = Plan::new(ranges, Arch::X86_64);
+        let mut plan = Plan::new(ranges, Arch::X86_64);
         let options = CopyOptions {
             page_digests: true,
             ..CopyOptions::default()
@@ -536,7 +536,7 @@ mod tests {
             cursor: ChunkCursor::default(),
             sink: Box::new(HashingSink::stream(Box::new(std::io::sink()))),
         });
-        let report = copy_memory(&mut mem, writer, &plan, &options, &mut |_| {}).unwrap();
+        let report = copy_memory(&mut mem, writer, &mut plan, &options, &mut |_| {}).unwrap();
         let digests = report.page_digests.as_ref().unwrap();
         let pages = plan.ranges.total_bytes() / PAGE_SIZE;
         assert_eq!(digests.pages(), pages);

@@ -26,6 +26,7 @@ pub struct Plan {
     /// The symbol bundle captured with the memory (a tar of the kernel's
     /// BTF, kallsyms, banner, ...; opaque bytes here), carried by the
     /// formats that have room for it (pmem_formats' `Format::carries_symbols`).
+    /// The writers place it in `begin`; [`crate::copy_memory`] then drops it.
     pub symbols: Option<Vec<u8>>,
     /// Where the kernel image lies (Linux iomem's Kernel code, rodata,
     /// data and bss, as one span per System RAM range), inside `ranges`;
@@ -65,6 +66,33 @@ impl Plan {
             symbols: None,
             kernel_image: Vec::new(),
             time_map: TimeMapPlan::None,
+        }
+    }
+
+    /// A copy of the plan without its symbol bundle, for a writer that
+    /// keeps the plan past `begin`: the bundle (megabytes) is never cloned.
+    pub fn without_symbols(&self) -> Plan {
+        let Plan {
+            ranges,
+            arch,
+            direct_map_offset,
+            vmcoreinfo,
+            metadata_json,
+            windows,
+            symbols: _,
+            kernel_image,
+            time_map,
+        } = self;
+        Plan {
+            ranges: ranges.clone(),
+            arch: *arch,
+            direct_map_offset: *direct_map_offset,
+            vmcoreinfo: vmcoreinfo.clone(),
+            metadata_json: metadata_json.clone(),
+            windows: *windows,
+            symbols: None,
+            kernel_image: kernel_image.clone(),
+            time_map: time_map.clone(),
         }
     }
 }

@@ -28,7 +28,7 @@
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
 use crate::image_file::Parsing;
-use crate::laid_out::Trailer;
+use crate::laid_out::{Layout, Trailer};
 use crate::reader::{mapped_file_reader, MappedFile};
 use crate::write::{plan_error, plan_symbols};
 use crate::{Format, FormatError, ImageFile, ImageMetadata, LaidOutWriter};
@@ -117,7 +117,7 @@ fn page_align(offset: u64) -> Option<u64> {
 
 /// Everything before the first segment's data (header, program headers,
 /// notes) and the file offset of each range's data.
-pub(crate) fn data_layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
+pub(crate) fn data_layout(plan: &Plan) -> Result<Layout<'_>, WriteError> {
     let notes = notes(plan)?;
     let trailer = time_map_note_len(plan);
     let note_phdrs = u64::from(!notes.is_empty()) + u64::from(trailer > 0);
@@ -133,7 +133,7 @@ pub(crate) fn data_layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError
             ))
         })?;
     let notes_offset = EHDR_LEN + u64::from(phnum) * PHDR_LEN;
-    let mut next = notes_offset + notes.len() as u64;
+    let mut next = notes_offset + notes.len();
     let mut offsets = Vec::with_capacity(plan.ranges.len());
     for range in &plan.ranges {
         let offset =
@@ -144,7 +144,7 @@ pub(crate) fn data_layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError
             .ok_or_else(|| plan_error("the ELF image would exceed 2^64 bytes"))?;
     }
 
-    let mut head = Vec::with_capacity(notes_offset as usize + notes.len());
+    let mut head = Vec::with_capacity(notes_offset as usize + notes.bytes.len());
     head.extend_from_slice(object::bytes_of(&file_header(plan.arch, phnum)));
     if !notes.is_empty() {
         let note = ProgramHeader64 {
@@ -153,8 +153,8 @@ pub(crate) fn data_layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError
             p_offset: U64::new(LE, notes_offset),
             p_vaddr: U64::new(LE, 0),
             p_paddr: U64::new(LE, 0),
-            p_filesz: U64::new(LE, notes.len() as u64),
-            p_memsz: U64::new(LE, notes.len() as u64),
+            p_filesz: U64::new(LE, notes.len()),
+            p_memsz: U64::new(LE, notes.len()),
             p_align: U64::new(LE, NOTE_ALIGN as u64),
         };
         head.extend_from_slice(object::bytes_of(&note));
@@ -190,8 +190,12 @@ pub(crate) fn data_layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError
         };
         head.extend_from_slice(object::bytes_of(&note));
     }
-    head.extend_from_slice(&notes);
-    Ok((head, offsets))
+    head.extend_from_slice(&notes.bytes);
+    Ok(Layout {
+        head,
+        symbols: notes.symbols,
+        offsets,
+    })
 }
 
 fn file_header(arch: Arch, phnum: u16) -> FileHeader64<LE> {
@@ -221,32 +225,67 @@ fn file_header(arch: Arch, phnum: u16) -> FileHeader64<LE> {
     }
 }
 
-/// The `PT_NOTE` contents: VMCOREINFO first (where crash and drgn look),
-/// then pmem's metadata, then the symbol bundle.
-fn notes(plan: &Plan) -> Result<Vec<u8>, WriteError> {
-    let mut out = Vec::new();
+/// The `PT_NOTE` contents: `bytes`, then the symbol bundle's descriptor
+/// (`symbols`, borrowed from the plan: see [`Layout`]), then zeros to
+/// [`NOTE_ALIGN`].
+struct WrittenNotes<'p> {
+    bytes: Vec<u8>,
+    symbols: &'p [u8],
+}
+
+impl WrittenNotes<'_> {
+    fn len(&self) -> u64 {
+        (self.bytes.len() + self.symbols.len().next_multiple_of(NOTE_ALIGN)) as u64
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The notes: VMCOREINFO first (where crash and drgn look), then pmem's
+/// metadata, then the symbol bundle (its note's header in `bytes`, its
+/// descriptor left in the plan).
+fn notes(plan: &Plan) -> Result<WrittenNotes<'_>, WriteError> {
+    let mut bytes = Vec::new();
     if let Some(desc) = &plan.vmcoreinfo {
-        push_note(&mut out, VMCOREINFO_NAME, NT_VMCOREINFO, desc)?;
+        push_note(&mut bytes, VMCOREINFO_NAME, NT_VMCOREINFO, desc)?;
     }
     if let Some(json) = &plan.metadata_json {
-        push_note(&mut out, PMEM_NAME, NT_PMEM_METADATA, json.as_bytes())?;
+        push_note(&mut bytes, PMEM_NAME, NT_PMEM_METADATA, json.as_bytes())?;
     }
-    if let Some(symbols) = plan_symbols(plan)? {
-        push_note(&mut out, PMEM_NAME, NT_PMEM_SYMBOLS, symbols)?;
+    let symbols = plan_symbols(plan)?.unwrap_or_default();
+    if !symbols.is_empty() {
+        push_note_head(&mut bytes, PMEM_NAME, NT_PMEM_SYMBOLS, symbols.len())?;
     }
-    if out.len() as u64 > MAX_NOTE_SEGMENT {
+    let notes = WrittenNotes { bytes, symbols };
+    if notes.len() > MAX_NOTE_SEGMENT {
         // Readers (ours included) bound what they load from a PT_NOTE.
         return Err(plan_error(format!(
             "ELF notes of {} bytes exceed the {MAX_NOTE_SEGMENT}-byte limit",
-            out.len()
+            notes.len()
         )));
     }
-    Ok(out)
+    Ok(notes)
 }
 
 fn push_note(out: &mut Vec<u8>, name: &[u8], n_type: u32, desc: &[u8]) -> Result<(), WriteError> {
-    let descsz = u32::try_from(desc.len())
-        .map_err(|_| plan_error(format!("ELF note of {} bytes is too large", desc.len())))?;
+    push_note_head(out, name, n_type, desc.len())?;
+    out.extend_from_slice(desc);
+    out.resize(out.len().next_multiple_of(NOTE_ALIGN), 0);
+    Ok(())
+}
+
+/// A note's header and name, up to where its `desc_len`-byte descriptor
+/// starts.
+fn push_note_head(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    n_type: u32,
+    desc_len: usize,
+) -> Result<(), WriteError> {
+    let descsz = u32::try_from(desc_len)
+        .map_err(|_| plan_error(format!("ELF note of {desc_len} bytes is too large")))?;
     let header = NoteHeader64 {
         n_namesz: U32::new(LE, name.len() as u32 + 1), // with its NUL
         n_descsz: U32::new(LE, descsz),
@@ -255,8 +294,6 @@ fn push_note(out: &mut Vec<u8>, name: &[u8], n_type: u32, desc: &[u8]) -> Result
     out.extend_from_slice(object::bytes_of(&header));
     out.extend_from_slice(name);
     out.push(0);
-    out.resize(out.len().next_multiple_of(NOTE_ALIGN), 0);
-    out.extend_from_slice(desc);
     out.resize(out.len().next_multiple_of(NOTE_ALIGN), 0);
     Ok(())
 }

@@ -5,8 +5,21 @@ use crate::Format;
 use pmem_core::writer::ChunkCursor;
 use pmem_core::{ByteSink, Chunk, Plan, SinkSummary, WriteError};
 
-/// A format's layout of a plan: the header bytes and each range's data offset.
-pub(crate) type LayoutFn = fn(&Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError>;
+/// A format's layout of a plan: what comes before the first range's data,
+/// and each range's data offset.
+pub(crate) struct Layout<'p> {
+    /// The header, up to the symbol bundle.
+    pub(crate) head: Vec<u8>,
+    /// The plan's symbol bundle (empty without one), the header's last
+    /// part, written after `head`. Borrowed, not copied into `head`: it is
+    /// megabytes, and a copy would double the peak memory of an
+    /// acquisition. Zeros follow it up to the first range's data.
+    pub(crate) symbols: &'p [u8],
+    /// Each range's data offset in the file.
+    pub(crate) offsets: Vec<u64>,
+}
+
+pub(crate) type LayoutFn = for<'p> fn(&'p Plan) -> Result<Layout<'p>, WriteError>;
 
 /// What a format writes after the last range's data, at the next multiple
 /// of 4 bytes (the ELF note holding the time map): its length for a plan
@@ -55,9 +68,10 @@ impl LaidOutWriter {
 impl pmem_core::ImageWriter for LaidOutWriter {
     fn begin(&mut self, plan: &Plan) -> Result<(), WriteError> {
         check_plan_nonempty(plan, self.format)?;
-        let (head, offsets) = (self.layout)(plan)?;
-        write_all(self.sink.as_mut(), &head)?;
-        self.offsets = offsets;
+        let layout = (self.layout)(plan)?;
+        write_all(self.sink.as_mut(), &layout.head)?;
+        write_all(self.sink.as_mut(), layout.symbols)?;
+        self.offsets = layout.offsets;
         self.cursor = ChunkCursor::new(&plan.ranges);
         self.trailer_len = self.trailer.map_or(0, |t| (t.len)(plan));
         Ok(())

@@ -117,11 +117,11 @@
 //!     .write(true)
 //!     .create_new(true)
 //!     .open(&path)?;
-//! let plan = Plan::new(MemoryMap::new(ranges)?, Arch::X86_64);
+//! let mut plan = Plan::new(MemoryMap::new(ranges)?, Arch::X86_64);
 //! let report = copy_memory(
 //!     &mut memory,
 //!     writer(Format::Lime, Box::new(HashingSink::file(file))),
-//!     &plan,
+//!     &mut plan,
 //!     &CopyOptions::default(),
 //!     &mut |_bytes_read| {},
 //! )?;

@@ -14,6 +14,7 @@
 
 use crate::bytes::{u32_le, u64_le};
 use crate::image_file::Parsing;
+use crate::laid_out::Layout;
 use crate::reader::{mapped_file_reader, MappedFile};
 use crate::write::{plan_error, plan_symbols};
 use crate::{Format, FormatError, ImageFile, ImageMetadata, LaidOutWriter};
@@ -103,8 +104,9 @@ fn put_name(out: &mut Vec<u8>, name: &[u8]) {
     out.extend_from_slice(&field);
 }
 
-/// Header, load commands and note bytes, and each range's data offset.
-fn layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
+/// Header, load commands and note bytes (the symbol bundle's last), and
+/// each range's data offset.
+fn layout(plan: &Plan) -> Result<Layout<'_>, WriteError> {
     let (cputype, cpusubtype) = cpu_type(plan.arch)?;
     let mut notes: Vec<(&[u8], &[u8])> = Vec::new();
     if let Some(v) = &plan.vmcoreinfo {
@@ -182,10 +184,22 @@ fn layout(plan: &Plan) -> Result<(Vec<u8>, Vec<u64>), WriteError> {
         put_u64(&mut head, offset);
         put_u64(&mut head, data.len() as u64);
     }
+    // The bundle, when there is one, is the last note: borrowed, not copied.
+    let symbols = match notes.last() {
+        Some(&(owner, data)) if owner == NOTE_PMEM_SYMBOLS => {
+            notes.pop();
+            data
+        }
+        _ => &[],
+    };
     for (_, data) in &notes {
         head.extend_from_slice(data);
     }
-    Ok((head, offsets))
+    Ok(Layout {
+        head,
+        symbols,
+        offsets,
+    })
 }
 
 /// A Mach-O 64-bit little-endian core opened for reading: pmem's output and

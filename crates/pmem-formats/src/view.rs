@@ -74,10 +74,14 @@ impl ImageView {
                         "an ELF view has no time map: the memory is read when the view is",
                     ));
                 }
-                let (head, offsets) = elf::data_layout(plan)?;
-                pieces.push((0, ViewPiece::Bytes(head)));
+                let layout = elf::data_layout(plan)?;
+                let symbols_at = layout.head.len() as u64;
+                pieces.push((0, ViewPiece::Bytes(layout.head)));
+                if !layout.symbols.is_empty() {
+                    pieces.push((symbols_at, ViewPiece::Bytes(layout.symbols.to_vec())));
+                }
                 let mut end = 0;
-                for (&range, offset) in plan.ranges.ranges().iter().zip(offsets) {
+                for (&range, offset) in plan.ranges.ranges().iter().zip(layout.offsets) {
                     pieces.push((offset, ViewPiece::Memory(range)));
                     end = offset + range.len();
                 }
@@ -142,7 +146,8 @@ mod tests {
         plan.direct_map_offset = Some(0xffff_8880_0000_0000);
         plan.vmcoreinfo = Some(b"OSRELEASE=6.1.0-test\n".to_vec());
         plan.metadata_json = Some("{\"served\":true}".into());
-        plan.symbols = Some(vec![7; 5000]);
+        // Not a multiple of 4: the note's padding follows it.
+        plan.symbols = Some(vec![7; 5001]);
         plan
     }
 

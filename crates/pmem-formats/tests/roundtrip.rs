@@ -721,3 +721,60 @@ fn aff4_maps_zero_runs_and_unreadable_pages() {
         );
     }
 }
+
+/// [`Memory`] as the pipeline's source.
+struct Source<'m> {
+    map: MemoryMap,
+    mem: &'m Memory,
+}
+
+impl pmem_core::PhysicalMemory for Source<'_> {
+    fn memory_map(&self) -> &MemoryMap {
+        &self.map
+    }
+
+    fn read_at(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), pmem_core::ReadError> {
+        let (range, data) = self
+            .mem
+            .ranges
+            .iter()
+            .find(|(r, _)| r.start <= addr && addr < r.end)
+            .expect("the pipeline reads inside the map");
+        let at = (addr - range.start) as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+/// The copy spends the plan's bundle: the image carries it, the plan no
+/// longer holds it (it is megabytes, not to be held through the copy).
+#[test]
+fn the_copy_places_the_symbol_bundle_then_lets_it_go() {
+    let mem = memory(&[(0x1000, 0x3000), (0x10_0000, 0x10_2000)], 7);
+    for format in [Format::Elf, Format::Macho, Format::Aff4] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let sink = HashingSink::file(create_image_file(&path, false).unwrap());
+        let mut plan = mem.plan();
+        let mut source = Source {
+            map: mem.map(),
+            mem: &mem,
+        };
+        pmem_core::copy_memory(
+            &mut source,
+            writer(format, Box::new(sink)),
+            &mut plan,
+            &pmem_core::CopyOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(plan.symbols, None, "{format:?}");
+        let mut reader = open(format, &path, &mem.map());
+        assert_eq!(
+            reader.metadata().symbols,
+            Some(symbol_bundle()),
+            "{format:?}"
+        );
+        check_read_back(reader.as_mut(), &mem);
+    }
+}

@@ -502,7 +502,10 @@ fn place_symbols(
     }
 }
 
-/// One copy of the job's source into a fresh output.
+/// One copy of the job's source into a fresh output. It spends the plan's
+/// symbol bundle (`copy_memory` drops it once the writer has placed it);
+/// the only second copy, AVML's fallback to LiME, has none to place (both
+/// keep the bundle beside the image).
 fn copy_once(
     job: &mut Job<'_>,
     encoding: Encoding,
@@ -515,10 +518,16 @@ fn copy_once(
     let opened = job.destination.open(sink_options, &planned_len)?;
     tracker.image_created = true;
     let writer = encoding.writer(opened.into_sink(job.encryption.as_mut(), sink_options.hash)?);
-    copy_memory(&mut *job.source, writer, &job.plan, options, &mut |done| {
-        tracker.bytes_read = tracker.bytes_read.max(done);
-        progress.set_position(done)
-    })
+    copy_memory(
+        &mut *job.source,
+        writer,
+        &mut job.plan,
+        options,
+        &mut |done| {
+            tracker.bytes_read = tracker.bytes_read.max(done);
+            progress.set_position(done)
+        },
+    )
     .with_context(|| {
         format!(
             "writing {} image {}",

@@ -342,10 +342,7 @@ impl ImageWriter for Aff4Writer {
         // Kept for the Turtle, without the symbol bundle: that is written
         // now, as the volume's third member, so that the writer does not
         // hold a second copy of megabytes while the memory streams.
-        self.plan = Some(Plan {
-            symbols: None,
-            ..plan.clone()
-        });
+        self.plan = Some(plan.without_symbols());
         self.targets = vec![self.stream.clone()];
         let sink = self.sink.as_mut();
         self.zip

@@ -189,11 +189,11 @@ fn copy(
     let path = dir.path().join("img.raw");
     let sink = HashingSink::file(std::fs::File::create(&path).unwrap());
     let writer: Box<dyn ImageWriter> = Box::new(RawCapture::new(Box::new(sink)));
-    let plan = Plan::new(src.memory_map().clone(), Arch::X86_64);
+    let mut plan = Plan::new(src.memory_map().clone(), Arch::X86_64);
     let report = copy_memory(
         src,
         writer,
-        &plan,
+        &mut plan,
         &CopyOptions {
             chunk_size: 256 << 10,
             memory_hash: Some(pmem_core::HashAlgorithm::Sha256),
