@@ -28,7 +28,7 @@
 //! for PAE kernels: physical addresses above 4 GiB do not fit ELF32.
 
 use crate::image_file::Parsing;
-use crate::laid_out::{Layout, Trailer};
+use crate::laid_out::{DataLayout, Trailer};
 use crate::reader::{mapped_file_reader, MappedFile};
 use crate::write::{plan_error, plan_symbols};
 use crate::{Format, FormatError, ImageFile, ImageMetadata, LaidOutWriter};
@@ -117,7 +117,7 @@ fn page_align(offset: u64) -> Option<u64> {
 
 /// Everything before the first segment's data (header, program headers,
 /// notes) and the file offset of each range's data.
-pub(crate) fn data_layout(plan: &Plan) -> Result<Layout<'_>, WriteError> {
+pub(crate) fn data_layout(plan: &Plan) -> Result<DataLayout<'_>, WriteError> {
     let notes = notes(plan)?;
     let trailer = time_map_note_len(plan);
     let note_phdrs = u64::from(!notes.is_empty()) + u64::from(trailer > 0);
@@ -191,7 +191,7 @@ pub(crate) fn data_layout(plan: &Plan) -> Result<Layout<'_>, WriteError> {
         head.extend_from_slice(object::bytes_of(&note));
     }
     head.extend_from_slice(&notes.bytes);
-    Ok(Layout {
+    Ok(DataLayout {
         head,
         symbols: notes.symbols,
         offsets,
@@ -226,7 +226,7 @@ fn file_header(arch: Arch, phnum: u16) -> FileHeader64<LE> {
 }
 
 /// The `PT_NOTE` contents: `bytes`, then the symbol bundle's descriptor
-/// (`symbols`, borrowed from the plan: see [`Layout`]), then zeros to
+/// (`symbols`, borrowed from the plan: see [`DataLayout`]), then zeros to
 /// [`NOTE_ALIGN`].
 struct WrittenNotes<'p> {
     bytes: Vec<u8>,

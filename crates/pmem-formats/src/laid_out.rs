@@ -7,7 +7,7 @@ use pmem_core::{ByteSink, Chunk, Plan, SinkSummary, WriteError};
 
 /// A format's layout of a plan: what comes before the first range's data,
 /// and each range's data offset.
-pub(crate) struct Layout<'p> {
+pub(crate) struct DataLayout<'p> {
     /// The header, up to the symbol bundle.
     pub(crate) head: Vec<u8>,
     /// The plan's symbol bundle (empty without one), the header's last
@@ -19,7 +19,7 @@ pub(crate) struct Layout<'p> {
     pub(crate) offsets: Vec<u64>,
 }
 
-pub(crate) type LayoutFn = for<'p> fn(&'p Plan) -> Result<Layout<'p>, WriteError>;
+pub(crate) type LayoutFn = for<'p> fn(&'p Plan) -> Result<DataLayout<'p>, WriteError>;
 
 /// What a format writes after the last range's data, at the next multiple
 /// of 4 bytes (the ELF note holding the time map): its length for a plan

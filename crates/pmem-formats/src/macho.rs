@@ -14,7 +14,7 @@
 
 use crate::bytes::{u32_le, u64_le};
 use crate::image_file::Parsing;
-use crate::laid_out::Layout;
+use crate::laid_out::DataLayout;
 use crate::reader::{mapped_file_reader, MappedFile};
 use crate::write::{plan_error, plan_symbols};
 use crate::{Format, FormatError, ImageFile, ImageMetadata, LaidOutWriter};
@@ -106,7 +106,7 @@ fn put_name(out: &mut Vec<u8>, name: &[u8]) {
 
 /// Header, load commands and note bytes (the symbol bundle's last), and
 /// each range's data offset.
-fn layout(plan: &Plan) -> Result<Layout<'_>, WriteError> {
+fn layout(plan: &Plan) -> Result<DataLayout<'_>, WriteError> {
     let (cputype, cpusubtype) = cpu_type(plan.arch)?;
     let mut notes: Vec<(&[u8], &[u8])> = Vec::new();
     if let Some(v) = &plan.vmcoreinfo {
@@ -195,7 +195,7 @@ fn layout(plan: &Plan) -> Result<Layout<'_>, WriteError> {
     for (_, data) in &notes {
         head.extend_from_slice(data);
     }
-    Ok(Layout {
+    Ok(DataLayout {
         head,
         symbols,
         offsets,
