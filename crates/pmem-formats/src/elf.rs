@@ -254,11 +254,14 @@ fn notes(plan: &Plan) -> Result<WrittenNotes<'_>, WriteError> {
     if let Some(json) = &plan.metadata_json {
         push_note(&mut bytes, PMEM_NAME, NT_PMEM_METADATA, json.as_bytes())?;
     }
-    let symbols = plan_symbols(plan)?.unwrap_or_default();
-    if !symbols.is_empty() {
+    let symbols = plan_symbols(plan)?;
+    if let Some(symbols) = symbols {
         push_note_head(&mut bytes, PMEM_NAME, NT_PMEM_SYMBOLS, symbols.len())?;
     }
-    let notes = WrittenNotes { bytes, symbols };
+    let notes = WrittenNotes {
+        bytes,
+        symbols: symbols.unwrap_or_default(),
+    };
     if notes.len() > MAX_NOTE_SEGMENT {
         // Readers (ours included) bound what they load from a PT_NOTE.
         return Err(plan_error(format!(
