@@ -1547,14 +1547,6 @@ fn convert_carries_the_time_map_and_the_reread_on() {
         .success();
     let acquired = manifest(&elf);
     assert_eq!(acquired["time_map"]["order"], "kernel-first");
-    let info_json = |image: &Path| -> Value {
-        let out = pmem()
-            .args(["info", "--json"])
-            .arg(image)
-            .assert()
-            .success();
-        serde_json::from_slice(&out.get_output().stdout).unwrap()
-    };
     // From the ELF image's note: AFF4 carries it in the volume, LiME only
     // in its manifest. The re-read travels in the manifest.
     for (format, name, from) in [
